@@ -1,0 +1,23 @@
+use clap::Parser;
+
+use mpr::config::Config;
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    if let Err(problem) = config.check() {
+        eprintln!("error: {problem}");
+        return std::process::ExitCode::from(2);
+    }
+    mpr::telemetry::init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(mpr::server::run(config, mpr::server::shutdown_on_signal())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("server stopped: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! JSON-RPC errors as the client sees them.
+
+use serde::Serialize;
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+/// Redis failed or timed out: nothing was acknowledged, the call may be retried.
+pub const STORAGE_UNAVAILABLE: i64 = -32000;
+
+#[derive(Debug, Serialize)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn parse_error() -> Self {
+        Self::new(PARSE_ERROR, "Parse error: the frame is not valid JSON")
+    }
+
+    pub fn invalid_request(why: impl std::fmt::Display) -> Self {
+        Self::new(INVALID_REQUEST, format!("Invalid Request: {why}"))
+    }
+
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(METHOD_NOT_FOUND, format!("Method not found: {method}"))
+    }
+
+    pub fn invalid_params(why: impl std::fmt::Display) -> Self {
+        Self::new(INVALID_PARAMS, format!("Invalid params: {why}"))
+    }
+
+    pub fn storage(error: redis::RedisError) -> Self {
+        let outcome = if error.is_timeout() {
+            "timed out; the outcome is unknown"
+        } else {
+            "failed"
+        };
+        Self::new(
+            STORAGE_UNAVAILABLE,
+            format!("Storage unavailable: Redis {outcome} ({error})"),
+        )
+    }
+
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The label of this error's outcome in metrics.
+    pub fn outcome(&self) -> &'static str {
+        if self.code == STORAGE_UNAVAILABLE {
+            "error"
+        } else {
+            "invalid"
+        }
+    }
+}
+
+impl From<redis::RedisError> for RpcError {
+    fn from(error: redis::RedisError) -> Self {
+        Self::storage(error)
+    }
+}

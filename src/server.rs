@@ -1,0 +1,114 @@
+//! Starting and stopping an instance: listeners, background tasks, and an orderly shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::live::Live;
+use crate::rpc::Context;
+use crate::store::Store;
+use crate::{http, telemetry, ws};
+
+/// Runs until `shutdown` resolves, then: stops accepting, lets calls in progress finish and
+/// closes every socket (1001), ends this instance's live sessions, hands back undelivered
+/// events, and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = telemetry::init_metrics()?;
+    let store = Store::open(
+        &config.redis_url,
+        &config.redis_prefix,
+        std::time::Duration::from_millis(config.redis_timeout_ms),
+        config.visibility_timeout(),
+    )
+    .context("REDIS_URL")?;
+    let live = Live::new(store.clone(), config.liveness_timeout());
+    let context = Arc::new(Context {
+        store: store.clone(),
+        live: live.clone(),
+        max_take_messages: config.max_take_messages,
+        max_take_bytes: config.max_take_bytes,
+    });
+
+    let ws_address = SocketAddr::new(config.bind_address, config.ws_port);
+    let http_address = SocketAddr::new(config.bind_address, config.app_port);
+    let ws_listener = TcpListener::bind(ws_address)
+        .await
+        .with_context(|| format!("WS_PORT: cannot listen on {ws_address}"))?;
+    let http_listener = TcpListener::bind(http_address)
+        .await
+        .with_context(|| format!("APP_PORT: cannot listen on {http_address}"))?;
+    if let Err(error) = store.ping().await {
+        tracing::warn!(%error, "Redis is not reachable yet; calls fail until it is");
+    }
+    tracing::info!(
+        instance = live.instance(), ws = %ws_address, http = %http_address, redis_prefix = %config.redis_prefix,
+        "mpr listening"
+    );
+
+    let sockets_stop = CancellationToken::new();
+    let sockets = TaskTracker::new();
+    let background_stop = CancellationToken::new();
+    let background = TaskTracker::new();
+    let limits = ws::Limits {
+        max_message_bytes: config.ws_max_message_bytes as usize,
+        max_calls: config.ws_max_calls_per_socket as usize,
+    };
+    background.spawn(ws::accept(
+        ws_listener,
+        context,
+        limits,
+        sockets_stop.clone(),
+        sockets.clone(),
+    ));
+    live.spawn_tasks(&background, &background_stop);
+    let http_stop = background_stop.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, http::router(store, metrics))
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    sockets_stop.cancel();
+    sockets.close();
+    if tokio::time::timeout(config.shutdown_timeout(), sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "sockets still busy after {:?}; closing anyway",
+            config.shutdown_timeout()
+        );
+    }
+    background_stop.cancel();
+    background.close();
+    background.wait().await;
+    live.deregister().await;
+    http.await.context("HTTP task")?.context("HTTP server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_on_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

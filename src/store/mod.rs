@@ -1,0 +1,265 @@
+//! Storage: every read and write of queues and live-session bindings, each one atomic script
+//! (or single command) against Redis. Callers see plain Rust values and `redis::RedisError`.
+
+mod keys;
+mod message;
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisResult, Script};
+
+pub use keys::{Keys, QueueKeys};
+pub use message::NewMessage;
+
+macro_rules! queue_script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/prelude.lua"),
+                include_str!($file)
+            ))
+        })
+    };
+}
+
+static ADD_MESSAGE: LazyLock<Script> = queue_script!("lua/add_message.lua");
+static TAKE_FROM_QUEUE: LazyLock<Script> = queue_script!("lua/take_from_queue.lua");
+static COUNT_PENDING: LazyLock<Script> = queue_script!("lua/count_pending.lua");
+static REMOVE_MESSAGES: LazyLock<Script> = queue_script!("lua/remove_messages.lua");
+static REMOVE_ALL_MESSAGES: LazyLock<Script> = queue_script!("lua/remove_all_messages.lua");
+static RELEASE: LazyLock<Script> = queue_script!("lua/release.lua");
+static UNBIND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/unbind.lua")));
+static RESTORE_BINDING: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/restore_binding.lua")));
+pub(crate) static HEARTBEAT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/heartbeat.lua")));
+
+/// Where a connection's live session is served: an instance and a socket on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub instance: String,
+    pub socket: u64,
+}
+
+/// An added message that went straight in flight to a live session.
+#[derive(Debug, Clone)]
+pub struct LiveDelivery {
+    pub binding: Binding,
+    /// Visibility deadline the message got (Redis clock, ms); a release must name it.
+    pub deadline: i64,
+}
+
+pub struct Take<'a> {
+    pub recipient_did: Option<&'a str>,
+    pub limit: u64,
+    pub limit_bytes: u64,
+    pub delete: bool,
+}
+
+/// A cheap handle (clones share one multiplexed connection that reconnects by itself).
+#[derive(Clone)]
+pub struct Store {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    visibility_ms: u64,
+}
+
+impl Store {
+    /// Connects lazily: the server starts, and answers errors, while Redis is away.
+    pub fn open(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        visibility: Duration,
+    ) -> RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Self {
+            conn: ConnectionManager::new_lazy_with_config(client.clone(), config)?,
+            client,
+            keys: Keys::new(prefix),
+            visibility_ms: visibility.as_millis() as u64,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A connection for commands outside the queue scripts (events, heartbeats).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// A connection of its own, without response timeout, for blocking reads.
+    pub async fn blocking_connection(&self) -> RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    pub async fn ping(&self) -> RedisResult<()> {
+        redis::cmd("PING").query_async(&mut self.connection()).await
+    }
+
+    /// Queues a message; when the connection has a live session it is queued in flight to it.
+    pub async fn add_message(
+        &self,
+        connection_id: &str,
+        message: &NewMessage<'_>,
+    ) -> RedisResult<Option<LiveDelivery>> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&ADD_MESSAGE, &queue);
+        call.arg(&message.id)
+            .arg(self.visibility_ms)
+            .arg(message.record_tail())
+            .arg(message.dids);
+        let reply: Vec<redis::Value> = call.invoke_async(&mut self.connection()).await?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let (instance, socket, deadline): (String, u64, i64) =
+            redis::FromRedisValue::from_redis_value(redis::Value::Array(reply))?;
+        Ok(Some(LiveDelivery {
+            binding: Binding { instance, socket },
+            deadline,
+        }))
+    }
+
+    /// QueuedMessage JSON bodies, oldest first.
+    pub async fn take(&self, connection_id: &str, take: &Take<'_>) -> RedisResult<Vec<String>> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&TAKE_FROM_QUEUE, &queue);
+        call.arg(take.recipient_did.unwrap_or(""))
+            .arg(take.limit)
+            .arg(take.limit_bytes)
+            .arg(if take.delete { "1" } else { "0" })
+            .arg(self.visibility_ms);
+        call.invoke_async(&mut self.connection()).await
+    }
+
+    pub async fn count_pending(
+        &self,
+        connection_id: &str,
+        recipient_did: Option<&str>,
+    ) -> RedisResult<u64> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&COUNT_PENDING, &queue);
+        call.arg(recipient_did.unwrap_or(""));
+        call.invoke_async(&mut self.connection()).await
+    }
+
+    /// Returns how many of the ids existed.
+    pub async fn remove_messages(&self, connection_id: &str, ids: &[String]) -> RedisResult<u64> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&REMOVE_MESSAGES, &queue);
+        call.arg(ids);
+        call.invoke_async(&mut self.connection()).await
+    }
+
+    pub async fn remove_all(
+        &self,
+        connection_id: &str,
+        recipient_did: Option<&str>,
+    ) -> RedisResult<u64> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&REMOVE_ALL_MESSAGES, &queue);
+        call.arg(recipient_did.unwrap_or(""));
+        call.invoke_async(&mut self.connection()).await
+    }
+
+    /// Makes messages of undeliverable events pending again (only those still in flight with
+    /// the deadline their event set), and drops the binding if it still names that socket.
+    pub async fn release(
+        &self,
+        connection_id: &str,
+        binding: &Binding,
+        messages: &[(String, i64)],
+    ) -> RedisResult<u64> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&RELEASE, &queue);
+        call.arg(&binding.instance).arg(binding.socket);
+        for (id, deadline) in messages {
+            call.arg(id).arg(deadline);
+        }
+        call.invoke_async(&mut self.connection()).await
+    }
+
+    pub async fn binding(&self, connection_id: &str) -> RedisResult<Option<Binding>> {
+        let queue = self.keys.queue(connection_id);
+        let (instance, socket): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(queue.live())
+            .arg("instance")
+            .arg("socket")
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(instance
+            .zip(socket)
+            .map(|(instance, socket)| Binding { instance, socket }))
+    }
+
+    /// Binds the connection's live session to a socket; the newest binding wins.
+    pub async fn bind(
+        &self,
+        connection_id: &str,
+        binding: &Binding,
+        session_id: &str,
+    ) -> RedisResult<()> {
+        let queue = self.keys.queue(connection_id);
+        redis::cmd("HSET")
+            .arg(queue.live())
+            .arg("instance")
+            .arg(&binding.instance)
+            .arg("socket")
+            .arg(binding.socket)
+            .arg("session")
+            .arg(session_id)
+            .query_async(&mut self.connection())
+            .await
+    }
+
+    /// Binds only where no binding exists (after Redis lost this instance's bindings).
+    pub async fn restore_binding(
+        &self,
+        connection_id: &str,
+        binding: &Binding,
+        session_id: &str,
+    ) -> RedisResult<bool> {
+        let queue = self.keys.queue(connection_id);
+        RESTORE_BINDING
+            .key(queue.live())
+            .arg(&binding.instance)
+            .arg(binding.socket)
+            .arg(session_id)
+            .invoke_async(&mut self.connection())
+            .await
+    }
+
+    /// Ends the session if it is still bound to this socket. Returns whether it was.
+    pub async fn unbind(&self, connection_id: &str, binding: &Binding) -> RedisResult<bool> {
+        let queue = self.keys.queue(connection_id);
+        UNBIND
+            .key(queue.live())
+            .arg(&binding.instance)
+            .arg(binding.socket)
+            .invoke_async(&mut self.connection())
+            .await
+    }
+}
+
+fn queue_call<'a>(script: &'a Script, queue: &'a QueueKeys) -> redis::ScriptInvocation<'a> {
+    let mut call = script.prepare_invoke();
+    for key in &queue.keys {
+        call.key(key);
+    }
+    call.arg(&queue.did_base);
+    call
+}

@@ -1,0 +1,144 @@
+//! One socket: reads frames, runs their calls concurrently (replies go out as they finish,
+//! matched by id), writes pushes for its live sessions, and closes cleanly.
+
+use std::sync::Arc;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use super::Limits;
+use crate::live::SocketState;
+use crate::rpc::{self, Caller, Context};
+use crate::telemetry;
+
+pub async fn run(
+    stream: TcpStream,
+    context: Arc<Context>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let config = limits.websocket_config();
+    let socket = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::debug!(%error, "WebSocket handshake failed");
+            return;
+        }
+    };
+    let state = context.live.new_socket();
+    metrics::gauge!(telemetry::OPEN_SOCKETS).increment(1);
+    let (mut sink, mut frames) = socket.split();
+    let mut calls = FuturesUnordered::new();
+    let mut close: Option<CloseFrame> = None;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            Some(reply) = calls.next(), if !calls.is_empty() => {
+                let reply: Option<String> = reply;
+                if let Some(reply) = reply
+                    && sink.send(Message::text(reply)).await.is_err()
+                {
+                    break;
+                }
+            }
+            () = state.pushes_waiting() => {
+                if !write_pushes(&mut sink, &context, &state).await {
+                    break;
+                }
+            }
+            frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    // rpc-websockets servers parse binary frames as text too.
+                    Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
+                        Ok(text) => text,
+                        Err(_) => {
+                            if sink.send(Message::text(rpc::parse_error_reply())).await.is_err() { break; }
+                            continue;
+                        }
+                    },
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        // Sends the pong tungstenite queued.
+                        if sink.flush().await.is_err() { break; }
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        tracing::info!(size, max_size, "message too big; closing socket");
+                        close = Some(close_frame(CloseCode::Size, "message too big"));
+                        draining = true;
+                        continue;
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "socket read failed");
+                        break;
+                    }
+                };
+                calls.push(handle(context.clone(), state.clone(), text));
+            }
+            () = shutdown.cancelled(), if !draining => {
+                close = Some(close_frame(CloseCode::Away, "server shutting down"));
+                draining = true;
+            }
+        }
+        if draining && calls.is_empty() {
+            let _ = sink.send(Message::Close(close.take())).await;
+            break;
+        }
+    }
+    context.live.socket_closed(&state).await;
+    metrics::gauge!(telemetry::OPEN_SOCKETS).decrement(1);
+}
+
+async fn handle(
+    context: Arc<Context>,
+    socket: Arc<SocketState>,
+    frame: Utf8Bytes,
+) -> Option<String> {
+    let caller = Caller {
+        context: &context,
+        socket: &socket,
+    };
+    rpc::handle_frame(caller, frame.as_str()).await
+}
+
+/// Writes queued pushes; returns false when the socket is broken. Pushes that could not be
+/// written go back to pending when the socket's close is handled.
+async fn write_pushes<S>(sink: &mut S, context: &Context, state: &SocketState) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let pushes = state.take_pushes();
+    let mut pushes = pushes.into_iter();
+    while let Some(mut push) = pushes.next() {
+        let count = push.messages.len() as u64;
+        if sink
+            .feed(Message::text(std::mem::take(&mut push.frame)))
+            .await
+            .is_err()
+        {
+            // This push and the rest never left: release them now.
+            context
+                .live
+                .release_unsent(std::iter::once(push).chain(pushes))
+                .await;
+            return false;
+        }
+        metrics::counter!(telemetry::EVENTS_PUSHED).increment(count);
+    }
+    sink.flush().await.is_ok()
+}
+
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,355 @@
+//! Every queue method against a real Redis: shapes, FIFO, filters, limits, delete, visibility.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Client, Redis, Server, ids, payload, texts, unique_id};
+
+const DID_A: &str = "did:key:z6MkAAAA";
+const DID_B: &str = "did:key:z6MkBBBB";
+
+async fn setup(env: &[(&str, &str)]) -> (Redis, Server, Client) {
+    let redis = Redis::start();
+    let server = Server::start(&redis.url(), env).await;
+    let client = Client::connect(&server.url()).await;
+    (redis, server, client)
+}
+
+#[tokio::test]
+async fn add_then_take_returns_the_messages_in_order_with_the_payload_verbatim() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    let connection = unique_id("c");
+    let mut added = Vec::new();
+    for i in 0..5 {
+        let id = client.add(&connection, DID_A, &format!("m{i}")).await;
+        assert_eq!(id.len(), 24, "{id}");
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        added.push(id);
+    }
+    let odd = json!({"protected": "p", "iv": "i", "ciphertext": "c", "tag": "t", "extra": {"nested": [1, 2.5, null, "é\u{1F600}"]}});
+    let reply = client
+        .call(
+            "addMessage",
+            json!({"connectionId": connection, "recipientDids": [DID_A], "payload": odd}),
+        )
+        .await;
+    added.push(reply["messageId"].as_str().unwrap().to_owned());
+
+    let messages = client.take(json!({"connectionId": connection})).await;
+    assert_eq!(ids(&messages), added);
+    assert_eq!(texts(&messages[..5]), ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(messages[5]["encryptedMessage"], odd);
+    assert_eq!(messages[0]["encryptedMessage"], payload("m0"));
+    let received_at = messages[0]["receivedAt"].as_str().unwrap();
+    assert!(
+        received_at.ends_with('Z') && received_at.len() == 24,
+        "{received_at}"
+    );
+    assert_eq!(messages[0].as_object().unwrap().len(), 3, "{}", messages[0]);
+}
+
+#[tokio::test]
+async fn ids_are_unique_across_instances() {
+    let redis = Redis::start();
+    let a = Server::start(&redis.url(), &[]).await;
+    let b = Server::start(&redis.url(), &[]).await;
+    let mut ca = Client::connect(&a.url()).await;
+    let mut cb = Client::connect(&b.url()).await;
+    let connection = unique_id("c");
+    let mut all = std::collections::HashSet::new();
+    for i in 0..50 {
+        assert!(all.insert(ca.add(&connection, DID_A, &format!("a{i}")).await));
+        assert!(all.insert(cb.add(&connection, DID_A, &format!("b{i}")).await));
+    }
+    assert_eq!(ca.count(&connection).await, 100);
+}
+
+#[tokio::test]
+async fn limit_and_limit_bytes_bound_what_is_returned() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    let connection = unique_id("c");
+    for i in 0..10 {
+        client
+            .add(&connection, DID_A, &format!("message-{i}"))
+            .await;
+    }
+    let three = client
+        .take(json!({"connectionId": connection, "limit": 3}))
+        .await;
+    assert_eq!(texts(&three), ["message-0", "message-1", "message-2"]);
+
+    let size = serde_json::to_string(&payload("message-3")).unwrap().len();
+    let two = client
+        .take(json!({"connectionId": connection, "limitBytes": 2 * size + size / 2}))
+        .await;
+    assert_eq!(texts(&two), ["message-3", "message-4"]);
+    let exact = client
+        .take(json!({"connectionId": connection, "limitBytes": size}))
+        .await;
+    assert_eq!(texts(&exact), ["message-5"]);
+    let too_small = client
+        .take(json!({"connectionId": connection, "limitBytes": size - 1}))
+        .await;
+    assert!(
+        too_small.is_empty(),
+        "a message larger than limitBytes is not returned"
+    );
+    let zero = client
+        .take(json!({"connectionId": connection, "limit": 0}))
+        .await;
+    assert!(zero.is_empty());
+    assert_eq!(client.count(&connection).await, 4);
+}
+
+#[tokio::test]
+async fn no_limit_means_all_up_to_the_configured_ceiling() {
+    let (_redis, _server, mut client) = setup(&[("MAX_TAKE_MESSAGES", "7")]).await;
+    let connection = unique_id("c");
+    for i in 0..10 {
+        client.add(&connection, DID_A, &format!("{i}")).await;
+    }
+    assert_eq!(
+        client.take(json!({"connectionId": connection})).await.len(),
+        7
+    );
+    assert_eq!(
+        client
+            .take(json!({"connectionId": connection, "limit": 100}))
+            .await
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn recipient_did_filters_take_count_and_remove_all() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    let connection = unique_id("c");
+    for i in 0..6 {
+        let did = if i % 2 == 0 { DID_A } else { DID_B };
+        client.add(&connection, did, &format!("{i}")).await;
+    }
+    let count_b = client
+        .call(
+            "getAvailableMessageCount",
+            json!({"connectionId": connection, "recipientDid": DID_B}),
+        )
+        .await;
+    assert_eq!(count_b, 3);
+    let only_a = client
+        .take(json!({"connectionId": connection, "recipientDid": DID_A, "limit": 2}))
+        .await;
+    assert_eq!(texts(&only_a), ["0", "2"]);
+    // The two taken are in flight: not pending for A, nor for the connection.
+    let count_a = client
+        .call(
+            "getAvailableMessageCount",
+            json!({"connectionId": connection, "recipientDid": DID_A}),
+        )
+        .await;
+    assert_eq!(count_a, 1);
+    assert_eq!(client.count(&connection).await, 4);
+
+    // removeAll for A removes A's pending and in-flight messages, and nothing of B.
+    let removed = client
+        .call(
+            "removeAllMessages",
+            json!({"connectionId": connection, "recipientDid": DID_A}),
+        )
+        .await;
+    assert_eq!(removed, true);
+    let rest = client.take(json!({"connectionId": connection})).await;
+    assert_eq!(texts(&rest), ["1", "3", "5"]);
+    let unknown = client
+        .take(json!({"connectionId": connection, "recipientDid": "did:key:nobody"}))
+        .await;
+    assert!(unknown.is_empty());
+}
+
+#[tokio::test]
+async fn a_message_for_two_recipients_is_one_message_in_both_lanes() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    let connection = unique_id("c");
+    client
+        .call(
+            "addMessage",
+            json!({"connectionId": connection, "recipientDids": [DID_A, DID_B], "payload": payload("both")}),
+        )
+        .await;
+    let count = |did: &str| json!({"connectionId": connection, "recipientDid": did});
+    assert_eq!(
+        client.call("getAvailableMessageCount", count(DID_A)).await,
+        1
+    );
+    assert_eq!(
+        client.call("getAvailableMessageCount", count(DID_B)).await,
+        1
+    );
+    let taken = client
+        .take(json!({"connectionId": connection, "recipientDid": DID_B, "deleteMessages": true}))
+        .await;
+    assert_eq!(texts(&taken), ["both"]);
+    assert_eq!(
+        client.call("getAvailableMessageCount", count(DID_A)).await,
+        0
+    );
+    assert_eq!(client.count(&connection).await, 0);
+}
+
+#[tokio::test]
+async fn delete_messages_removes_what_it_returns_and_leaves_no_keys() {
+    let (redis, _server, mut client) = setup(&[("REDIS_PREFIX", "t")]).await;
+    let connection = unique_id("c");
+    for i in 0..4 {
+        client.add(&connection, DID_A, &format!("{i}")).await;
+    }
+    let first = client
+        .take(json!({"connectionId": connection, "limit": 3, "deleteMessages": true}))
+        .await;
+    assert_eq!(texts(&first), ["0", "1", "2"]);
+    assert_eq!(client.count(&connection).await, 1);
+    let last = client
+        .take(json!({"connectionId": connection, "deleteMessages": true}))
+        .await;
+    assert_eq!(texts(&last), ["3"]);
+    assert!(
+        client
+            .take(json!({"connectionId": connection}))
+            .await
+            .is_empty()
+    );
+    // An emptied queue leaves nothing behind (SCAN is fine in a test).
+    let keys = redis.cli(&["--scan", "--pattern", &format!("t:{{{connection}}}*")]);
+    assert_eq!(keys, "", "keys left: {keys}");
+}
+
+#[tokio::test]
+async fn taken_messages_are_invisible_until_the_visibility_timeout_then_pending_in_order() {
+    let (_redis, _server, mut client) = setup(&[("VISIBILITY_TIMEOUT_MS", "700")]).await;
+    let connection = unique_id("c");
+    for i in 0..5 {
+        client.add(&connection, DID_A, &format!("{i}")).await;
+    }
+    let first = client
+        .take(json!({"connectionId": connection, "limit": 2}))
+        .await;
+    assert_eq!(texts(&first), ["0", "1"]);
+    assert_eq!(client.count(&connection).await, 3);
+    let second = client
+        .take(json!({"connectionId": connection, "limit": 2}))
+        .await;
+    assert_eq!(texts(&second), ["2", "3"]);
+    // Acknowledge one of the first batch; the other must come back, in its original place.
+    assert_eq!(
+        client
+            .call(
+                "removeMessages",
+                json!({"connectionId": connection, "messageIds": [ids(&first)[0]]})
+            )
+            .await,
+        true
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(client.count(&connection).await, 4);
+    let again = client.take(json!({"connectionId": connection})).await;
+    assert_eq!(texts(&again), ["1", "2", "3", "4"]);
+}
+
+#[tokio::test]
+async fn remove_messages_removes_ids_anywhere_in_the_queue_and_ignores_unknown_ones() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    let connection = unique_id("c");
+    let mut added = Vec::new();
+    for i in 0..200 {
+        added.push(client.add(&connection, DID_A, &format!("{i}")).await);
+    }
+    // Deep in the queue, in flight and pending, plus ids that do not exist.
+    let taken = client
+        .take(json!({"connectionId": connection, "limit": 10}))
+        .await;
+    let doomed = vec![
+        added[3].clone(),
+        added[150].clone(),
+        added[199].clone(),
+        ids(&taken)[5].clone(),
+        "000000000000000000000000".to_owned(),
+    ];
+    let removed = client
+        .call(
+            "removeMessages",
+            json!({"connectionId": connection, "messageIds": doomed}),
+        )
+        .await;
+    assert_eq!(removed, true);
+    let all = client
+        .call(
+            "removeMessages",
+            json!({"connectionId": connection, "messageIds": []}),
+        )
+        .await;
+    assert_eq!(all, true);
+    assert_eq!(client.count(&connection).await, 190 - 2);
+    let rest = client.take(json!({"connectionId": connection})).await;
+    let rest = ids(&rest);
+    assert!(!rest.contains(&added[150]) && !rest.contains(&added[199]));
+    assert_eq!(rest.len(), 188);
+}
+
+#[tokio::test]
+async fn remove_all_messages_empties_pending_and_in_flight() {
+    let (_redis, _server, mut client) = setup(&[("VISIBILITY_TIMEOUT_MS", "300")]).await;
+    let connection = unique_id("c");
+    for i in 0..20 {
+        client.add(&connection, DID_A, &format!("{i}")).await;
+    }
+    client
+        .take(json!({"connectionId": connection, "limit": 5}))
+        .await;
+    assert_eq!(
+        client
+            .call("removeAllMessages", json!({"connectionId": connection}))
+            .await,
+        true
+    );
+    assert_eq!(client.count(&connection).await, 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        client
+            .take(json!({"connectionId": connection}))
+            .await
+            .is_empty(),
+        "in-flight ones too"
+    );
+    // The queue works again afterwards, from a clean start.
+    client.add(&connection, DID_A, "after").await;
+    assert_eq!(
+        texts(&client.take(json!({"connectionId": connection})).await),
+        ["after"]
+    );
+}
+
+#[tokio::test]
+async fn connections_are_isolated() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    let (one, two) = (unique_id("c"), unique_id("c"));
+    client.add(&one, DID_A, "for one").await;
+    client.add(&two, DID_A, "for two").await;
+    client
+        .call("removeAllMessages", json!({"connectionId": one}))
+        .await;
+    assert_eq!(
+        texts(&client.take(json!({"connectionId": two})).await),
+        ["for two"]
+    );
+}
+
+#[tokio::test]
+async fn ping_answers_pong() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    assert_eq!(client.call("ping", serde_json::Value::Null).await, "pong");
+}

@@ -1,0 +1,381 @@
+//! Test harness: a real redis-server on a free 127.0.0.1 port, `mpr` instances as child
+//! processes, and a small JSON-RPC WebSocket client. Everything is killed on drop.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, empty.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis is running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Server {
+    pub ws_port: u16,
+    pub app_port: u16,
+    child: Child,
+}
+
+impl Server {
+    pub async fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
+        let server = Self::spawn(redis_url, env);
+        server.wait_ready().await;
+        server
+    }
+
+    pub fn spawn(redis_url: &str, env: &[(&str, &str)]) -> Self {
+        let ws_port = free_port();
+        let app_port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_mpr"))
+            .env_clear()
+            .env("WS_PORT", ws_port.to_string())
+            .env("APP_PORT", app_port.to_string())
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("REDIS_URL", redis_url)
+            .env("LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mpr binary");
+        Self {
+            ws_port,
+            app_port,
+            child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.ws_port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.http_get("/ready").await.0 != 200 {
+            assert!(Instant::now() < deadline, "mpr did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// (status, body) of a GET on the HTTP port; status 0 when nothing answers.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.app_port)).await else {
+            return (0, String::new());
+        };
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return (0, String::new());
+        }
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        (status, body)
+    }
+
+    /// The value of an unlabelled metric, or the sum of a labelled one's series matching `labels`.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").await;
+        body.lines()
+            .filter(|line| line.starts_with(name) && line.contains(labels))
+            .filter(|line| line[name.len()..].starts_with([' ', '{']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A JSON-RPC client over one WebSocket: calls are matched to replies by id; frames that are
+/// not replies (pushes) are kept for `next_push`.
+pub struct Client {
+    outgoing: mpsc::UnboundedSender<Message>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    pending: Vec<Value>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+pub enum Incoming {
+    Text(String),
+    Closed(Option<u16>),
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let (mut sink, mut stream) = socket.split();
+        let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
+        let (deliver, incoming) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = to_send.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(frame) = stream.next().await {
+                match frame {
+                    Ok(Message::Text(text)) => {
+                        let _ = deliver.send(Incoming::Text(text.to_string()));
+                    }
+                    Ok(Message::Close(frame)) => {
+                        let _ = deliver.send(Incoming::Closed(frame.map(|f| u16::from(f.code))));
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = deliver.send(Incoming::Closed(None));
+        });
+        Self {
+            outgoing,
+            incoming,
+            pending: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    pub fn send_raw(&self, frame: impl Into<String>) {
+        self.outgoing
+            .send(Message::text(frame.into()))
+            .expect("socket open");
+    }
+
+    pub fn send_message(&self, message: Message) {
+        self.outgoing.send(message).expect("socket open");
+    }
+
+    /// The next frame, whatever it is; None on timeout.
+    pub async fn next_frame(&mut self, within: Duration) -> Option<Incoming> {
+        tokio::time::timeout(within, self.incoming.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The full reply (`result` or `error`) to a call.
+    pub async fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut request = json!({"jsonrpc": "2.0", "method": method, "id": id});
+        if !params.is_null() {
+            request["params"] = params;
+        }
+        self.send_raw(request.to_string());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_frame(left).await {
+                Some(Incoming::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).expect("server sends JSON");
+                    if frame["id"] == json!(id) {
+                        return frame;
+                    }
+                    self.pending.push(frame);
+                }
+                other => panic!("no reply to {method}: {other:?}"),
+            }
+        }
+    }
+
+    /// The `result` of a call that must succeed.
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let reply = self.request(method, params).await;
+        assert!(reply.get("error").is_none(), "{method} failed: {reply}");
+        reply["result"].clone()
+    }
+
+    /// The `error` of a call that must fail.
+    pub async fn call_err(&mut self, method: &str, params: Value) -> Value {
+        let reply = self.request(method, params).await;
+        assert!(
+            reply.get("result").is_none(),
+            "{method} should fail: {reply}"
+        );
+        reply["error"].clone()
+    }
+
+    /// The params of the next `messagesReceived` push, or None within the timeout.
+    pub async fn next_push(&mut self, within: Duration) -> Option<Value> {
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|f| f["method"] == "messagesReceived")
+        {
+            return Some(self.pending.remove(i)["params"].clone());
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_frame(left).await? {
+                Incoming::Text(text) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["method"] == "messagesReceived" {
+                        return Some(frame["params"].clone());
+                    }
+                    self.pending.push(frame);
+                }
+                Incoming::Closed(_) => return None,
+            }
+        }
+    }
+
+    pub async fn add(&mut self, connection_id: &str, did: &str, text: &str) -> String {
+        let result = self
+            .call(
+                "addMessage",
+                json!({"connectionId": connection_id, "recipientDids": [did], "payload": payload(text)}),
+            )
+            .await;
+        result["messageId"].as_str().expect("messageId").to_owned()
+    }
+
+    pub async fn take(&mut self, params: Value) -> Vec<Value> {
+        self.call("takeFromQueue", params)
+            .await
+            .as_array()
+            .expect("array")
+            .clone()
+    }
+
+    pub async fn count(&mut self, connection_id: &str) -> u64 {
+        let result = self
+            .call(
+                "getAvailableMessageCount",
+                json!({"connectionId": connection_id}),
+            )
+            .await;
+        result.as_u64().expect("a count")
+    }
+}
+
+/// A DIDComm v1 JWE-shaped payload carrying `text` as its ciphertext.
+pub fn payload(text: &str) -> Value {
+    json!({"protected": "eyJlbmMiOiJ4Y2hhY2hhMjBwb2x5MTMwNV9pZXRmIn0", "iv": "aXY", "ciphertext": text, "tag": "dGFn"})
+}
+
+pub fn texts(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| {
+            m["encryptedMessage"]["ciphertext"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+pub fn ids(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub fn unique_id(tag: &str) -> String {
+    format!("{tag}-{:016x}", rand::random::<u64>())
+}
