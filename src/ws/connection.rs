@@ -54,34 +54,34 @@ pub async fn run(
                 }
             }
             frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
-                let text = match frame {
-                    Some(Ok(Message::Text(text))) => text,
+                match frame {
+                    Some(Ok(Message::Text(text))) => calls.push(handle(context.clone(), state.clone(), text)),
                     // rpc-websockets servers parse binary frames as text too.
                     Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                        Ok(text) => text,
+                        Ok(text) => calls.push(handle(context.clone(), state.clone(), text)),
                         Err(_) => {
-                            if sink.send(Message::text(rpc::parse_error_reply())).await.is_err() { break; }
-                            continue;
+                            if sink.send(Message::text(rpc::parse_error_reply())).await.is_err() {
+                                break;
+                            }
                         }
                     },
+                    // Sends the pong tungstenite queued.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        // Sends the pong tungstenite queued.
-                        if sink.flush().await.is_err() { break; }
-                        continue;
+                        if sink.flush().await.is_err() {
+                            break;
+                        }
                     }
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                         tracing::info!(size, max_size, "message too big; closing socket");
                         close = Some(close_frame(CloseCode::Size, "message too big"));
                         draining = true;
-                        continue;
                     }
                     Some(Err(error)) => {
                         tracing::debug!(%error, "socket read failed");
                         break;
                     }
-                };
-                calls.push(handle(context.clone(), state.clone(), text));
+                }
             }
             () = shutdown.cancelled(), if !draining => {
                 close = Some(close_frame(CloseCode::Away, "server shutting down"));
@@ -90,11 +90,31 @@ pub async fn run(
         }
         if draining && calls.is_empty() {
             let _ = sink.send(Message::Close(close.take())).await;
+            linger(&mut frames).await;
             break;
         }
     }
     context.live.socket_closed(&state).await;
     metrics::gauge!(telemetry::OPEN_SOCKETS).decrement(1);
+}
+
+/// After our close frame, reads (and drops) what the peer still sends until it closes too, for
+/// at most a second: closing with unread input would reset the connection and the peer would
+/// never see the close code.
+async fn linger<S>(frames: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Message, Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, frames.next()).await {
+        if matches!(
+            frame,
+            Ok(Message::Close(_))
+                | Err(Error::ConnectionClosed | Error::AlreadyClosed | Error::Io(_))
+        ) {
+            break;
+        }
+    }
 }
 
 async fn handle(

@@ -104,7 +104,12 @@ impl Server {
             .env("REDIS_URL", redis_url)
             .env("LOG_LEVEL", "warn")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .envs(std::env::var("MPR_TEST_LOG").map(|level| ("LOG_LEVEL", level)))
+            .stdout(if std::env::var_os("MPR_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("mpr binary");
         Self {
@@ -187,6 +192,7 @@ impl Drop for Server {
 /// A JSON-RPC client over one WebSocket: calls are matched to replies by id; frames that are
 /// not replies (pushes) are kept for `next_push`.
 pub struct Client {
+    reader: tokio::task::JoinHandle<()>,
     outgoing: mpsc::UnboundedSender<Message>,
     incoming: mpsc::UnboundedReceiver<Incoming>,
     pending: Vec<Value>,
@@ -214,7 +220,7 @@ impl Client {
                 }
             }
         });
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Some(frame) = stream.next().await {
                 match frame {
                     Ok(Message::Text(text)) => {
@@ -225,12 +231,16 @@ impl Client {
                         return;
                     }
                     Ok(_) => {}
-                    Err(_) => break,
+                    Err(error) => {
+                        eprintln!("client read error: {error}");
+                        break;
+                    }
                 }
             }
             let _ = deliver.send(Incoming::Closed(None));
         });
         Self {
+            reader,
             outgoing,
             incoming,
             pending: Vec::new(),
@@ -349,6 +359,13 @@ impl Client {
             )
             .await;
         result.as_u64().expect("a count")
+    }
+}
+
+/// Dropping a client drops its socket without a close handshake, as a crashed peer would.
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 

@@ -1,0 +1,244 @@
+//! Live sessions across instances: pushes, ownership, socket close, instance death.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Client, Redis, Server, texts, unique_id};
+
+const DID: &str = "did:key:z6MkLive";
+
+async fn bind(client: &mut Client, connection: &str) {
+    let bound = client
+        .call(
+            "addLiveSession",
+            json!({"connectionId": connection, "sessionId": unique_id("s")}),
+        )
+        .await;
+    assert_eq!(bound, true);
+}
+
+async fn is_live(client: &mut Client, connection: &str) -> bool {
+    let live = client
+        .call("getLiveSession", json!({"connectionId": connection}))
+        .await;
+    live.as_bool().expect("a boolean")
+}
+
+/// Polls until the condition holds; returns how long it took.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < within,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_message_added_on_one_instance_is_pushed_to_the_session_on_another() {
+    let redis = Redis::start();
+    let a = Server::start(&redis.url(), &[]).await;
+    let b = Server::start(&redis.url(), &[]).await;
+    let mut mediator = Client::connect(&a.url()).await;
+    let mut sender = Client::connect(&b.url()).await;
+    let connection = unique_id("c");
+    mediator.call("rpc.on", json!(["messagesReceived"])).await;
+    bind(&mut mediator, &connection).await;
+    assert!(
+        is_live(&mut sender, &connection).await,
+        "visible from the other instance"
+    );
+
+    let id = sender.add(&connection, DID, "hello").await;
+    let push = mediator
+        .next_push(Duration::from_secs(5))
+        .await
+        .expect("a push");
+    assert_eq!(push["connectionId"], connection.as_str());
+    assert_eq!(push["id"], "");
+    let messages = push["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["id"], id.as_str());
+    assert_eq!(texts(messages), ["hello"]);
+    // Pushed means in flight: not available to takes until acknowledged or timed out.
+    assert_eq!(sender.count(&connection).await, 0);
+    assert!(
+        sender
+            .take(json!({"connectionId": connection}))
+            .await
+            .is_empty()
+    );
+    mediator
+        .call(
+            "removeMessages",
+            json!({"connectionId": connection, "messageIds": [id]}),
+        )
+        .await;
+    assert_eq!(b.metric("mpr_events_undeliverable_total", "").await, 0.0);
+    assert_eq!(a.metric("mpr_events_pushed_total", "").await, 1.0);
+    assert_eq!(a.metric("mpr_live_sessions", "").await, 1.0);
+}
+
+#[tokio::test]
+async fn pushes_keep_order_and_reach_a_session_on_the_same_instance() {
+    let redis = Redis::start();
+    let server = Server::start(&redis.url(), &[]).await;
+    let mut mediator = Client::connect(&server.url()).await;
+    let mut sender = Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    bind(&mut mediator, &connection).await;
+    for i in 0..20 {
+        sender.add(&connection, DID, &format!("{i}")).await;
+    }
+    let mut received = Vec::new();
+    while received.len() < 20 {
+        let push = mediator
+            .next_push(Duration::from_secs(5))
+            .await
+            .expect("a push");
+        received.extend(texts(push["messages"].as_array().unwrap()));
+    }
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(received, expected);
+}
+
+#[tokio::test]
+async fn unacknowledged_pushes_become_pending_after_the_visibility_timeout() {
+    let redis = Redis::start();
+    let server = Server::start(&redis.url(), &[("VISIBILITY_TIMEOUT_MS", "500")]).await;
+    let mut mediator = Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    bind(&mut mediator, &connection).await;
+    mediator.add(&connection, DID, "lost on the way").await;
+    mediator
+        .next_push(Duration::from_secs(5))
+        .await
+        .expect("a push");
+    assert_eq!(mediator.count(&connection).await, 0);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        texts(&mediator.take(json!({"connectionId": connection})).await),
+        ["lost on the way"]
+    );
+}
+
+#[tokio::test]
+async fn the_newest_binding_wins_and_the_old_socket_cannot_remove_it() {
+    let redis = Redis::start();
+    let a = Server::start(&redis.url(), &[]).await;
+    let b = Server::start(&redis.url(), &[]).await;
+    let mut old = Client::connect(&a.url()).await;
+    let mut new = Client::connect(&b.url()).await;
+    let connection = unique_id("c");
+    bind(&mut old, &connection).await;
+    bind(&mut new, &connection).await;
+    let removed = old
+        .call("removeLiveSession", json!({"connectionId": connection}))
+        .await;
+    assert_eq!(removed, false);
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        is_live(&mut new, &connection).await,
+        "closing the old socket leaves the new binding"
+    );
+    new.add(&connection, DID, "to the new one").await;
+    let push = new.next_push(Duration::from_secs(5)).await.expect("a push");
+    assert_eq!(
+        texts(push["messages"].as_array().unwrap()),
+        ["to the new one"]
+    );
+    let removed = new
+        .call("removeLiveSession", json!({"connectionId": connection}))
+        .await;
+    assert_eq!(removed, true);
+    assert!(!is_live(&mut new, &connection).await);
+    new.add(&connection, DID, "queued").await;
+    assert!(new.next_push(Duration::from_millis(300)).await.is_none());
+    assert_eq!(new.count(&connection).await, 1);
+}
+
+#[tokio::test]
+async fn a_closed_socket_ends_its_sessions_and_nothing_sent_to_it_is_lost() {
+    let redis = Redis::start();
+    let a = Server::start(&redis.url(), &[("VISIBILITY_TIMEOUT_MS", "60000")]).await;
+    let b = Server::start(&redis.url(), &[]).await;
+    let mut sender = Client::connect(&b.url()).await;
+    let connections: Vec<String> = (0..20).map(|_| unique_id("c")).collect();
+    let mut mediator = Client::connect(&a.url()).await;
+    for connection in &connections {
+        bind(&mut mediator, connection).await;
+    }
+    drop(mediator);
+    // Race the close: every message must end up pending (not stuck in flight for 60 s).
+    for connection in &connections {
+        sender.add(connection, DID, "after close").await;
+    }
+    for connection in &connections {
+        eventually(Duration::from_secs(3), async || {
+            !is_live(&mut sender, connection).await
+        })
+        .await;
+        eventually(Duration::from_secs(3), async || {
+            sender.count(connection).await == 1
+        })
+        .await;
+    }
+    assert_eq!(a.metric("mpr_live_sessions", "").await, 0.0);
+}
+
+#[tokio::test]
+async fn sessions_of_a_killed_instance_stop_being_live_within_the_bound_and_its_events_are_released()
+ {
+    let redis = Redis::start();
+    let liveness = [
+        ("LIVENESS_TIMEOUT_MS", "2000"),
+        ("VISIBILITY_TIMEOUT_MS", "60000"),
+    ];
+    let mut a = Server::start(&redis.url(), &liveness).await;
+    let b = Server::start(&redis.url(), &liveness).await;
+    let mut mediator = Client::connect(&a.url()).await;
+    let mut sender = Client::connect(&b.url()).await;
+    let connection = unique_id("c");
+    bind(&mut mediator, &connection).await;
+    // Let B see A alive, then kill A without warning and at once add a message for its session.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill();
+    let killed = Instant::now();
+    let id = sender.add(&connection, DID, "for a dead instance").await;
+    eventually(Duration::from_secs(4), async || {
+        !is_live(&mut sender, &connection).await
+    })
+    .await;
+    let detected = killed.elapsed();
+    assert!(
+        detected <= Duration::from_millis(2000 + 500),
+        "took {detected:?}"
+    );
+    // The event sent to the dead instance is taken over and its message released well before the
+    // 60 s visibility timeout; it is delivered exactly once.
+    eventually(Duration::from_secs(4), async || {
+        sender.count(&connection).await == 1
+    })
+    .await;
+    let taken = sender
+        .take(json!({"connectionId": connection, "deleteMessages": true}))
+        .await;
+    assert_eq!(support::ids(&taken), [id]);
+    assert!(
+        sender
+            .take(json!({"connectionId": connection}))
+            .await
+            .is_empty()
+    );
+    assert!(b.metric("mpr_events_undeliverable_total", "").await >= 1.0);
+    assert_eq!(b.metric("mpr_instances_reaped_total", "").await, 1.0);
+    // New messages now queue as pending, with no push to anyone.
+    sender.add(&connection, DID, "later").await;
+    assert_eq!(sender.count(&connection).await, 1);
+}
