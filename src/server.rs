@@ -46,6 +46,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Err(error) = store.ping().await {
         tracing::warn!(%error, "Redis is not reachable yet; calls fail until it is");
     }
+    live.register().await;
     tracing::info!(
         instance = live.instance(), ws = %ws_address, http = %http_address, redis_prefix = %config.redis_prefix,
         "mpr listening"

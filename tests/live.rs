@@ -242,3 +242,21 @@ async fn sessions_of_a_killed_instance_stop_being_live_within_the_bound_and_its_
     sender.add(&connection, DID, "later").await;
     assert_eq!(sender.count(&connection).await, 1);
 }
+
+#[tokio::test]
+async fn an_instance_started_after_the_last_heartbeat_is_not_mistaken_for_dead() {
+    let redis = Redis::start();
+    // Heartbeats every 12 s: B cannot have heard of C through them during this test.
+    let env = [("LIVENESS_TIMEOUT_MS", "60000")];
+    let b = Server::start(&redis.url(), &env).await;
+    let c = Server::start(&redis.url(), &env).await;
+    let mut mediator = Client::connect(&c.url()).await;
+    let mut sender = Client::connect(&b.url()).await;
+    let connection = unique_id("c");
+    bind(&mut mediator, &connection).await;
+    assert!(is_live(&mut sender, &connection).await);
+    sender.add(&connection, DID, "to the new instance").await;
+    let push = mediator.next_push(Duration::from_secs(5)).await.expect("a push");
+    assert_eq!(texts(push["messages"].as_array().unwrap()), ["to the new instance"]);
+    assert_eq!(b.metric("mpr_events_undeliverable_total", "").await, 0.0);
+}

@@ -10,64 +10,71 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use super::{Live, events};
-use crate::store::HEARTBEAT;
 use crate::telemetry;
+use std::sync::atomic::Ordering;
 
 const TAKEOVER_BATCH: usize = 256;
 
 /// Beats every fifth of the liveness timeout; an instance silent for the other four fifths is
 /// dead, so every instance knows within the timeout.
 pub async fn heartbeat(live: Arc<Live>, shutdown: CancellationToken) {
-    let period = live.liveness_timeout / 5;
-    let dead_after = live.liveness_timeout - period;
-    let mut ticks = tokio::time::interval(period);
+    let mut ticks = tokio::time::interval(live.heartbeat_period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut registered = false;
+    ticks.tick().await; // `register` made the first beat
     let mut failing = false;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let beat: RedisResult<(i64, Vec<String>, Vec<String>)> = HEARTBEAT
-            .key(live.store.keys().instances())
-            .arg(&live.instance)
-            .arg(dead_after.as_millis() as u64)
-            .invoke_async(&mut live.store.connection())
-            .await;
-        let (added, alive, dead) = match beat {
-            Ok(beat) => beat,
+        match beat(&live).await {
+            Ok(()) if failing => {
+                tracing::info!("heartbeat recovered");
+                failing = false;
+            }
+            Ok(()) => {}
             Err(error) => {
                 if !failing {
-                    tracing::warn!(%error, "heartbeat failed; retrying every {period:?}");
+                    tracing::warn!(%error, "heartbeat failed; retrying every {:?}", live.heartbeat_period);
                 }
                 failing = true;
-                continue;
-            }
-        };
-        if failing {
-            tracing::info!("heartbeat recovered");
-            failing = false;
-        }
-        *live.alive.write().expect("alive lock") = alive.into_iter().collect();
-        if added == 1 && registered {
-            tracing::warn!(
-                "this instance's registration was lost (Redis restarted?); restoring its live sessions"
-            );
-            live.restore_bindings().await;
-        }
-        registered = true;
-        for instance in dead.iter().filter(|instance| **instance != live.instance) {
-            if let Err(error) = take_over(&live, instance, live.liveness_timeout).await {
-                tracing::warn!(%instance, %error, "could not take over dead instance");
             }
         }
     }
 }
 
+/// One heartbeat: refreshes the set of live instances, restores this instance's bindings if
+/// Redis lost them, and takes over dead instances.
+pub async fn beat(live: &Live) -> RedisResult<()> {
+    let beat = live
+        .store
+        .heartbeat(&live.instance, live.dead_after)
+        .await?;
+    *live.alive.write().expect("alive lock") = beat.alive.into_iter().collect();
+    let registered_before = live.registered.swap(true, Ordering::Relaxed);
+    if beat.was_missing && registered_before {
+        tracing::warn!(
+            "this instance's registration was lost (Redis restarted?); restoring its live sessions"
+        );
+        live.restore_bindings().await;
+    }
+    for instance in beat
+        .dead
+        .iter()
+        .filter(|instance| **instance != live.instance)
+    {
+        match take_over(live, instance, live.dead_after).await {
+            Ok(true) => metrics::counter!(telemetry::INSTANCES_REAPED).increment(1),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%instance, %error, "could not take over dead instance"),
+        }
+    }
+    Ok(())
+}
+
 /// Releases the events a dead instance never delivered, then forgets the instance. One
 /// survivor at a time holds the lock; if it dies too, the lock expires and another resumes.
-async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<()> {
+async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<bool> {
     let keys = live.store.keys();
     let mut conn = live.store.connection();
     let locked: Option<String> = redis::cmd("SET")
@@ -79,7 +86,7 @@ async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<(
         .query_async(&mut conn)
         .await?;
     if locked.is_none() {
-        return Ok(());
+        return Ok(false);
     }
     let stream = keys.events(dead);
     let mut taken = 0;
@@ -135,9 +142,8 @@ async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<(
         .del(keys.reaper(dead))
         .exec_async(&mut conn)
         .await?;
-    metrics::counter!(telemetry::INSTANCES_REAPED).increment(1);
     tracing::warn!(instance = %dead, events = taken, "took over a dead instance");
-    Ok(())
+    Ok(true)
 }
 
 /// At shutdown, after every socket closed: this instance's undelivered events go back to pending

@@ -10,7 +10,7 @@ mod instances;
 mod socket;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -25,12 +25,17 @@ use crate::telemetry;
 pub struct Live {
     instance: String,
     store: Store,
-    liveness_timeout: Duration,
+    /// Heartbeat period: a fifth of the liveness timeout.
+    heartbeat_period: Duration,
+    /// An instance silent this long is dead: the other four fifths.
+    dead_after: Duration,
     next_socket: AtomicU64,
     /// Live sessions bound to sockets of this instance.
     session_count: AtomicI64,
     /// Sockets of this instance that have bound at least one session.
     sockets: RwLock<HashMap<u64, Arc<SocketState>>>,
+    /// Whether a heartbeat has registered this instance since start.
+    registered: AtomicBool,
     /// Instances that heartbeated recently (refreshed by every heartbeat).
     alive: RwLock<HashSet<String>>,
 }
@@ -42,15 +47,24 @@ impl Live {
             alive: RwLock::new(HashSet::from([instance.clone()])),
             instance,
             store,
-            liveness_timeout,
+            heartbeat_period: liveness_timeout / 5,
+            dead_after: liveness_timeout - liveness_timeout / 5,
             next_socket: AtomicU64::new(1),
             session_count: AtomicI64::new(0),
+            registered: AtomicBool::new(false),
             sockets: RwLock::default(),
         })
     }
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Registers this instance, so others know it before any of its sessions exist.
+    pub async fn register(&self) {
+        if let Err(error) = instances::beat(self).await {
+            tracing::warn!(%error, "could not register this instance yet; the heartbeat will retry");
+        }
     }
 
     /// Heartbeats, the event consumer and dead-instance takeover, until `shutdown`.
@@ -117,7 +131,7 @@ impl Live {
         let Some(binding) = self.store.binding(connection_id).await? else {
             return Ok(false);
         };
-        if self.serves(&binding) {
+        if self.serves(&binding).await? {
             return Ok(true);
         }
         // A binding left by a dead instance or a vanished socket: clear it while here.
@@ -125,18 +139,31 @@ impl Live {
         Ok(false)
     }
 
-    fn serves(&self, binding: &Binding) -> bool {
+    async fn serves(&self, binding: &Binding) -> RedisResult<bool> {
         if binding.instance == self.instance {
-            self.sockets
-                .read()
-                .expect("sockets lock")
-                .contains_key(&binding.socket)
-        } else {
-            self.alive
-                .read()
-                .expect("alive lock")
-                .contains(&binding.instance)
+            let sockets = self.sockets.read().expect("sockets lock");
+            return Ok(sockets.contains_key(&binding.socket));
         }
+        if self
+            .alive
+            .read()
+            .expect("alive lock")
+            .contains(&binding.instance)
+        {
+            return Ok(true);
+        }
+        // Not alive at our last heartbeat; it may have started since. Ask before declaring it dead.
+        let alive = self
+            .store
+            .instance_alive(&binding.instance, self.dead_after)
+            .await?;
+        if alive {
+            self.alive
+                .write()
+                .expect("alive lock")
+                .insert(binding.instance.clone());
+        }
+        Ok(alive)
     }
 
     /// Sends a message that the store put in flight to a live session to that session.
@@ -152,7 +179,9 @@ impl Live {
         if binding.instance == self.instance {
             self.deliver_here(connection_id, binding, messages, &[body])
                 .await;
-        } else if self.serves(&binding) {
+        } else if self.serves(&binding).await.unwrap_or(true) {
+            // (If Redis cannot say, publishing is harmless: the take-over or the visibility
+            // timeout releases an event nobody reads.)
             let event = events::Event {
                 connection_id,
                 socket: binding.socket,

@@ -33,8 +33,10 @@ static RELEASE: LazyLock<Script> = queue_script!("lua/release.lua");
 static UNBIND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/unbind.lua")));
 static RESTORE_BINDING: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/restore_binding.lua")));
-pub(crate) static HEARTBEAT: LazyLock<Script> =
+static HEARTBEAT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/heartbeat.lua")));
+static INSTANCE_ALIVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/instance_alive.lua")));
 
 /// Where a connection's live session is served: an instance and a socket on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +252,40 @@ impl Store {
             .key(queue.live())
             .arg(&binding.instance)
             .arg(binding.socket)
+            .invoke_async(&mut self.connection())
+            .await
+    }
+}
+
+/// What one heartbeat learned.
+pub struct Heartbeat {
+    /// This instance was not registered: first beat, or Redis lost the registration.
+    pub was_missing: bool,
+    pub alive: Vec<String>,
+    pub dead: Vec<String>,
+}
+
+impl Store {
+    /// Records a heartbeat of `instance`; instances silent for `dead_after` are dead.
+    pub async fn heartbeat(&self, instance: &str, dead_after: Duration) -> RedisResult<Heartbeat> {
+        let (added, alive, dead): (i64, Vec<String>, Vec<String>) = HEARTBEAT
+            .key(self.keys.instances())
+            .arg(instance)
+            .arg(dead_after.as_millis() as u64)
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(Heartbeat {
+            was_missing: added == 1,
+            alive,
+            dead,
+        })
+    }
+
+    pub async fn instance_alive(&self, instance: &str, dead_after: Duration) -> RedisResult<bool> {
+        INSTANCE_ALIVE
+            .key(self.keys.instances())
+            .arg(instance)
+            .arg(dead_after.as_millis() as u64)
             .invoke_async(&mut self.connection())
             .await
     }
