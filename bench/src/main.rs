@@ -1,1 +1,290 @@
-fn main() {}
+//! mpr-bench: drives the mpr server over real WebSockets and measures it beside the ceiling of
+//! the same Redis running the same scripts. It starts its own redis-server and mpr instances
+//! on 127.0.0.1 (free ports) and kills them by pid when it ends.
+
+mod ceiling;
+mod client;
+mod procs;
+mod report;
+mod resp;
+mod scen_add;
+mod scen_live;
+mod scen_memory;
+mod scen_queue;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+
+use crate::report::Report;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// addMessage throughput at 1, 8, 32 concurrent clients.
+    Add,
+    /// Live delivery latency across two instances, with and without idle sockets.
+    Live,
+    /// takeFromQueue / removeMessages / removeAllMessages latency vs queue length.
+    Queue,
+    /// Server RSS per idle socket.
+    Memory,
+    /// Everything above, in that order.
+    All,
+}
+
+/// Benchmark of the mpr server (WebSocket JSON-RPC on Redis), with Redis ceilings beside.
+#[derive(Debug, Parser)]
+#[command(name = "mpr-bench", version)]
+struct Cli {
+    /// Which scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+
+    /// The mpr binary to start (build it with `cargo build --release`).
+    #[arg(long, default_value = "target/release/mpr")]
+    mpr_bin: PathBuf,
+
+    /// redis-server binary.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
+
+    /// redis-benchmark binary.
+    #[arg(long, default_value = "redis-benchmark")]
+    redis_benchmark: String,
+
+    /// Directory of the server's Lua scripts (read at run time for the ceilings).
+    #[arg(long, default_value = "src/store/lua")]
+    lua_dir: PathBuf,
+
+    /// Small counts and short runs: a smoke test of the tool, not figures to quote.
+    #[arg(long)]
+    quick: bool,
+
+    /// Repetitions of each measurement; the report gives medians [default: 3, quick: 1].
+    #[arg(long)]
+    runs: Option<usize>,
+
+    /// Worker threads of this tool's runtime (the machine's cores are shared with the server).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// add: concurrent clients (sockets with one call in flight each).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    clients: Vec<usize>,
+
+    /// add: connection ids the messages are spread over.
+    #[arg(long, default_value_t = 1000)]
+    connections: u64,
+
+    /// add and live: measured seconds per run [default: 5, quick: 1].
+    #[arg(long)]
+    duration_secs: Option<f64>,
+
+    /// live: target rates, messages per second.
+    #[arg(long, value_delimiter = ',', default_value = "1000,3000")]
+    rates: Vec<u64>,
+
+    /// live and memory: idle sockets to open [default: 10000, quick: 1000].
+    #[arg(long)]
+    idle: Option<usize>,
+
+    /// live: connection ids with a live session.
+    #[arg(long, default_value_t = 100)]
+    live_connections: usize,
+
+    /// live: sender sockets on instance B.
+    #[arg(long, default_value_t = 4)]
+    senders: usize,
+
+    /// live: do not acknowledge pushes with removeMessages (a diagnostic; queues then grow).
+    #[arg(long)]
+    live_no_ack: bool,
+
+    /// queue: queue lengths [default: 100,10000,100000, quick: 100,1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+
+    /// queue: take/remove cycles per queue length and run [default: 200, quick: 30].
+    #[arg(long)]
+    cycles: Option<usize>,
+}
+
+/// Resolved settings shared by the scenarios.
+pub struct Settings {
+    pub mpr_bin: PathBuf,
+    pub redis_server: String,
+    pub redis_benchmark: String,
+    pub lua_dir: PathBuf,
+    pub quick: bool,
+    pub runs: usize,
+    pub clients: Vec<usize>,
+    pub connections: u64,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub rates: Vec<u64>,
+    pub idle: usize,
+    pub live_connections: usize,
+    pub senders: usize,
+    pub live_no_ack: bool,
+    pub sizes: Vec<usize>,
+    pub cycles: usize,
+}
+
+impl Settings {
+    fn from(cli: &Cli) -> Self {
+        let q = cli.quick;
+        Self {
+            mpr_bin: cli.mpr_bin.clone(),
+            redis_server: cli.redis_server.clone(),
+            redis_benchmark: cli.redis_benchmark.clone(),
+            lua_dir: cli.lua_dir.clone(),
+            quick: q,
+            runs: cli.runs.unwrap_or(if q { 1 } else { 3 }).max(1),
+            clients: cli.clients.clone(),
+            connections: cli.connections.max(1),
+            duration: Duration::from_secs_f64(cli.duration_secs.unwrap_or(if q { 1.0 } else { 5.0 })),
+            warmup: Duration::from_millis(if q { 200 } else { 500 }),
+            rates: cli.rates.clone(),
+            idle: cli.idle.unwrap_or(if q { 1000 } else { 10_000 }),
+            live_connections: cli.live_connections.max(1),
+            senders: cli.senders.max(1),
+            live_no_ack: cli.live_no_ack,
+            sizes: cli
+                .sizes
+                .clone()
+                .unwrap_or_else(|| if q { vec![100, 1000, 10_000] } else { vec![100, 10_000, 100_000] }),
+            cycles: cli.cycles.unwrap_or(if q { 30 } else { 200 }).max(1),
+        }
+    }
+
+    /// Requests per redis-benchmark run: about 3 s of work at the expected rate.
+    pub fn bench_requests(&self, clients: usize) -> usize {
+        let n = match clients {
+            1 => 40_000,
+            2..=8 => 150_000,
+            _ => 200_000,
+        };
+        if self.quick { n / 10 } else { n }
+    }
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c)) {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .unwrap_or_else(|| "?".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cpus} CPUs ({model}), {:.1} GiB RAM, Linux {}",
+        mem as f64 / 1048576.0,
+        kernel.trim()
+    )
+}
+
+async fn run(cli: Cli) -> Result<Report> {
+    let settings = Settings::from(&cli);
+    let mut report = Report::default();
+    let command: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
+    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    let nofile = procs::raise_nofile(20_000);
+    let load = procs::machine_load(Duration::from_secs(1)).await;
+    if load > 0.25 {
+        report.note(format!(
+            "the machine was already busy before the run ({load:.2} cores of other work): figures may be low; \
+             the CPU column's \"other\" shows it during each measurement"
+        ));
+    }
+    let redis_version = {
+        let redis = procs::Redis::start(&settings.redis_server).await?;
+        redis.version().await?
+    };
+    report.section(format!(
+        "# mpr-bench results\n\n\
+         Command (run in `{cwd}`):\n\n```\n{}\n```\n\n\
+         - machine: {}\n- redis-server {redis_version} (private instance, `--save '' --appendonly no`), mpr: `{}`\n\
+         - runs per figure: {} (medians reported); tool runtime threads: {}; open-file limit: {nofile}\n\
+         - other load on the machine just before the run: {load:.2} cores\n\
+         - payload: {}-byte JWE-shaped `encryptedMessage`, one recipient DID{}\n",
+        command.join(" "),
+        machine(),
+        settings.mpr_bin.display(),
+        settings.runs,
+        cli.threads,
+        client::PAYLOAD_BYTES,
+        if settings.quick { "\n- **--quick: smoke-test counts, not figures to quote**" } else { "" },
+    ));
+    let all = cli.scenario == Scenario::All;
+    if all || cli.scenario == Scenario::Add {
+        scen_add::run(&settings, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Live {
+        scen_live::run(&settings, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Queue {
+        scen_queue::run(&settings, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Memory {
+        scen_memory::run(&settings, &mut report).await?;
+    }
+    report.section(report.summary());
+    Ok(report)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let out = cli.out.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    client::epoch();
+    let result = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        tokio::select! {
+            r = run(cli) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+            _ = hup.recv() => Err(anyhow::anyhow!("hung up")),
+        }
+    });
+    procs::kill_all();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(report) => {
+            if let Some(path) = out {
+                let text = report.sections.join("\n");
+                if let Err(e) = std::fs::write(&path, text) {
+                    eprintln!("error: writing {}: {e}", path.display());
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

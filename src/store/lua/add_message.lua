@@ -5,11 +5,11 @@ local id, visibility, tail = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local dids = {}
 for i = 5, #ARGV do dids[#dids + 1] = ARGV[i] end
 
-if redis.call("HEXISTS", K_MSG, id) == 1 then
+-- (A duplicate id burns a sequence number: harmless, order is all it gives.)
+local seq = redis.call("INCR", K_SEQ)
+if redis.call("HSETNX", K_MSG, id, seq .. "\t" .. tail) == 0 then
   return redis.error_reply("DUPLICATE message id " .. id)
 end
-local seq = redis.call("INCR", K_SEQ)
-redis.call("HSET", K_MSG, id, seq .. "\t" .. tail)
 if #dids > 0 then redis.call("SADD", K_DIDS, unpack(dids)) end
 
 local live = redis.call("HMGET", K_LIVE, "instance", "socket")
