@@ -58,6 +58,12 @@ async fn invalid_requests_get_invalid_request() {
             Value::Null,
         ),
         (json!([]), Value::Null),
+        // Invalid requests are answered even without an id.
+        (json!({}), Value::Null),
+        (
+            json!({"jsonrpc": "2.0", "method": 1, "params": "bar"}),
+            Value::Null,
+        ),
     ];
     for (request, id) in cases {
         client.send_raw(request.to_string());

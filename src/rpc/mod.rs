@@ -103,19 +103,20 @@ async fn handle_request(caller: &Caller<'_>, envelope: Envelope<'_>) -> Option<S
         }
     }
     if envelope.jsonrpc.map(RawValue::get) != Some(r#""2.0""#) {
-        return reply_unless_notification(
+        // An invalid request is answered even without an id (JSON-RPC 2.0, section 5).
+        return Some(error_reply(
             id,
-            Err(RpcError::invalid_request(r#"jsonrpc must be "2.0""#)),
-        );
+            &RpcError::invalid_request(r#"jsonrpc must be "2.0""#),
+        ));
     }
     let method = envelope
         .method
         .and_then(|m| serde_json::from_str::<Cow<str>>(m.get()).ok());
     let Some(method) = method else {
-        return reply_unless_notification(
+        return Some(error_reply(
             id,
-            Err(RpcError::invalid_request("method must be a string")),
-        );
+            &RpcError::invalid_request("method must be a string"),
+        ));
     };
     let started = Instant::now();
     let result = methods::dispatch(caller, &method, envelope.params).await;

@@ -1,0 +1,536 @@
+// Shared helpers for the wire-conformance suite: free ports, a private redis-server, mpr
+// instances as child processes, the real rpc-websockets v7 Client, and raw `ws` sockets.
+//
+// Every child process started here is recorded and killed by pid when the test file is done
+// (stopAll in `after`), and again on process exit as a last resort.
+//
+// rpc-websockets 7.11.2 is CommonJS: its default export carries { Client, Server } (a named ESM
+// import does not work). Node 20 has no global WebSocket without --experimental-websocket, so
+// raw frames go through `ws`, the library rpc-websockets itself uses.
+//
+// Environment: MPR_BIN (default <repo>/target/debug/mpr).
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomUUID, randomBytes } from 'node:crypto';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import rpcWebsockets from 'rpc-websockets';
+import WebSocket from 'ws';
+
+export const { Client } = rpcWebsockets;
+export { WebSocket, sleep };
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const REPO = path.resolve(here, '..', '..');
+export const MPR_BIN = process.env.MPR_BIN || path.join(REPO, 'target', 'debug', 'mpr');
+
+// ---------------------------------------------------------------------------------------------
+// child processes
+
+const children = new Set();
+
+function killNow(child) {
+  if (child.exitCode === null && child.signalCode === null) {
+    try {
+      process.kill(child.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
+process.on('exit', () => {
+  for (const child of children) killNow(child);
+});
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    for (const child of children) killNow(child);
+    process.exit(130);
+  });
+}
+
+function exited(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', () => resolve()));
+}
+
+async function stopChild(child, graceMs = 3000) {
+  if (child.exitCode === null && child.signalCode === null) {
+    try {
+      process.kill(child.pid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+    const done = await Promise.race([exited(child).then(() => true), sleep(graceMs).then(() => false)]);
+    if (!done) {
+      killNow(child);
+      await exited(child);
+    }
+  }
+  children.delete(child);
+}
+
+/** Kills (SIGTERM, then SIGKILL after a grace period) every child this process started. */
+export async function stopAll() {
+  await Promise.all([...children].map((child) => stopChild(child)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ports
+
+/** A free TCP port on 127.0.0.1 (never 6379). */
+export async function freePort() {
+  for (;;) {
+    const port = await new Promise((resolve, reject) => {
+      const server = net.createServer();
+      server.unref();
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address();
+        server.close(() => resolve(port));
+      });
+    });
+    if (port !== 6379) return port;
+  }
+}
+
+function tcpPing(port, timeoutMs = 500) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    let buffer = '';
+    const done = (ok) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('error', () => done(false));
+    socket.on('data', (chunk) => {
+      buffer += chunk.toString();
+      if (buffer.includes('\r\n')) done(buffer.startsWith('+PONG'));
+    });
+    socket.once('connect', () => socket.write('PING\r\n'));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis
+
+/** Starts a private, non-persistent redis-server on a free port (not daemonized). */
+export async function startRedis({ port: fixedPort } = {}) {
+  let lastError;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = fixedPort ?? (await freePort());
+    if (port === 6379) throw new Error('never use port 6379');
+    const child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', os.tmpdir()],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    children.add(child);
+    let output = '';
+    child.stdout.on('data', (d) => (output += d));
+    child.stderr.on('data', (d) => (output += d));
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline && child.exitCode === null) {
+      if (await tcpPing(port)) {
+        return {
+          port,
+          url: `redis://127.0.0.1:${port}`,
+          child,
+          pid: child.pid,
+          stop: () => stopChild(child),
+          /** Sends a signal to this redis-server only, by pid. */
+          kill: (signal = 'SIGKILL') => process.kill(child.pid, signal),
+          exited: () => exited(child),
+        };
+      }
+      await sleep(50);
+    }
+    lastError = new Error(`redis-server on port ${port} did not start:\n${output}`);
+    await stopChild(child, 500);
+  }
+  throw lastError;
+}
+
+// ---------------------------------------------------------------------------------------------
+// mpr instances
+
+export function uniquePrefix() {
+  return `conf${randomBytes(4).toString('hex')}`;
+}
+
+/**
+ * Starts an mpr instance and waits until GET /ready answers 200.
+ * `env` adds to or overrides the defaults below.
+ */
+export async function startServer({ redisUrl, prefix, env = {}, name = 'mpr' } = {}) {
+  let lastError;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const wsPort = await freePort();
+    let appPort = await freePort();
+    while (appPort === wsPort) appPort = await freePort();
+    const childEnv = {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      WS_PORT: String(wsPort),
+      APP_PORT: String(appPort),
+      BIND_ADDRESS: '127.0.0.1',
+      REDIS_URL: redisUrl,
+      REDIS_PREFIX: prefix,
+      LIVENESS_TIMEOUT_MS: '2000',
+      VISIBILITY_TIMEOUT_MS: '1500',
+      SHUTDOWN_TIMEOUT_MS: '2000',
+      LOG_LEVEL: 'warn',
+      NO_COLOR: '1',
+      ...env,
+    };
+    const child = spawn(MPR_BIN, [], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
+    let log = '';
+    const append = (d) => {
+      log += d;
+      if (log.length > 200_000) log = log.slice(-100_000);
+    };
+    child.stdout.on('data', append);
+    child.stderr.on('data', append);
+    let spawnError = null;
+    child.once('error', (e) => (spawnError = e));
+    const server = {
+      name,
+      wsPort,
+      appPort,
+      url: `ws://127.0.0.1:${wsPort}`,
+      httpUrl: `http://127.0.0.1:${appPort}`,
+      child,
+      pid: child.pid,
+      env: childEnv,
+      log: () => log.replace(/\x1b\[[0-9;]*m/g, ''),
+      stop: () => stopChild(child),
+      /** Sends a signal to this instance only, by pid. */
+      kill: (signal = 'SIGKILL') => process.kill(child.pid, signal),
+      exited: () => exited(child),
+    };
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline && child.exitCode === null && child.signalCode === null && !spawnError) {
+      try {
+        const res = await fetch(`${server.httpUrl}/ready`, { signal: AbortSignal.timeout(500) });
+        await res.arrayBuffer();
+        if (res.status === 200) return server;
+      } catch {
+        // not listening yet
+      }
+      await sleep(50);
+    }
+    lastError = new Error(
+      `${name} (${MPR_BIN}) not ready within 10 s (exit ${child.exitCode ?? child.signalCode ?? 'none'}` +
+        `${spawnError ? `, ${spawnError.message}` : ''}):\n${log}`,
+    );
+    await stopChild(child, 500);
+    if (!/address.{0,20}in use/i.test(log)) break;
+  }
+  throw lastError;
+}
+
+/**
+ * Wraps a test body: on failure the tail of every given server's log is appended to the error
+ * (so the reporter prints it next to the failed assertion).
+ */
+export function withLogs(getServers, fn) {
+  return async (t) => {
+    try {
+      await fn(t);
+    } catch (error) {
+      const servers = (typeof getServers === 'function' ? getServers() : getServers).filter(Boolean);
+      const logs = servers
+        .map((s) => `--- ${s.name} (pid ${s.pid}) log tail ---\n${s.log().slice(-4000) || '(empty)'}`)
+        .join('\n');
+      let attached = false;
+      if (error && typeof error === 'object') {
+        try {
+          const original = String(error.message);
+          error.message = `${original}\n${logs}`;
+          // reporters that print the stack (spec) show it there too
+          if (typeof error.stack === 'string' && error.stack.includes(original)) {
+            error.stack = error.stack.replace(original, error.message);
+          }
+          attached = true;
+        } catch {
+          // a frozen error object
+        }
+      }
+      if (!attached) console.error(logs);
+      throw error;
+    }
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// the real rpc-websockets client
+
+const openClients = new Set();
+
+/** A connected rpc-websockets v7 Client (autoconnect, no reconnect). */
+export async function connect(url, timeoutMs = 5000) {
+  const client = new Client(url, { autoconnect: true, reconnect: false });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`connect to ${url} timed out`)), timeoutMs);
+    client.once('open', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    client.once('error', (error) => {
+      clearTimeout(timer);
+      reject(error instanceof Error ? error : new Error(`connect to ${url} failed: ${error?.message ?? error}`));
+    });
+  });
+  openClients.add(client);
+  return client;
+}
+
+/** Closes a Client (code 1000) and waits for the close event. */
+export async function closeClient(client) {
+  openClients.delete(client);
+  if (!client.socket) return;
+  const closed = new Promise((resolve) => client.socket.once('close', () => resolve()));
+  client.close();
+  await Promise.race([closed, sleep(2000)]);
+}
+
+export async function closeAllClients() {
+  await Promise.all([...openClients].map((c) => closeClient(c)));
+  for (const ws of rawSockets) {
+    try {
+      ws.terminate();
+    } catch {
+      // ignore
+    }
+  }
+  rawSockets.clear();
+}
+
+/** client.call with a timeout (ms). */
+export function call(client, method, params, timeoutMs = 3000) {
+  return client.call(method, params, timeoutMs);
+}
+
+/**
+ * Calls a method that must fail; returns the error object the client rejected with.
+ * Fails if the call succeeds or the rejection is a client-side Error (timeout, socket).
+ */
+export async function callError(client, method, params, timeoutMs = 3000) {
+  let result;
+  try {
+    result = await client.call(method, params, timeoutMs);
+  } catch (error) {
+    if (error instanceof Error) {
+      throw new Error(`${method}(${JSON.stringify(params)}) failed client-side instead of with an error reply: ${error.message}`);
+    }
+    return error;
+  }
+  throw new Error(`${method}(${JSON.stringify(params)}) succeeded with ${JSON.stringify(result)}; an error reply was expected`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// raw sockets (the `ws` package rpc-websockets depends on)
+
+const rawSockets = new Set();
+
+/**
+ * Opens a raw WebSocket; every text frame received is parsed (or kept as a string) and queued.
+ * Returns { ws, next(timeoutMs), nothingWithin(ms), send(obj|string), closed, close() }.
+ */
+export async function rawConnect(url, timeoutMs = 5000) {
+  const ws = new WebSocket(url);
+  rawSockets.add(ws);
+  const frames = [];
+  const waiters = [];
+  let closeInfo = null;
+  const closeWaiters = [];
+  ws.on('message', (data, isBinary) => {
+    const text = data.toString();
+    let value;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      value = { unparsable: text };
+    }
+    const entry = { value, text, isBinary };
+    const waiter = waiters.shift();
+    if (waiter) waiter(entry);
+    else frames.push(entry);
+  });
+  ws.on('error', () => {});
+  ws.on('close', (code, reason) => {
+    closeInfo = { code, reason: reason.toString() };
+    rawSockets.delete(ws);
+    for (const w of closeWaiters.splice(0)) w(closeInfo);
+  });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`raw connect to ${url} timed out`)), timeoutMs);
+    ws.once('open', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    ws.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+  return {
+    ws,
+    send(frame) {
+      ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame));
+    },
+    /** The next frame ({value, text, isBinary}); rejects after timeoutMs. */
+    next(timeoutMs = 3000) {
+      if (frames.length) return Promise.resolve(frames.shift());
+      return new Promise((resolve, reject) => {
+        const waiter = (entry) => {
+          clearTimeout(timer);
+          resolve(entry);
+        };
+        const timer = setTimeout(() => {
+          const i = waiters.indexOf(waiter);
+          if (i >= 0) waiters.splice(i, 1);
+          reject(new Error(`no frame within ${timeoutMs} ms${closeInfo ? ` (socket closed ${closeInfo.code})` : ''}`));
+        }, timeoutMs);
+        waiters.push(waiter);
+      });
+    },
+    /** Frames received but not yet consumed. */
+    pending: () => frames.slice(),
+    /** Resolves with {code, reason} once closed, or null after timeoutMs. */
+    closed(timeoutMs = 3000) {
+      if (closeInfo) return Promise.resolve(closeInfo);
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(null), timeoutMs);
+        closeWaiters.push((info) => {
+          clearTimeout(timer);
+          resolve(info);
+        });
+      });
+    },
+    get closeInfo() {
+      return closeInfo;
+    },
+    close() {
+      ws.close(1000);
+    },
+    terminate() {
+      ws.terminate();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// data
+
+export const uuid = () => randomUUID();
+
+export function didKey() {
+  return `did:key:z6Mk${randomBytes(16).toString('hex')}`;
+}
+
+function b64url(bytes) {
+  return randomBytes(bytes).toString('base64url');
+}
+
+/** A DIDComm v1 JWE-shaped payload; `ciphertextLength` sets its JSON size. */
+export function payload({ ciphertextLength = 64, extra = {} } = {}) {
+  return {
+    protected: b64url(48),
+    iv: b64url(12),
+    ciphertext: 'A'.repeat(ciphertextLength),
+    tag: b64url(16),
+    ...extra,
+  };
+}
+
+/** JSON size of an encryptedMessage as limitBytes counts it. */
+export const jsonSize = (value) => JSON.stringify(value).length;
+
+export const MESSAGE_ID = /^[0-9a-f]{24}$/;
+export const ISO_MS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+
+/** Polls fn until it returns a truthy value or timeoutMs passes; returns the last value. */
+export async function pollUntil(fn, { timeoutMs = 3000, intervalMs = 50 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let value;
+  for (;;) {
+    value = await fn();
+    if (value || Date.now() >= deadline) return value;
+    await sleep(intervalMs);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// shape assertions
+
+
+/**
+ * Asserts one QueuedMessage: exactly {id, receivedAt, encryptedMessage}, the expected id, an
+ * ISO-8601 UTC millisecond timestamp inside [notBefore - 2 s, notAfter + 2 s], and the payload
+ * returned byte-for-byte (same members, same order, same values).
+ */
+export function assertQueuedMessage(message, { id, payload, notBefore, notAfter } = {}) {
+  assert.equal(typeof message, 'object');
+  assert.notEqual(message, null);
+  assert.deepEqual(Object.keys(message).sort(), ['encryptedMessage', 'id', 'receivedAt'], `QueuedMessage members: ${JSON.stringify(message)}`);
+  assert.equal(typeof message.id, 'string');
+  if (id !== undefined) assert.equal(message.id, id);
+  assert.equal(typeof message.receivedAt, 'string');
+  assert.match(message.receivedAt, ISO_MS, 'receivedAt must look like 2026-11-22T04:16:15.123Z');
+  const at = Date.parse(message.receivedAt);
+  assert.equal(new Date(at).toISOString(), message.receivedAt, 'receivedAt must be a valid UTC instant');
+  if (notBefore !== undefined) assert.ok(at >= notBefore - 2000, `receivedAt ${message.receivedAt} is before the message was sent`);
+  if (notAfter !== undefined) assert.ok(at <= notAfter + 2000, `receivedAt ${message.receivedAt} is after the message was acknowledged`);
+  if (payload !== undefined) {
+    assert.deepEqual(message.encryptedMessage, payload);
+    assert.equal(JSON.stringify(message.encryptedMessage), JSON.stringify(payload), 'encryptedMessage must keep its members in order');
+  }
+}
+
+/** Asserts an addMessage result: exactly {messageId: 24 lowercase hex}; returns the id. */
+export function assertAddResult(result) {
+  assert.equal(typeof result, 'object', `addMessage result: ${JSON.stringify(result)}`);
+  assert.notEqual(result, null, 'addMessage result must not be null');
+  assert.deepEqual(Object.keys(result), ['messageId'], `addMessage result: ${JSON.stringify(result)}`);
+  assert.match(result.messageId, MESSAGE_ID);
+  return result.messageId;
+}
+
+/** addMessage through the client, asserting the result shape; returns {id, payload, sentAt, ackAt}. */
+export async function add(client, connectionId, { recipientDids = [didKey()], body = payload(), extraParams = {} } = {}) {
+  const sentAt = Date.now();
+  const result = await client.call('addMessage', { connectionId, recipientDids, payload: body, ...extraParams }, 3000);
+  const ackAt = Date.now();
+  return { id: assertAddResult(result), payload: body, sentAt, ackAt, recipientDids };
+}
+
+/** takeFromQueue that asserts an array result and every element's shape. */
+export async function take(client, params) {
+  const result = await client.call('takeFromQueue', params, 5000);
+  assert.ok(Array.isArray(result), `takeFromQueue must answer an array, got ${JSON.stringify(result)}`);
+  for (const m of result) assertQueuedMessage(m);
+  return result;
+}
+
+/** getAvailableMessageCount asserting a non-negative integer result. */
+export async function count(client, params) {
+  const result = await client.call('getAvailableMessageCount', params, 3000);
+  assert.equal(typeof result, 'number', `getAvailableMessageCount must answer a number, got ${JSON.stringify(result)}`);
+  assert.ok(Number.isInteger(result) && result >= 0, `count ${result}`);
+  return result;
+}
+
+/** Checks taken messages against the added ones: same ids in the same order, full shapes. */
+export function assertTaken(taken, added) {
+  assert.deepEqual(taken.map((m) => m.id), added.map((m) => m.id), 'ids / FIFO order');
+  taken.forEach((m, i) =>
+    assertQueuedMessage(m, { id: added[i].id, payload: added[i].payload, notBefore: added[i].sentAt, notAfter: added[i].ackAt }),
+  );
+}
