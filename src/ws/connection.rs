@@ -25,7 +25,13 @@ pub async fn run(
 ) {
     let _ = stream.set_nodelay(true);
     let config = limits.websocket_config();
-    let socket = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+    // Rare, large futures are boxed: the task of every idle socket is as large as its
+    // largest await point.
+    let handshake = Box::pin(tokio_tungstenite::accept_async_with_config(
+        stream,
+        Some(config),
+    ));
+    let socket = match handshake.await {
         Ok(socket) => socket,
         Err(error) => {
             tracing::debug!(%error, "WebSocket handshake failed");
@@ -49,7 +55,7 @@ pub async fn run(
                 }
             }
             () = state.pushes_waiting() => {
-                if !write_pushes(&mut sink, &context, &state).await {
+                if !Box::pin(write_pushes(&mut sink, &context, &state)).await {
                     break;
                 }
             }
@@ -94,7 +100,7 @@ pub async fn run(
             break;
         }
     }
-    context.live.socket_closed(&state).await;
+    Box::pin(context.live.socket_closed(&state)).await;
     metrics::gauge!(telemetry::OPEN_SOCKETS).decrement(1);
 }
 
