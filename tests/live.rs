@@ -256,7 +256,13 @@ async fn an_instance_started_after_the_last_heartbeat_is_not_mistaken_for_dead()
     bind(&mut mediator, &connection).await;
     assert!(is_live(&mut sender, &connection).await);
     sender.add(&connection, DID, "to the new instance").await;
-    let push = mediator.next_push(Duration::from_secs(5)).await.expect("a push");
-    assert_eq!(texts(push["messages"].as_array().unwrap()), ["to the new instance"]);
+    let push = mediator
+        .next_push(Duration::from_secs(5))
+        .await
+        .expect("a push");
+    assert_eq!(
+        texts(push["messages"].as_array().unwrap()),
+        ["to the new instance"]
+    );
     assert_eq!(b.metric("mpr_events_undeliverable_total", "").await, 0.0);
 }

@@ -353,3 +353,53 @@ async fn ping_answers_pong() {
     let (_redis, _server, mut client) = setup(&[]).await;
     assert_eq!(client.call("ping", serde_json::Value::Null).await, "pong");
 }
+
+#[tokio::test]
+async fn remove_all_for_the_only_did_keeps_messages_without_that_did() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    let connection = unique_id("c");
+    client.add(&connection, DID_A, "a1").await;
+    client
+        .call(
+            "addMessage",
+            json!({"connectionId": connection, "recipientDids": [], "payload": payload("nobody")}),
+        )
+        .await;
+    client.add(&connection, DID_A, "a2").await;
+    client
+        .call(
+            "removeAllMessages",
+            json!({"connectionId": connection, "recipientDid": DID_A}),
+        )
+        .await;
+    assert_eq!(
+        texts(&client.take(json!({"connectionId": connection})).await),
+        ["nobody"]
+    );
+
+    // With every message for that one DID, everything goes (and the queue starts clean).
+    let other = unique_id("c");
+    for i in 0..3 {
+        client.add(&other, DID_B, &format!("{i}")).await;
+    }
+    client
+        .take(json!({"connectionId": other, "limit": 1}))
+        .await;
+    client
+        .call(
+            "removeAllMessages",
+            json!({"connectionId": other, "recipientDid": DID_B}),
+        )
+        .await;
+    assert_eq!(client.count(&other).await, 0);
+    assert!(client.take(json!({"connectionId": other})).await.is_empty());
+    client.add(&other, DID_B, "again").await;
+    assert_eq!(
+        texts(
+            &client
+                .take(json!({"connectionId": other, "recipientDid": DID_B}))
+                .await
+        ),
+        ["again"]
+    );
+}

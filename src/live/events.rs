@@ -89,7 +89,11 @@ pub async fn consume(live: std::sync::Arc<Live>, shutdown: CancellationToken) {
                     .flat_map(|k| k.ids)
                     .collect();
                 if !entries.is_empty() {
-                    deliver_batch(&live, &live.instance, entries).await;
+                    let delivered = deliver_batch(&live, &live.instance, entries).await;
+                    // Off the read path: the next read does not wait for this round trip.
+                    let store = live.store.clone();
+                    let owner = live.instance.clone();
+                    tokio::spawn(async move { acknowledge(&store, &owner, &delivered).await });
                 }
             }
             Err(error) if error.code() == Some("NOGROUP") => {
@@ -108,8 +112,8 @@ pub async fn consume(live: std::sync::Arc<Live>, shutdown: CancellationToken) {
 }
 
 /// Delivers events read from `owner`'s stream (this instance's own, or a dead one's being taken
-/// over), then acknowledges and deletes them.
-pub async fn deliver_batch(live: &Live, owner: &str, entries: Vec<StreamId>) {
+/// over). Returns their entry ids, to acknowledge.
+pub async fn deliver_batch(live: &Live, owner: &str, entries: Vec<StreamId>) -> Vec<String> {
     let mut entry_ids = Vec::with_capacity(entries.len());
     for entry in entries {
         entry_ids.push(entry.id.clone());
@@ -130,17 +134,21 @@ pub async fn deliver_batch(live: &Live, owner: &str, entries: Vec<StreamId>) {
                 .await;
         }
     }
-    let key = live.store.keys().events(owner);
+    entry_ids
+}
+
+/// Acknowledges and deletes delivered entries. An entry left unacknowledged is re-read only by
+/// a survivor taking over after this instance died; releases are idempotent, so that is safe.
+pub async fn acknowledge(store: &Store, owner: &str, entry_ids: &[String]) {
+    let key = store.keys().events(owner);
     let mut pipe = redis::pipe();
     pipe.cmd("XACK")
         .arg(&key)
         .arg(GROUP)
-        .arg(&entry_ids)
+        .arg(entry_ids)
         .ignore();
-    pipe.cmd("XDEL").arg(&key).arg(&entry_ids).ignore();
-    if let Err(error) = pipe.exec_async(&mut live.store.connection()).await {
-        // Unacknowledged events are re-read only if this instance dies and one takes over;
-        // release is idempotent, so that is safe.
+    pipe.cmd("XDEL").arg(&key).arg(entry_ids).ignore();
+    if let Err(error) = pipe.exec_async(&mut store.connection()).await {
         tracing::warn!(%error, "event stream: acknowledge failed");
     }
 }

@@ -134,7 +134,8 @@ async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<b
             break;
         }
         taken += entries.len();
-        events::deliver_batch(live, dead, entries).await;
+        let delivered = events::deliver_batch(live, dead, entries).await;
+        events::acknowledge(&live.store, dead, &delivered).await;
     }
     redis::pipe()
         .del(&stream)

@@ -1,16 +1,27 @@
 -- ARGV: 2 recipient DID ("" for every message). Returns how many were removed.
 local did = ARGV[2]
-if did == "" then
+
+-- Every message goes: UNLINK frees large queues off the main thread, so this is O(DIDs).
+local function remove_everything()
   local removed = redis.call("HLEN", K_MSG)
   local keys = {K_MSG, K_PENDING, K_INFLIGHT, K_SEQ, K_DIDS}
   for _, d in ipairs(redis.call("SMEMBERS", K_DIDS)) do
     keys[#keys + 1] = pending_key(d)
     keys[#keys + 1] = inflight_key(d)
   end
-  -- UNLINK frees large queues off the main thread.
   redis.call("UNLINK", unpack(keys))
   return removed
 end
+
+if did == "" then return remove_everything() end
+
+-- The usual case: the connection's messages are all for this one DID.
+local dids = redis.call("SMEMBERS", K_DIDS)
+if #dids == 1 and dids[1] == did and redis.call("ZCARD", K_PENDING) + redis.call("ZCARD", K_INFLIGHT)
+    == redis.call("ZCARD", pending_key(did)) + redis.call("ZCARD", inflight_key(did)) then
+  return remove_everything()
+end
+
 local removed = 0
 for _, lane in ipairs({pending_key(did), inflight_key(did)}) do
   for _, id in ipairs(redis.call("ZRANGE", lane, 0, -1)) do removed = removed + delete(id) end
