@@ -180,11 +180,11 @@ async fn a_closed_socket_ends_its_sessions_and_nothing_sent_to_it_is_lost() {
         sender.add(connection, DID, "after close").await;
     }
     for connection in &connections {
-        eventually(Duration::from_secs(3), async || {
+        eventually(Duration::from_secs(5), async || {
             !is_live(&mut sender, connection).await
         })
         .await;
-        eventually(Duration::from_secs(3), async || {
+        eventually(Duration::from_secs(5), async || {
             sender.count(connection).await == 1
         })
         .await;

@@ -4,6 +4,7 @@
 
 mod ceiling;
 mod client;
+mod fastws;
 mod procs;
 mod report;
 mod resp;
@@ -106,6 +107,11 @@ struct Cli {
     #[arg(long)]
     live_no_ack: bool,
 
+    /// Before each measurement, wait up to this many seconds for the machine to be quiet
+    /// (< 0.25 cores busy) so other work does not skew the figures; 0 disables.
+    #[arg(long, default_value_t = 60)]
+    quiet_wait_secs: u64,
+
     /// queue: queue lengths [default: 100,10000,100000, quick: 100,1000,10000].
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<usize>>,
@@ -132,6 +138,7 @@ pub struct Settings {
     pub live_connections: usize,
     pub senders: usize,
     pub live_no_ack: bool,
+    pub quiet_wait: Duration,
     pub sizes: Vec<usize>,
     pub cycles: usize,
 }
@@ -148,18 +155,40 @@ impl Settings {
             runs: cli.runs.unwrap_or(if q { 1 } else { 3 }).max(1),
             clients: cli.clients.clone(),
             connections: cli.connections.max(1),
-            duration: Duration::from_secs_f64(cli.duration_secs.unwrap_or(if q { 1.0 } else { 5.0 })),
+            duration: Duration::from_secs_f64(cli.duration_secs.unwrap_or(if q {
+                1.0
+            } else {
+                5.0
+            })),
             warmup: Duration::from_millis(if q { 200 } else { 500 }),
             rates: cli.rates.clone(),
             idle: cli.idle.unwrap_or(if q { 1000 } else { 10_000 }),
             live_connections: cli.live_connections.max(1),
             senders: cli.senders.max(1),
             live_no_ack: cli.live_no_ack,
-            sizes: cli
-                .sizes
-                .clone()
-                .unwrap_or_else(|| if q { vec![100, 1000, 10_000] } else { vec![100, 10_000, 100_000] }),
+            quiet_wait: Duration::from_secs(cli.quiet_wait_secs),
+            sizes: cli.sizes.clone().unwrap_or_else(|| {
+                if q {
+                    vec![100, 1000, 10_000]
+                } else {
+                    vec![100, 10_000, 100_000]
+                }
+            }),
             cycles: cli.cycles.unwrap_or(if q { 30 } else { 200 }).max(1),
+        }
+    }
+
+    /// Waits for a quiet machine before a measurement (see --quiet-wait-secs); notes it if not.
+    pub async fn settle(&self, what: &str, report: &mut Report) {
+        if self.quiet_wait.is_zero() {
+            return;
+        }
+        let (load, quiet) = procs::wait_for_quiet(0.25, self.quiet_wait).await;
+        if !quiet {
+            report.note(format!(
+                "{what}: the machine stayed busy ({load:.2} cores of other work) for {} s before it; measured anyway",
+                self.quiet_wait.as_secs()
+            ));
         }
     }
 
@@ -175,7 +204,11 @@ impl Settings {
 }
 
 fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c)) {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
+    {
         arg.to_owned()
     } else {
         format!("'{}'", arg.replace('\'', r"'\''"))
@@ -183,14 +216,29 @@ fn shell_quote(arg: &str) -> String {
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_else(|| "?".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
@@ -200,11 +248,33 @@ fn machine() -> String {
     )
 }
 
+/// `git rev-parse --short HEAD` of the working directory, with "+dirty" when src/ has changes.
+fn server_revision() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev) => {
+            let dirty = git(&["status", "--porcelain", "--", "src", "Cargo.toml"])
+                .is_some_and(|s| !s.is_empty());
+            format!("{rev}{}", if dirty { "+dirty" } else { "" })
+        }
+        None => "unknown".into(),
+    }
+}
+
 async fn run(cli: Cli) -> Result<Report> {
     let settings = Settings::from(&cli);
     let mut report = Report::default();
     let command: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
-    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     let nofile = procs::raise_nofile(20_000);
     let load = procs::machine_load(Duration::from_secs(1)).await;
     if load > 0.25 {
@@ -220,13 +290,14 @@ async fn run(cli: Cli) -> Result<Report> {
     report.section(format!(
         "# mpr-bench results\n\n\
          Command (run in `{cwd}`):\n\n```\n{}\n```\n\n\
-         - machine: {}\n- redis-server {redis_version} (private instance, `--save '' --appendonly no`), mpr: `{}`\n\
+         - machine: {}\n- redis-server {redis_version} (private instance, `--save '' --appendonly no`), mpr: `{}` (source revision {})\n\
          - runs per figure: {} (medians reported); tool runtime threads: {}; open-file limit: {nofile}\n\
          - other load on the machine just before the run: {load:.2} cores\n\
          - payload: {}-byte JWE-shaped `encryptedMessage`, one recipient DID{}\n",
         command.join(" "),
         machine(),
         settings.mpr_bin.display(),
+        server_revision(),
         settings.runs,
         cli.threads,
         client::PAYLOAD_BYTES,
