@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -41,7 +42,9 @@ pub async fn run(
     let state = context.live.new_socket();
     metrics::gauge!(telemetry::OPEN_SOCKETS).increment(1);
     let (mut sink, mut frames) = socket.split();
-    let mut calls = FuturesUnordered::new();
+    // Calls are boxed: FuturesUnordered allocates a stub task the size of its future type up
+    // front, and a call's future (any method's state) is kilobytes: every idle socket paid it.
+    let mut calls: FuturesUnordered<BoxFuture<'static, Option<String>>> = FuturesUnordered::new();
     let mut close: Option<CloseFrame> = None;
     let mut draining = false;
     loop {
@@ -61,10 +64,10 @@ pub async fn run(
             }
             frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
                 match frame {
-                    Some(Ok(Message::Text(text))) => calls.push(handle(context.clone(), state.clone(), text)),
+                    Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
                     // rpc-websockets servers parse binary frames as text too.
                     Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                        Ok(text) => calls.push(handle(context.clone(), state.clone(), text)),
+                        Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
                         Err(_) => {
                             if sink.send(Message::text(rpc::parse_error_reply())).await.is_err() {
                                 break;
