@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "WS_MAX_CALLS_PER_SOCKET", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub ws_max_calls_per_socket: u64,
 
+    /// Threads running sockets and calls (default: one per CPU). Where Redis shares a small
+    /// machine, fewer threads than CPUs leave it room.
+    #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub worker_threads: Option<u64>,
+
     /// Time allowed for a graceful shutdown, in ms.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,

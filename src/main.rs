@@ -9,10 +9,11 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     mpr::telemetry::init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads as usize);
+    }
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
     match runtime.block_on(mpr::server::run(config, mpr::server::shutdown_on_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

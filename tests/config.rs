@@ -27,6 +27,7 @@ fn bad_values_are_refused_by_name() {
         ("REDIS_PREFIX", "a{b}"),
         ("LOG_FORMAT", "xml"),
         ("BIND_ADDRESS", "localhost:80"),
+        ("WORKER_THREADS", "0"),
     ];
     for (name, value) in cases {
         let (code, stderr) = start_with(&[(name, value)]);
