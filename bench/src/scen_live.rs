@@ -77,6 +77,15 @@ impl Window {
         }
     }
 
+    /// Adds a note to the report when calls failed in this window.
+    fn note_errors(&self, report: &mut Report, label: &str) {
+        let errors = self.errors.load(Ordering::Relaxed);
+        if errors > 0 {
+            let first = self.first_error.lock().unwrap().clone().unwrap_or_default();
+            report.note(format!("live ({label}): {errors} errors; first: {first}"));
+        }
+    }
+
     fn in_window(&self, sent_ns: u64) -> bool {
         sent_ns >= self.start_ns.load(Ordering::Relaxed)
             && sent_ns < self.end_ns.load(Ordering::Relaxed)
@@ -704,31 +713,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
             }
         }
     }
-    let errors = server.window.errors.load(Ordering::Relaxed);
-    if errors > 0 {
-        report.note(format!(
-            "live (mpr): {errors} errors; first: {}",
-            server
-                .window
-                .first_error
-                .lock()
-                .unwrap()
-                .clone()
-                .unwrap_or_default()
-        ));
-    }
-    let cerrors = ceiling.window.errors.load(Ordering::Relaxed);
-    if cerrors > 0 {
-        report.note(format!(
-            "live (ceiling): {cerrors} errors; first: {}",
-            ceiling
-                .window
-                .first_error
-                .lock()
-                .unwrap()
-                .clone()
-                .unwrap_or_default()
-        ));
+    for (label, window) in [("mpr", &server.window), ("ceiling", &ceiling.window)] {
+        window.note_errors(report, label);
     }
     if let Some(pool) = idle_pool {
         if pool.dropped() > 0 {

@@ -276,26 +276,10 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         let (m, c) = (&server[i], &ceil[i]);
         table.row(vec![
             n.to_string(),
-            format!(
-                "**{}** / {}",
-                report::ms(median(&m.take_p50)),
-                report::ms(median(&m.take_p99))
-            ),
-            format!(
-                "{} / {}",
-                report::ms(median(&c.take_p50)),
-                report::ms(median(&c.take_p99))
-            ),
-            format!(
-                "**{}** / {}",
-                report::ms(median(&m.remove_p50)),
-                report::ms(median(&m.remove_p99))
-            ),
-            format!(
-                "{} / {}",
-                report::ms(median(&c.remove_p50)),
-                report::ms(median(&c.remove_p99))
-            ),
+            p50_p99(&m.take_p50, &m.take_p99, true),
+            p50_p99(&c.take_p50, &c.take_p99, false),
+            p50_p99(&m.remove_p50, &m.remove_p99, true),
+            p50_p99(&c.remove_p50, &c.remove_p99, false),
             format!("**{}**", report::ms(median(&m.remove_all_did))),
             report::ms(median(&c.remove_all_did)),
             report::ms(median(&m.remove_all_plain)),
@@ -371,4 +355,11 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     }
     report.section(text);
     Ok(())
+}
+
+/// "p50 / p99" of the medians of runs, the mpr figure in bold.
+fn p50_p99(p50: &[f64], p99: &[f64], bold: bool) -> String {
+    let p50 = report::ms(median(p50));
+    let p50 = if bold { format!("**{p50}**") } else { p50 };
+    format!("{p50} / {}", report::ms(median(p99)))
 }
