@@ -64,8 +64,11 @@ pub async fn beat(live: &Live) -> RedisResult<()> {
         .filter(|instance| **instance != live.instance)
     {
         match take_over(live, instance, live.dead_after).await {
-            Ok(true) => metrics::counter!(telemetry::INSTANCES_REAPED).increment(1),
-            Ok(false) => {}
+            Ok(Some(events)) => {
+                metrics::counter!(telemetry::INSTANCES_REAPED).increment(1);
+                tracing::warn!(%instance, events, "took over a dead instance");
+            }
+            Ok(None) => {}
             Err(error) => tracing::warn!(%instance, %error, "could not take over dead instance"),
         }
     }
@@ -74,7 +77,8 @@ pub async fn beat(live: &Live) -> RedisResult<()> {
 
 /// Releases the events a dead instance never delivered, then forgets the instance. One
 /// survivor at a time holds the lock; if it dies too, the lock expires and another resumes.
-async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<bool> {
+/// Returns how many events were taken over, or None when another survivor holds the lock.
+async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<Option<usize>> {
     let keys = live.store.keys();
     let mut conn = live.store.connection();
     let locked: Option<String> = redis::cmd("SET")
@@ -86,7 +90,7 @@ async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<b
         .query_async(&mut conn)
         .await?;
     if locked.is_none() {
-        return Ok(false);
+        return Ok(None);
     }
     let stream = keys.events(dead);
     let mut taken = 0;
@@ -143,14 +147,16 @@ async fn take_over(live: &Live, dead: &str, lock_for: Duration) -> RedisResult<b
         .del(keys.reaper(dead))
         .exec_async(&mut conn)
         .await?;
-    tracing::warn!(instance = %dead, events = taken, "took over a dead instance");
-    Ok(true)
+    Ok(Some(taken))
 }
 
 /// At shutdown, after every socket closed: this instance's undelivered events go back to pending
 /// and it leaves the set of instances, so no one waits for it to time out.
 pub async fn deregister(live: &Live) {
-    if let Err(error) = take_over(live, &live.instance, Duration::from_secs(30)).await {
-        tracing::warn!(%error, "deregistration incomplete; another instance will take over");
+    match take_over(live, &live.instance, Duration::from_secs(30)).await {
+        Ok(events) => tracing::info!(released = events.unwrap_or(0), "deregistered"),
+        Err(error) => {
+            tracing::warn!(%error, "deregistration incomplete; another instance will take over")
+        }
     }
 }
