@@ -53,6 +53,12 @@ macro_rules! checked_string {
             }
         }
 
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
         impl Deref for $name {
             type Target = String;
             fn deref(&self) -> &String {

@@ -28,8 +28,8 @@ pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
     let dids: Vec<String> = params
         .recipient_dids
         .0
-        .iter()
-        .map(|did| did.to_string())
+        .into_iter()
+        .map(String::from)
         .collect();
     let message = NewMessage::new(&dids, &params.payload);
     let context = caller.context;

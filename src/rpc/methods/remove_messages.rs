@@ -16,12 +16,7 @@ pub struct Params {
 
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
     if !params.message_ids.0.is_empty() {
-        let ids: Vec<String> = params
-            .message_ids
-            .0
-            .iter()
-            .map(|id| id.to_string())
-            .collect();
+        let ids: Vec<String> = params.message_ids.0.into_iter().map(String::from).collect();
         caller
             .context
             .store
