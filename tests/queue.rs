@@ -403,3 +403,33 @@ async fn remove_all_for_the_only_did_keeps_messages_without_that_did() {
         ["again"]
     );
 }
+
+#[tokio::test]
+async fn remove_all_for_one_of_several_dids_works_in_batches_and_spares_the_others() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    let connection = unique_id("c");
+    // More than one script's batch (2000) for A, interleaved with B's.
+    for i in 0..2500 {
+        client.add(&connection, DID_A, "a").await;
+        if i % 500 == 0 {
+            client.add(&connection, DID_B, &format!("b{i}")).await;
+        }
+    }
+    // Some of A's are in flight: those go too.
+    client
+        .take(json!({"connectionId": connection, "recipientDid": DID_A, "limit": 3}))
+        .await;
+    let removed = client
+        .call(
+            "removeAllMessages",
+            json!({"connectionId": connection, "recipientDid": DID_A}),
+        )
+        .await;
+    assert_eq!(removed, true);
+    let count_a = json!({"connectionId": connection, "recipientDid": DID_A});
+    assert_eq!(client.call("getAvailableMessageCount", count_a).await, 0);
+    let rest = client
+        .take(json!({"connectionId": connection, "deleteMessages": true}))
+        .await;
+    assert_eq!(texts(&rest), ["b0", "b500", "b1000", "b1500", "b2000"]);
+}

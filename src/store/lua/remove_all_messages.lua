@@ -1,5 +1,6 @@
--- ARGV: 2 recipient DID ("" for every message). Returns how many were removed.
-local did = ARGV[2]
+-- ARGV: 2 recipient DID ("" for every message), 3 most messages to delete one by one in this
+-- call. Returns {removed, 1 if messages of the DID remain (call again) else 0}.
+local did, batch = ARGV[2], tonumber(ARGV[3])
 
 -- Every message goes: UNLINK frees large queues off the main thread, so this is O(DIDs).
 local function remove_everything()
@@ -13,19 +14,24 @@ local function remove_everything()
   return removed
 end
 
-if did == "" then return remove_everything() end
+if did == "" then return {remove_everything(), 0} end
 
 -- The usual case: the connection's messages are all for this one DID.
 local dids = redis.call("SMEMBERS", K_DIDS)
 if #dids == 1 and dids[1] == did and redis.call("ZCARD", K_PENDING) + redis.call("ZCARD", K_INFLIGHT)
     == redis.call("ZCARD", pending_key(did)) + redis.call("ZCARD", inflight_key(did)) then
-  return remove_everything()
+  return {remove_everything(), 0}
 end
 
+-- Other DIDs share the queue: delete this DID's messages one by one, a bounded batch per call
+-- so that Redis is never blocked for long.
 local removed = 0
 for _, lane in ipairs({pending_key(did), inflight_key(did)}) do
-  for _, id in ipairs(redis.call("ZRANGE", lane, 0, -1)) do removed = removed + delete(id) end
+  for _, id in ipairs(redis.call("ZRANGE", lane, 0, batch - removed - 1)) do
+    removed = removed + delete(id)
+  end
+  if removed >= batch then return {removed, 1} end
 end
 redis.call("SREM", K_DIDS, did)
 forget_if_empty()
-return removed
+return {removed, 0}
