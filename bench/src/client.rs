@@ -280,6 +280,18 @@ pub struct IdlePool {
 }
 
 impl IdlePool {
+    /// Adds a note to the report when some sockets failed to open.
+    pub fn note_failures(&self, report: &mut crate::report::Report, label: &str) {
+        if self.failed > 0 {
+            let first = self.first_error.clone().unwrap_or_default();
+            report.note(format!(
+                "{label}: {} of {} sockets failed to open; first error: {first}",
+                self.failed,
+                self.open + self.failed
+            ));
+        }
+    }
+
     /// Opens `n` sockets, at most `parallel` handshakes at a time; with `ping`, each socket
     /// makes one `ping` call before it goes idle.
     pub async fn open(port: u16, n: usize, parallel: usize, ping: bool) -> Self {

@@ -625,13 +625,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         if idle > 0 {
             eprintln!("   live: opening {idle} idle sockets on A");
             let pool = IdlePool::open(a.ws_port, idle, 200, false).await;
-            if pool.failed > 0 {
-                report.note(format!(
-                    "live: {} of {idle} idle sockets failed to open; first error: {}",
-                    pool.failed,
-                    pool.first_error.clone().unwrap_or_default()
-                ));
-            }
+            pool.note_failures(report, "live (idle sockets)");
             tokio::time::sleep(Duration::from_secs(1)).await;
             idle_pool = Some(pool);
         }

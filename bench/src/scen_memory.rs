@@ -24,13 +24,7 @@ async fn mpr_per_socket(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = mpr.rss_kib()?;
     let pool = IdlePool::open(mpr.ws_port, n, 200, ping).await;
-    if pool.failed > 0 {
-        report.note(format!(
-            "memory: {} of {n} sockets failed to open; first error: {}",
-            pool.failed,
-            pool.first_error.clone().unwrap_or_default()
-        ));
-    }
+    pool.note_failures(report, "memory");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = mpr.rss_kib()?;
     let open = pool.open.saturating_sub(pool.dropped());
