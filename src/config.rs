@@ -2,9 +2,10 @@
 //! (`WS_PORT`, `APP_PORT`, `REDIS_URL`, `REDIS_TYPE`, ...); new settings sit beside them.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -13,6 +14,9 @@ use clap::{Parser, ValueEnum};
     about = "Message Pickup Repository server for DIDComm mediators"
 )]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Port of the WebSocket JSON-RPC endpoint (any path).
     #[arg(long, env = "WS_PORT", default_value_t = 3100)]
     pub ws_port: u16,
@@ -81,6 +85,127 @@ pub struct Config {
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// MongoDB for the cold tier (database from the URI path, else MessagePickupRepository).
+    /// Unset: messages stay in Redis.
+    #[arg(long, env = "MONGODB_URI")]
+    pub mongodb_uri: Option<String>,
+
+    /// Age (ms) after which a message's body moves from Redis to MongoDB.
+    #[arg(long, env = "THRESHOLD_TIMESTAMP", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub threshold_timestamp: u64,
+
+    /// Retention (seconds): messages older than this are deleted from both tiers. Unset: kept.
+    #[arg(long, env = "MESSAGE_TTL", value_parser = clap::value_parser!(u64).range(1..))]
+    pub message_ttl: Option<u64>,
+
+    /// How long a MongoDB operation may take before it counts as failed, in ms.
+    #[arg(long, env = "MONGODB_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub mongodb_timeout_ms: u64,
+
+    /// Messages per MongoDB write (and per Redis script) when moving or expiring.
+    #[arg(long, env = "MOVER_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub mover_batch_size: u64,
+
+    /// Pause between the mover's passes over the connections due for a visit, in ms.
+    #[arg(long, env = "MOVER_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub mover_interval_ms: u64,
+
+    /// Lease of one connection by one mover, in ms; a crashed mover's lease expires after it.
+    #[arg(long, env = "MOVER_LEASE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1000..=3_600_000))]
+    pub mover_lease_ms: u64,
+
+    /// Connections one instance's mover works on at once.
+    #[arg(long, env = "MOVER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub mover_concurrency: u64,
+
+    // Push notifications (FCM and APNs). A provider without valid credentials is disabled.
+    /// Firebase service-account JSON for FCM HTTP v1; unset, no FCM pushes.
+    #[arg(long, env = "FIREBASE_CFG_FILE")]
+    pub firebase_cfg_file: Option<PathBuf>,
+
+    /// Base URL of the FCM send endpoint.
+    #[arg(
+        long,
+        env = "FCM_BASE_URL",
+        default_value = "https://fcm.googleapis.com"
+    )]
+    pub fcm_base_url: String,
+
+    /// APNs JSON `{"keyId", "teamId", "production"}`; unset, no APNs pushes.
+    #[arg(long, env = "APNS_CFG_FILE")]
+    pub apns_cfg_file: Option<PathBuf>,
+
+    /// The APNs `.p8` (EC P-256) signing key.
+    #[arg(long, env = "APNS_PATH_KEY")]
+    pub apns_path_key: Option<PathBuf>,
+
+    /// The app's bundle id (`apns-topic`).
+    #[arg(long, env = "APNS_TOPIC")]
+    pub apns_topic: Option<String>,
+
+    /// Base URL of APNs (default: Apple's production or sandbox host, by `production`).
+    #[arg(long, env = "APNS_BASE_URL")]
+    pub apns_base_url: Option<String>,
+
+    /// Data-only pushes: no visible alert, the app is woken in the background.
+    #[arg(long, env = "NOTIFICATION_DATA_ONLY", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub notification_data_only: bool,
+
+    /// Title of the notification.
+    #[arg(long, env = "PUSH_TITLE", default_value = "Hologram")]
+    pub push_title: String,
+
+    /// Body of the notification.
+    #[arg(long, env = "PUSH_BODY", default_value = "You have new messages")]
+    pub push_body: String,
+
+    /// At most one push per device token in this window, across instances, in ms (0: no dedup).
+    #[arg(long, env = "PUSH_DEDUP_WINDOW_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub push_dedup_window_ms: u64,
+
+    /// Pushes waiting for a worker; past it the oldest is dropped.
+    #[arg(long, env = "PUSH_QUEUE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub push_queue_capacity: u64,
+
+    /// Pushes sent at once (worker tasks).
+    #[arg(long, env = "PUSH_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub push_workers: u64,
+
+    /// Time allowed for one request to FCM, APNs or the token endpoint, in ms.
+    #[arg(long, env = "PUSH_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub push_timeout_ms: u64,
+
+    /// Retries of a push after a 5xx, 429 or network error.
+    #[arg(long, env = "PUSH_MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub push_max_retries: u32,
+
+    /// First retry delay, doubled each retry (with jitter), in ms.
+    #[arg(long, env = "PUSH_RETRY_BASE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub push_retry_base_ms: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Import the queued messages of a Node MPR (its Redis lists and MongoDB documents) into
+    /// this server's layout; safe to run again, and to interrupt and re-run.
+    MigrateFromNode(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Redis of the Node MPR, holding `connectionId:<id>:queuemessages` lists (default: REDIS_URL).
+    #[arg(long, env = "NODE_REDIS_URL")]
+    pub node_redis_url: Option<String>,
+
+    /// Leave the Node MPR's MongoDB documents out (by default they are imported when MONGODB_URI is set).
+    #[arg(long)]
+    pub skip_mongodb: bool,
+
+    /// Also index this server's own documents: recovery after Redis lost its data. A document
+    /// whose removal was cut short by a crash comes back too.
+    #[arg(long, conflicts_with = "skip_mongodb")]
+    pub include_own_documents: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,6 +233,26 @@ impl Config {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
 
+    /// What makes the mover visit a connection: moving to MongoDB, retention, or both.
+    pub fn visits(&self) -> crate::store::Visits {
+        crate::store::Visits {
+            move_after: self
+                .mongodb_uri
+                .as_ref()
+                .map(|_| Duration::from_millis(self.threshold_timestamp)),
+            retention: self.message_ttl.map(Duration::from_secs),
+        }
+    }
+
+    pub fn mover(&self) -> crate::cold::mover::MoverSettings {
+        crate::cold::mover::MoverSettings {
+            batch: self.mover_batch_size as usize,
+            interval: Duration::from_millis(self.mover_interval_ms),
+            lease: Duration::from_millis(self.mover_lease_ms),
+            concurrency: self.mover_concurrency as usize,
+        }
+    }
+
     /// Settings that parse but cannot run together.
     pub fn check(&self) -> Result<(), String> {
         if self.redis_type == RedisType::Cluster {
@@ -120,6 +265,28 @@ impl Config {
                 "REDIS_URL must start with redis:// or rediss://, got {:?}",
                 self.redis_url
             ));
+        }
+        if let Some(uri) = &self.mongodb_uri
+            && !uri.starts_with("mongodb://")
+            && !uri.starts_with("mongodb+srv://")
+        {
+            return Err(format!(
+                "MONGODB_URI must start with mongodb:// or mongodb+srv://, got {uri:?}"
+            ));
+        }
+        let push_urls = [
+            ("FCM_BASE_URL", Some(&self.fcm_base_url)),
+            ("APNS_BASE_URL", self.apns_base_url.as_ref()),
+        ];
+        for (name, url) in push_urls {
+            if let Some(url) = url
+                && !url.starts_with("http://")
+                && !url.starts_with("https://")
+            {
+                return Err(format!(
+                    "{name} must start with http:// or https://, got {url:?}"
+                ));
+            }
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use mpr::config::Config;
+use mpr::config::{Command, Config};
 
 // Calls allocate and free kilobyte-sized buffers (payloads, call futures) at a high rate, which
 // glibc's allocator spends measurable time consolidating; mimalloc does not.
@@ -19,6 +19,18 @@ fn main() -> std::process::ExitCode {
         runtime.worker_threads(threads as usize);
     }
     let runtime = runtime.enable_all().build().expect("tokio runtime");
+    if let Some(Command::MigrateFromNode(args)) = &config.command {
+        return match runtime.block_on(mpr::cold::migrate::run(&config, args)) {
+            Ok(report) => {
+                println!("{report:?}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!("migration stopped: {error:#}; run it again to resume");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(mpr::server::run(config, mpr::server::shutdown_on_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -14,6 +14,20 @@ pub const EVENTS_PUSHED: &str = "mpr_events_pushed_total";
 pub const EVENTS_UNDELIVERABLE: &str = "mpr_events_undeliverable_total";
 pub const EVENTS_PUBLISH_FAILED: &str = "mpr_events_publish_failed_total";
 pub const INSTANCES_REAPED: &str = "mpr_instances_reaped_total";
+pub const COLD_AVAILABLE: &str = "mpr_cold_available";
+pub const COLD_MOVED: &str = "mpr_cold_moved_total";
+pub const COLD_DEGRADED: &str = "mpr_cold_degraded_total";
+pub const COLD_MISSING: &str = "mpr_cold_missing_total";
+pub const COLD_DELETE_DEFERRED: &str = "mpr_cold_delete_deferred_total";
+pub const MOVER_FAILURES: &str = "mpr_mover_failures_total";
+pub const MOVER_FENCED: &str = "mpr_mover_fenced_total";
+pub const MESSAGES_EXPIRED: &str = "mpr_messages_expired_total";
+pub const PUSHES_SENT: &str = "mpr_pushes_sent_total";
+pub const PUSHES_FAILED: &str = "mpr_pushes_failed_total";
+pub const PUSHES_RETRIED: &str = "mpr_pushes_retried_total";
+pub const PUSHES_DEDUPLICATED: &str = "mpr_pushes_deduplicated_total";
+pub const PUSHES_DROPPED: &str = "mpr_pushes_dropped_total";
+pub const PUSH_DURATION: &str = "mpr_push_duration_seconds";
 
 pub fn init_logging(config: &Config) {
     let filter = std::env::var("RUST_LOG")
@@ -35,6 +49,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             &[
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(PUSH_DURATION.to_owned()),
+            &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         )?
         .install_recorder()?;
     metrics::describe_gauge!(OPEN_SOCKETS, "WebSocket connections open on this instance");
@@ -62,6 +80,56 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(
         INSTANCES_REAPED,
         "Dead instances whose events this instance took over"
+    );
+    metrics::describe_gauge!(
+        COLD_AVAILABLE,
+        "1 while MongoDB answers, 0 while reads serve only what Redis holds"
+    );
+    metrics::describe_counter!(COLD_MOVED, "Messages moved from Redis to MongoDB");
+    metrics::describe_counter!(
+        COLD_DEGRADED,
+        "Calls by method that served only what Redis holds because MongoDB was unavailable"
+    );
+    metrics::describe_counter!(
+        COLD_MISSING,
+        "Cold messages whose MongoDB document was gone (deleted by the TTL index or by hand)"
+    );
+    metrics::describe_counter!(
+        COLD_DELETE_DEFERRED,
+        "Documents of removed messages left for the mover to delete (MongoDB failed)"
+    );
+    metrics::describe_counter!(
+        MOVER_FENCED,
+        "Mover batches refused because the connection's lease had passed to another mover"
+    );
+    metrics::describe_counter!(
+        MOVER_FAILURES,
+        "Mover passes that paused on a failure (MongoDB or Redis unavailable)"
+    );
+    metrics::describe_counter!(
+        MESSAGES_EXPIRED,
+        "Messages deleted by MESSAGE_TTL retention"
+    );
+    metrics::describe_counter!(
+        PUSHES_SENT,
+        "Push notifications accepted by FCM or APNs, by provider"
+    );
+    metrics::describe_counter!(
+        PUSHES_FAILED,
+        "Push notifications given up on, by provider and reason (dead_token, disabled, ...)"
+    );
+    metrics::describe_counter!(PUSHES_RETRIED, "Push requests retried, by provider");
+    metrics::describe_counter!(
+        PUSHES_DEDUPLICATED,
+        "Pushes not sent because the token had one within the dedup window"
+    );
+    metrics::describe_counter!(
+        PUSHES_DROPPED,
+        "Pushes dropped from a full queue (their messages stay queued)"
+    );
+    metrics::describe_histogram!(
+        PUSH_DURATION,
+        "Latency of one request to FCM or APNs, by provider"
     );
     Ok(handle)
 }

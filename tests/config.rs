@@ -28,6 +28,10 @@ fn bad_values_are_refused_by_name() {
         ("LOG_FORMAT", "xml"),
         ("BIND_ADDRESS", "localhost:80"),
         ("WORKER_THREADS", "0"),
+        ("THRESHOLD_TIMESTAMP", "10"),
+        ("MESSAGE_TTL", "0"),
+        ("MONGODB_TIMEOUT_MS", "forever"),
+        ("MOVER_BATCH_SIZE", "0"),
     ];
     for (name, value) in cases {
         let (code, stderr) = start_with(&[(name, value)]);
@@ -44,6 +48,9 @@ fn settings_that_cannot_run_are_refused_with_a_reason() {
     let (code, stderr) = start_with(&[("REDIS_URL", "http://127.0.0.1:6379")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
+    let (code, stderr) = start_with(&[("MONGODB_URI", "postgres://127.0.0.1/x")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("MONGODB_URI"), "{stderr}");
 }
 
 #[test]

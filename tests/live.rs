@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Client, Redis, Server, texts, unique_id};
+use support::{Client, Redis, Server, eventually, texts, unique_id};
 
 const DID: &str = "did:key:z6MkLive";
 
@@ -24,19 +24,6 @@ async fn is_live(client: &mut Client, connection: &str) -> bool {
         .call("getLiveSession", json!({"connectionId": connection}))
         .await;
     live.as_bool().expect("a boolean")
-}
-
-/// Polls until the condition holds; returns how long it took.
-async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < within,
-            "condition not met within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    started.elapsed()
 }
 
 #[tokio::test]

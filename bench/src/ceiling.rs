@@ -38,20 +38,22 @@ impl Scripts {
         })
     }
 
-    /// The server's add_message script, behind a preamble that derives the 6 keys of one of
+    /// The server's add_message script, behind a preamble that derives the 11 keys of one of
     /// `connections` connections and a unique 24-digit id from two random numbers
     /// (redis-benchmark substitutes each `__rand_int__` independently, so the keys of one
     /// connection cannot all be spelled on its command line; and one number alone repeats often
     /// enough over 10^5 calls to hit the script's duplicate-id error, which stops redis-benchmark).
     /// ARGV: 1 and 2 random numbers, 3 record tail. Local `KEYS`/`ARGV` shadow the globals for
-    /// the server's code below.
+    /// the server's code below. No visit marker (ARGV[5] 0), as a server without a mover.
     pub fn add_for_benchmark(&self, connections: u64) -> String {
+        let keys: Vec<String> = QUEUE_KEYS.iter().map(|k| format!("c .. '{k}'")).collect();
         format!(
             "local r = tonumber(ARGV[1])\n\
              local c = 'ceil:{{c' .. (r % {connections}) .. '}}:'\n\
-             local KEYS = {{c .. 'msg', c .. 'pending', c .. 'inflight', c .. 'seq', c .. 'dids', c .. 'live'}}\n\
-             local ARGV = {{c .. 'd:', ARGV[1] .. ARGV[2], '{VISIBILITY_MS}', ARGV[3], '{DID}'}}\n\
+             local KEYS = {{{}}}\n\
+             local ARGV = {{c .. 'd:', ARGV[1] .. ARGV[2], '{VISIBILITY_MS}', ARGV[3], '0', '{DID}'}}\n\
              {}",
+            keys.join(", "),
             self.add
         )
     }
@@ -63,40 +65,97 @@ pub const PLAIN_SCRIPT: &str = "redis.call('RPUSH', KEYS[1], ARGV[2])\n\
      redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])\n\
      return redis.call('HGET', KEYS[3], ARGV[1])";
 
-/// The record tail the server passes to add_message: `<size>\t<did>\n<QueuedMessage JSON>`.
-pub fn record_tail(id: &str, payload: &str) -> String {
+/// The names of a connection's queue keys, in the order the queue scripts take them (the
+/// layout of src/store/keys.rs).
+pub const QUEUE_KEYS: [&str; 11] = [
+    "msg", "pending", "inflight", "seq", "dids", "live", "cold", "trash", "visit", "mover",
+    "imported",
+];
+
+/// Messages remove_all_messages deletes one by one per call (the server's `REMOVE_BATCH`).
+pub const REMOVE_BATCH: &str = "2000";
+
+/// This host's clock, ms since the Unix epoch (what the server stamps `receivedAt` with).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `2026-11-22T04:16:15.123Z` for a time in ms since the epoch, as the server writes
+/// `receivedAt` (JavaScript's `Date.toISOString()`).
+pub fn iso_millis(ms: i64) -> String {
+    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{}\t{DID}\n{{\"id\":\"{id}\",\"receivedAt\":\"2026-01-01T00:00:00.000Z\",\"encryptedMessage\":{payload}}}",
-        payload.len()
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000
+    )
+}
+
+/// The record tail the server passes to add_message:
+/// `<size>\t<received ms>\t<did>\n<QueuedMessage JSON>`.
+pub fn record_tail(id: &str, received_ms: i64, payload: &str) -> String {
+    format!(
+        "{}\t{received_ms}\t{DID}\n{{\"id\":\"{id}\",\"receivedAt\":\"{}\",\"encryptedMessage\":{payload}}}",
+        payload.len(),
+        iso_millis(received_ms)
     )
 }
 
 /// Keys and did_base of one connection's queue under a prefix (same layout as src/store/keys.rs).
 pub fn queue_keys(prefix: &str, connection_id: &str) -> (Vec<String>, String) {
     let base = format!("{prefix}:{{{connection_id}}}:");
-    let keys = ["msg", "pending", "inflight", "seq", "dids", "live"]
-        .iter()
-        .map(|s| format!("{base}{s}"))
-        .collect();
+    let keys = QUEUE_KEYS.iter().map(|s| format!("{base}{s}")).collect();
     (keys, format!("{base}d:"))
 }
 
-/// One EVALSHA call of a queue script: sha, 6 keys, did_base, then `args`.
+/// One key of a connection's queue, by its name in `QUEUE_KEYS`.
+pub fn queue_key(prefix: &str, connection_id: &str, name: &str) -> String {
+    debug_assert!(QUEUE_KEYS.contains(&name), "{name}");
+    format!("{prefix}:{{{connection_id}}}:{name}")
+}
+
+/// The shard of the visit index holding a connection: `<prefix>:visits:{<n>}` with n the
+/// FNV-1a hash of the connection id modulo 16 (`visits_of` in src/store/keys.rs).
+pub fn visits_key(prefix: &str, connection_id: &str) -> String {
+    let hash = connection_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{prefix}:visits:{{{}}}", hash % 16)
+}
+
+/// One EVALSHA call of a queue script: sha, 11 keys, did_base, then `args`.
 pub fn queue_call(sha: &str, prefix: &str, connection_id: &str, args: &[String]) -> Vec<String> {
     let (keys, did_base) = queue_keys(prefix, connection_id);
-    let mut cmd = vec!["EVALSHA".to_owned(), sha.to_owned(), "6".to_owned()];
+    let mut cmd = vec!["EVALSHA".to_owned(), sha.to_owned(), keys.len().to_string()];
     cmd.extend(keys);
     cmd.push(did_base);
     cmd.extend(args.iter().cloned());
     cmd
 }
 
-/// An add_message call for one connection with a unique id, as the server makes it.
+/// An add_message call for one connection with a unique id, as a server without a mover makes
+/// it (visit marker lifetime 0).
 pub fn add_call(
     sha: &str,
     prefix: &str,
     connection_id: &str,
-    id: &str,
+    (id, received_ms): (&str, i64),
     payload: &str,
 ) -> Vec<String> {
     queue_call(
@@ -106,14 +165,36 @@ pub fn add_call(
         &[
             id.to_owned(),
             VISIBILITY_MS.to_string(),
-            record_tail(id, payload),
+            record_tail(id, received_ms, payload),
+            "0".to_owned(),
             DID.to_owned(),
         ],
     )
 }
 
-pub fn ceiling_id(n: u64) -> String {
-    format!("{n:024x}")
+/// Ids and receive times of messages written directly with the server's add script: ids count
+/// up (24 hex digits); receive times follow this host's clock set back by `age_ms`, and
+/// strictly increase, so that arrival order and `receivedAt` order agree.
+pub struct Ids {
+    next: u64,
+    last_ms: i64,
+    age_ms: i64,
+}
+
+impl Ids {
+    pub fn new(age_ms: i64) -> Self {
+        Self {
+            next: 0,
+            last_ms: 0,
+            age_ms,
+        }
+    }
+
+    pub fn next(&mut self) -> (String, i64) {
+        self.next += 1;
+        self.last_ms = (unix_ms() - self.age_ms).max(self.last_ms + 1);
+        (format!("{:024x}", self.next), self.last_ms)
+    }
 }
 
 /// Fills a queue directly with the server's add script, pipelined.
@@ -123,7 +204,7 @@ pub async fn fill(
     prefix: &str,
     connection_id: &str,
     count: usize,
-    next_id: &mut u64,
+    ids: &mut Ids,
 ) -> Result<()> {
     let payload = jwe_payload(None);
     let mut left = count;
@@ -131,8 +212,8 @@ pub async fn fill(
         let batch = left.min(500);
         let cmds: Vec<Vec<String>> = (0..batch)
             .map(|_| {
-                *next_id += 1;
-                add_call(sha, prefix, connection_id, &ceiling_id(*next_id), &payload)
+                let (id, received) = ids.next();
+                add_call(sha, prefix, connection_id, (&id, received), &payload)
             })
             .collect();
         let (errors, first) = redis.pipeline(&cmds).await?;
@@ -144,16 +225,16 @@ pub async fn fill(
     Ok(())
 }
 
-/// Message ids of take_from_queue's reply (bodies start with `{"id":"<id>"`).
-pub fn ids_of_bodies(reply: &Val) -> Vec<String> {
+/// Message ids of take_from_queue's reply `{deadline, {id, body, id, body, ...}}`.
+pub fn taken_ids(reply: &Val) -> Vec<String> {
     reply
         .items()
+        .get(1)
+        .map(Val::items)
+        .unwrap_or_default()
         .iter()
-        .filter_map(|b| {
-            let s = std::str::from_utf8(b.bytes()).ok()?;
-            let rest = s.strip_prefix("{\"id\":\"")?;
-            Some(rest[..rest.find('"')?].to_owned())
-        })
+        .step_by(2)
+        .map(Val::text)
         .collect()
 }
 
@@ -232,6 +313,19 @@ pub fn add_args(sha: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_received_at_as_the_server_does() {
+        assert_eq!(iso_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn visit_shards_as_the_server_does() {
+        // FNV-1a of "" is the offset basis: 0xcbf29ce484222325 % 16 = 5.
+        assert_eq!(visits_key("mpr", ""), "mpr:visits:{5}");
+    }
 
     #[test]
     fn parses_csv_with_odd_title() {

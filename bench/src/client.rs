@@ -195,15 +195,23 @@ impl Client {
     }
 }
 
+/// A QueuedMessage of a takeFromQueue result, without its payload.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Queued {
+    pub id: String,
+    #[serde(default)]
+    pub received_at: String,
+}
+
+/// The messages of a takeFromQueue result, in the order returned.
+pub fn queued_messages(result: &str) -> Result<Vec<Queued>> {
+    serde_json::from_str(result).with_context(|| format!("takeFromQueue result: {}", clip(result)))
+}
+
 /// Ids of the messages in a takeFromQueue result.
 pub fn message_ids(result: &str) -> Result<Vec<String>> {
-    #[derive(Deserialize)]
-    struct Queued {
-        id: String,
-    }
-    let list: Vec<Queued> = serde_json::from_str(result)
-        .with_context(|| format!("takeFromQueue result: {}", clip(result)))?;
-    Ok(list.into_iter().map(|q| q.id).collect())
+    Ok(queued_messages(result)?.into_iter().map(|q| q.id).collect())
 }
 
 pub fn ids_json(ids: &[String]) -> String {

@@ -9,8 +9,10 @@ mod procs;
 mod report;
 mod resp;
 mod scen_add;
+mod scen_cold;
 mod scen_live;
 mod scen_memory;
+mod scen_push;
 mod scen_queue;
 
 use std::path::PathBuf;
@@ -31,6 +33,10 @@ enum Scenario {
     Queue,
     /// Server RSS per idle socket.
     Memory,
+    /// Cold tier (MongoDB): mover throughput, addMessage latency while it moves, cold takes.
+    Cold,
+    /// addMessage throughput with push notifications (to a local FCM stand-in) vs without.
+    Push,
     /// Everything above, in that order.
     All,
 }
@@ -50,6 +56,10 @@ struct Cli {
     /// redis-server binary.
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
+
+    /// SecantusDB binary (MongoDB wire protocol) for the cold scenario.
+    #[arg(long, default_value = "secantusd-py")]
+    secantusd: String,
 
     /// redis-benchmark binary.
     #[arg(long, default_value = "redis-benchmark")]
@@ -82,6 +92,10 @@ struct Cli {
     /// add: connection ids the messages are spread over.
     #[arg(long, default_value_t = 1000)]
     connections: u64,
+
+    /// push: distinct device tokens the connections share (default: one per connection).
+    #[arg(long)]
+    push_tokens: Option<u64>,
 
     /// add and live: measured seconds per run [default: 5, quick: 1].
     #[arg(long)]
@@ -116,21 +130,31 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<usize>>,
 
-    /// queue: take/remove cycles per queue length and run [default: 200, quick: 30].
+    /// queue and cold: take/remove cycles per queue and run [default: 200, quick: 30].
     #[arg(long)]
     cycles: Option<usize>,
+
+    /// cold: messages moved to the cold tier on one connection [default: 100000, quick: 5000].
+    #[arg(long)]
+    cold_messages: Option<usize>,
+
+    /// cold: the server's MOVER_BATCH_SIZE.
+    #[arg(long, default_value_t = 100)]
+    mover_batch: usize,
 }
 
 /// Resolved settings shared by the scenarios.
 pub struct Settings {
     pub mpr_bin: PathBuf,
     pub redis_server: String,
+    pub secantusd: String,
     pub redis_benchmark: String,
     pub lua_dir: PathBuf,
     pub quick: bool,
     pub runs: usize,
     pub clients: Vec<usize>,
     pub connections: u64,
+    pub push_tokens: u64,
     pub duration: Duration,
     pub warmup: Duration,
     pub rates: Vec<u64>,
@@ -141,6 +165,8 @@ pub struct Settings {
     pub quiet_wait: Duration,
     pub sizes: Vec<usize>,
     pub cycles: usize,
+    pub cold_messages: usize,
+    pub mover_batch: usize,
 }
 
 impl Settings {
@@ -149,12 +175,14 @@ impl Settings {
         Self {
             mpr_bin: cli.mpr_bin.clone(),
             redis_server: cli.redis_server.clone(),
+            secantusd: cli.secantusd.clone(),
             redis_benchmark: cli.redis_benchmark.clone(),
             lua_dir: cli.lua_dir.clone(),
             quick: q,
             runs: cli.runs.unwrap_or(if q { 1 } else { 3 }).max(1),
             clients: cli.clients.clone(),
             connections: cli.connections.max(1),
+            push_tokens: cli.push_tokens.unwrap_or(cli.connections).max(1),
             duration: Duration::from_secs_f64(cli.duration_secs.unwrap_or(if q {
                 1.0
             } else {
@@ -175,6 +203,11 @@ impl Settings {
                 }
             }),
             cycles: cli.cycles.unwrap_or(if q { 30 } else { 200 }).max(1),
+            cold_messages: cli
+                .cold_messages
+                .unwrap_or(if q { 5000 } else { 100_000 })
+                .max(10),
+            mover_batch: cli.mover_batch.max(1),
         }
     }
 
@@ -315,6 +348,12 @@ async fn run(cli: Cli) -> Result<Report> {
     }
     if all || cli.scenario == Scenario::Memory {
         scen_memory::run(&settings, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Cold {
+        scen_cold::run(&settings, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Push {
+        scen_push::run(&settings, &mut report).await?;
     }
     report.section(report.summary());
     Ok(report)

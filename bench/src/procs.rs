@@ -137,7 +137,7 @@ pub fn workdir() -> PathBuf {
     dir
 }
 
-fn tempfile_path(name: &str) -> PathBuf {
+pub fn tempfile_path(name: &str) -> PathBuf {
     workdir().join(name)
 }
 
@@ -247,6 +247,59 @@ impl Redis {
 }
 
 impl Drop for Redis {
+    fn drop(&mut self) {
+        kill(self.pid);
+    }
+}
+
+/// A private SecantusDB (a MongoDB wire-protocol server, in memory) for the cold tier.
+pub struct Mongo {
+    pub pid: u32,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Mongo {
+    /// `<bin> --host 127.0.0.1 --port <free> --storage-path :memory:`; ready when it accepts
+    /// connections.
+    pub async fn start(bin: &str) -> Result<Self> {
+        let port = free_port()?;
+        let name = format!("secantusd-{port}");
+        let mut cmd = Command::new(bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--storage-path", ":memory:"]);
+        let pid = spawn_tracked(cmd, &name)?;
+        let mongo = Mongo {
+            pid,
+            port,
+            log: tempfile_path(&format!("{name}.log")),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Ok(mongo);
+            }
+            if !alive(pid) {
+                let log = std::fs::read_to_string(&mongo.log).unwrap_or_default();
+                bail!("{bin} exited before it listened on port {port}; log:\n{log}");
+            }
+            if Instant::now() > deadline {
+                bail!("{bin} not listening on port {port} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The URI of database `db`, for MONGODB_URI.
+    pub fn uri(&self, db: &str) -> String {
+        format!(
+            "mongodb://127.0.0.1:{}/{db}?directConnection=true",
+            self.port
+        )
+    }
+}
+
+impl Drop for Mongo {
     fn drop(&mut self) {
         kill(self.pid);
     }

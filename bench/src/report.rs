@@ -61,6 +61,17 @@ pub fn rate(x: f64) -> String {
     format!("{out}/s")
 }
 
+/// `**45 123/s** (runs: 44980, 45123, 46001)`: the median in bold, then every run.
+pub fn rate_of_runs(rates: &[f64]) -> String {
+    let runs: Vec<String> = rates.iter().map(|x| format!("{x:.0}")).collect();
+    format!("**{}** (runs: {})", rate(median(rates)), runs.join(", "))
+}
+
+/// `0.210 ms / 1.02 ms`: medians of p50s and p99s.
+pub fn p50_p99(p50s: &[f64], p99s: &[f64]) -> String {
+    format!("{} / {}", ms(median(p50s)), ms(median(p99s)))
+}
+
 /// Milliseconds with a precision that suits the magnitude.
 pub fn ms(x: f64) -> String {
     if x.is_nan() {

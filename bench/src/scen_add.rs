@@ -9,28 +9,34 @@ use anyhow::Result;
 use tokio::time::Instant;
 
 use crate::Settings;
-use crate::ceiling::{self, BenchResult, PLAIN_SCRIPT, Scripts, record_tail};
+use crate::ceiling::{self, BenchResult, PLAIN_SCRIPT, Scripts, record_tail, unix_ms};
 use crate::client::{add_message_params, jwe_payload};
 use crate::fastws::{RawWs, Template};
 use crate::procs::{CpuMeter, Mpr, Redis, fmt_cpu};
-use crate::report::{self, Report, Table, median, new_hist, pct_ms};
+use crate::report::{self, Report, Table, max_ms, median, new_hist, pct_ms};
 
-struct Measured {
-    rate: f64,
+pub struct Measured {
+    pub rate: f64,
     /// Every successful call, warm-up included.
-    calls: u64,
-    p50: f64,
-    p99: f64,
-    errors: u64,
-    first_error: Option<String>,
+    pub calls: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
 }
 
-async fn measure(
+/// `clients` sockets calling `params` in turn, one call in flight each: closed loop (each call
+/// right after the previous reply), or paced at `rate` calls/s in all, spread evenly over the
+/// sockets. Paced, a call's latency counts from when it was due, so a stall also counts for
+/// the calls it holds back.
+pub async fn measure(
     port: u16,
     clients: usize,
     params: Arc<Vec<Template>>,
     warmup: Duration,
     duration: Duration,
+    rate: Option<f64>,
 ) -> Result<Measured> {
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -39,9 +45,11 @@ async fn measure(
     let start = Instant::now() + Duration::from_millis(50);
     let warm_end = start + warmup;
     let end = warm_end + duration;
+    let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
     let mut tasks = Vec::new();
     for (task, mut client) in conns.into_iter().enumerate() {
         let params = params.clone();
+        let mut due = start + interval.map_or(Duration::ZERO, |i| i * task as u32 / clients as u32);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start).await;
             let mut hist = new_hist();
@@ -51,7 +59,14 @@ async fn measure(
             let mut first_error = None;
             let mut j = task;
             loop {
-                let t0 = Instant::now();
+                let t0 = match interval {
+                    Some(interval) => {
+                        tokio::time::sleep_until(due).await;
+                        due += interval;
+                        due - interval
+                    }
+                    None => Instant::now(),
+                };
                 if t0 >= end {
                     break;
                 }
@@ -109,6 +124,7 @@ async fn measure(
         calls: all_calls,
         p50: pct_ms(&hist, 0.5),
         p99: pct_ms(&hist, 0.99),
+        max: max_ms(&hist),
         errors,
         first_error,
     })
@@ -123,7 +139,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let plain_sha = r.load(PLAIN_SCRIPT).await?;
     let add_sha = r.load(&scripts.add_for_benchmark(s.connections)).await?;
     let payload = jwe_payload(None);
-    let tail = record_tail(&"0".repeat(24), &payload);
+    let tail = record_tail(&"0".repeat(24), unix_ms(), &payload);
     let params: Arc<Vec<Template>> = Arc::new(
         (0..s.connections)
             .map(|i| {
@@ -173,7 +189,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 ("redis", redis.pid),
                 ("bench", std::process::id()),
             ]);
-            let m = measure(mpr.ws_port, c, params.clone(), s.warmup, s.duration).await?;
+            let m = measure(mpr.ws_port, c, params.clone(), s.warmup, s.duration, None).await?;
             cpu = fmt_cpu(&meter.stop());
             let stats = r.cmdstats().await?;
             let evalsha = stats.iter().find(|x| x.0 == "evalsha");
@@ -248,20 +264,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         ]);
         table.row(vec![
             c.to_string(),
-            format!(
-                "**{}** (runs: {})",
-                report::rate(rate),
-                rates
-                    .iter()
-                    .map(|x| format!("{x:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            format!(
-                "{} / {}",
-                report::ms(median(&p50s)),
-                report::ms(median(&p99s))
-            ),
+            report::rate_of_runs(&rates),
+            report::p50_p99(&p50s, &p99s),
             format!("{} ({})", report::rate(pl), lat(&plain_lat)),
             report::pct(rate / pl),
             format!("{} ({})", report::rate(re), lat(&real_lat)),
@@ -325,7 +329,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
 }
 
 /// Deletes what the benchmark wrote (the server's own keys, such as its heartbeat, stay).
-async fn clear(r: &mut crate::resp::Resp) -> Result<()> {
+pub async fn clear(r: &mut crate::resp::Resp) -> Result<()> {
     r.clear("mpr:{bench-*").await?;
     r.clear("ceil:*").await?;
     r.clear("bq:*").await?;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Settings;
-use crate::ceiling::{Scripts, add_call, ceiling_id, queue_call, record_tail};
+use crate::ceiling::{Ids, Scripts, add_call, queue_call, record_tail};
 use crate::client::{
     Client, Frame, IdlePool, add_message_params, clip, connect_ws, find_ts, ids_json, jwe_payload,
     now_ns, request,
@@ -408,7 +408,7 @@ struct CeilingLive {
     add_sha: String,
     stream: String,
     k: usize,
-    next_id: u64,
+    ids: Ids,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -520,7 +520,7 @@ impl CeilingLive {
             add_sha,
             stream,
             k,
-            next_id: 0,
+            ids: Ids::new(0),
             tasks,
         })
     }
@@ -533,15 +533,14 @@ impl CeilingLive {
     ) -> Result<PhaseResult> {
         let window = self.window.clone();
         let writer = &mut self.writer;
-        let next_id = &mut self.next_id;
+        let ids = &mut self.ids;
         let (sha, stream, k) = (&self.add_sha, &self.stream, self.k);
         pace(&window, rate, warmup, duration, async |i: u64, ts: u64| {
-            *next_id += 1;
-            let id = ceiling_id(*next_id);
+            let (id, received) = ids.next();
             let conn = format!("live-{}", (i as usize) % k);
             let payload = jwe_payload(Some(ts));
-            writer.push(&add_call(sha, "ceil", &conn, &id, &payload));
-            let body = record_tail(&id, &payload);
+            writer.push(&add_call(sha, "ceil", &conn, (&id, received), &payload));
+            let body = record_tail(&id, received, &payload);
             writer.push(&[
                 "XADD",
                 stream.as_str(),

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use crate::Settings;
-use crate::ceiling::{Scripts, fill, ids_of_bodies, queue_call};
+use crate::ceiling::{Ids, REMOVE_BATCH, Scripts, fill, queue_call, taken_ids};
 use crate::client::{
     Client, DID, add_message_params, fill_queue, ids_json, jwe_payload, message_ids,
 };
@@ -168,10 +168,10 @@ async fn ceiling_round(
     conn: &str,
     n: usize,
     cycles: usize,
-    next_id: &mut u64,
+    ids: &mut Ids,
 ) -> Result<(Histogram<u64>, Histogram<u64>, f64, f64)> {
-    fill(r, &sha.add, "ceil", conn, n, next_id).await?;
-    let take_args: Vec<String> = ["", "10", MAX_BYTES, "0", "30000"]
+    fill(r, &sha.add, "ceil", conn, n, ids).await?;
+    let take_args: Vec<String> = ["", "10", MAX_BYTES, "0", "30000", "0"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -186,25 +186,31 @@ async fn ceiling_round(
             .cmd(&queue_call(&sha.take, "ceil", conn, &take_args))
             .await?;
         take_h.record(t.elapsed().as_nanos() as u64).ok();
-        let ids = ids_of_bodies(&reply);
+        let taken = taken_ids(&reply);
         let t = Instant::now();
-        r.cmd(&queue_call(&sha.remove, "ceil", conn, &ids)).await?;
+        r.cmd(&queue_call(&sha.remove, "ceil", conn, &taken))
+            .await?;
         remove_h.record(t.elapsed().as_nanos() as u64).ok();
-        fill(r, &sha.add, "ceil", conn, ids.len(), next_id).await?;
+        fill(r, &sha.add, "ceil", conn, taken.len(), ids).await?;
     }
     let t = Instant::now();
     r.cmd(&queue_call(
         &sha.remove_all,
         "ceil",
         conn,
-        &[DID.to_owned()],
+        &[DID.to_owned(), REMOVE_BATCH.to_owned()],
     ))
     .await?;
     let all_did = ms_since(t);
-    fill(r, &sha.add, "ceil", conn, n, next_id).await?;
+    fill(r, &sha.add, "ceil", conn, n, ids).await?;
     let t = Instant::now();
-    r.cmd(&queue_call(&sha.remove_all, "ceil", conn, &[String::new()]))
-        .await?;
+    r.cmd(&queue_call(
+        &sha.remove_all,
+        "ceil",
+        conn,
+        &[String::new(), REMOVE_BATCH.to_owned()],
+    ))
+    .await?;
     let all_plain = ms_since(t);
     Ok((take_h, remove_h, all_did, all_plain))
 }
@@ -221,7 +227,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         remove: r.load(&scripts.remove).await?,
         remove_all: r.load(&scripts.remove_all).await?,
     };
-    let mut next_id = 0u64;
+    let mut ids = Ids::new(0);
     let mut server: Vec<Figures> = s.sizes.iter().map(|_| Figures::default()).collect();
     let mut ceil: Vec<Figures> = s.sizes.iter().map(|_| Figures::default()).collect();
     for run in 0..s.runs {
@@ -241,15 +247,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 t.elapsed().as_secs_f64()
             );
             server[i].add(&take, &remove, all_did, all_plain);
-            let (take, remove, all_did, all_plain) = ceiling_round(
-                &mut r,
-                &sha,
-                &format!("q{n}-r{run}"),
-                n,
-                s.cycles,
-                &mut next_id,
-            )
-            .await?;
+            let (take, remove, all_did, all_plain) =
+                ceiling_round(&mut r, &sha, &format!("q{n}-r{run}"), n, s.cycles, &mut ids).await?;
             eprintln!(
                 "      ceiling take p50 {:.3} ms, remove p50 {:.3} ms, removeAll {:.2} / {:.2} ms",
                 pct_ms(&take, 0.5),

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use socket::{Push, SocketState};
 
+use crate::push::Pushes;
 use crate::store::{Binding, LiveDelivery, Store};
 use crate::telemetry;
 
@@ -38,10 +39,12 @@ pub struct Live {
     registered: AtomicBool,
     /// Instances that heartbeated recently (refreshed by every heartbeat).
     alive: RwLock<HashSet<String>>,
+    /// Wakes the phone when an event finds no socket.
+    pushes: Arc<Pushes>,
 }
 
 impl Live {
-    pub fn new(store: Store, liveness_timeout: Duration) -> Arc<Self> {
+    pub fn new(store: Store, liveness_timeout: Duration, pushes: Arc<Pushes>) -> Arc<Self> {
         let instance = format!("{:016x}", rand::random::<u64>());
         Arc::new(Self {
             alive: RwLock::new(HashSet::from([instance.clone()])),
@@ -53,6 +56,7 @@ impl Live {
             session_count: AtomicI64::new(0),
             registered: AtomicBool::new(false),
             sockets: RwLock::default(),
+            pushes,
         })
     }
 
@@ -233,7 +237,9 @@ impl Live {
         }
     }
 
-    /// Puts the messages of an event that found no socket back to pending, and counts it.
+    /// Puts the messages of an event that found no socket back to pending, counts it, and
+    /// asks for a push to the connection's latest token (unless nothing was put back: the
+    /// messages were taken or removed meanwhile).
     async fn undeliverable(
         &self,
         connection_id: &str,
@@ -243,7 +249,8 @@ impl Live {
     ) {
         metrics::counter!(telemetry::EVENTS_UNDELIVERABLE, "reason" => reason)
             .increment(messages.len() as u64);
-        match self.store.release(connection_id, binding, messages).await {
+        let released = self.store.release(connection_id, binding, messages).await;
+        match &released {
             Ok(released) => tracing::info!(
                 %connection_id, instance = %binding.instance, socket = binding.socket, reason,
                 released, "live-session event undeliverable; messages are pending again"
@@ -252,6 +259,11 @@ impl Live {
                 %connection_id, reason, %error,
                 "live-session event undeliverable; messages return to pending after the visibility timeout"
             ),
+        }
+        if !matches!(released, Ok(0))
+            && let Some((message_id, _)) = messages.last()
+        {
+            self.pushes.request(connection_id, None, message_id);
         }
     }
 

@@ -12,17 +12,23 @@ use std::time::Instant;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::cold::Cold;
 use crate::live::{Live, SocketState};
+use crate::push::Pushes;
 use crate::store::Store;
 use crate::telemetry;
 use error::RpcError;
 
-/// What every call can reach: the store, live sessions, and the limits of one call.
+/// What every call can reach: the store, the cold tier, live sessions, pushes, and the limits
+/// of one call.
 pub struct Context {
     pub store: Store,
+    /// MongoDB, when MONGODB_URI is set.
+    pub cold: Option<Arc<Cold>>,
     pub live: Arc<Live>,
     pub max_take_messages: u64,
     pub max_take_bytes: u64,
+    pub pushes: Arc<Pushes>,
 }
 
 /// The socket a call arrived on.

@@ -10,8 +10,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 
-pub use keys::{Keys, QueueKeys};
-pub use message::NewMessage;
+pub use keys::{Keys, QueueKeys, VISIT_SHARDS};
+pub use message::{NewMessage, Record, iso_millis, queued_message_json, record_tail};
+pub use tiering::{MoveOutcome, Visits, is_fenced};
 
 macro_rules! queue_script {
     ($file:literal) => {
@@ -24,12 +25,16 @@ macro_rules! queue_script {
     };
 }
 
+// After the macro, which it uses.
+mod tiering;
+
 static ADD_MESSAGE: LazyLock<Script> = queue_script!("lua/add_message.lua");
 static TAKE_FROM_QUEUE: LazyLock<Script> = queue_script!("lua/take_from_queue.lua");
 static COUNT_PENDING: LazyLock<Script> = queue_script!("lua/count_pending.lua");
 static REMOVE_MESSAGES: LazyLock<Script> = queue_script!("lua/remove_messages.lua");
 static REMOVE_ALL_MESSAGES: LazyLock<Script> = queue_script!("lua/remove_all_messages.lua");
 static RELEASE: LazyLock<Script> = queue_script!("lua/release.lua");
+static SETTLE_COLD: LazyLock<Script> = queue_script!("lua/settle_cold.lua");
 static UNBIND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/unbind.lua")));
 static RESTORE_BINDING: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/restore_binding.lua")));
@@ -61,6 +66,41 @@ pub struct Take<'a> {
     pub limit: u64,
     pub limit_bytes: u64,
     pub delete: bool,
+    /// Leave cold messages out (MongoDB is unavailable): serve what Redis holds.
+    pub hot_only: bool,
+}
+
+/// What a take handed out, oldest first.
+pub struct Taken {
+    /// The visibility deadline of the messages left in flight (Redis clock, ms).
+    pub deadline: i64,
+    pub messages: Vec<TakenMessage>,
+}
+
+pub struct TakenMessage {
+    pub id: String,
+    /// The QueuedMessage JSON, or `None` for a cold message: in flight until the caller has
+    /// read it from MongoDB and settled it.
+    pub body: Option<String>,
+}
+
+/// What removeAllMessages did.
+pub struct RemovedAll {
+    pub removed: u64,
+    /// Cold messages deleted one by one: their documents are to be deleted.
+    pub trashed: Vec<String>,
+    /// When whole cold tiers went at once: the connection's documents received up to this
+    /// time (Redis clock, ms) are to be deleted.
+    pub cold_cutoff_ms: Option<i64>,
+}
+
+/// How a take's cold messages end.
+#[derive(Clone, Copy)]
+pub enum Settle {
+    /// Delivered with deleteMessages, or gone from MongoDB: delete them.
+    Delete,
+    /// MongoDB could not be read: pending again.
+    Release,
 }
 
 /// A cheap handle (clones share one multiplexed connection that reconnects by itself).
@@ -70,6 +110,8 @@ pub struct Store {
     conn: ConnectionManager,
     keys: Keys,
     visibility_ms: u64,
+    /// How soon after its first message a connection is visited by the mover (0: never).
+    visit_after_ms: u64,
 }
 
 impl Store {
@@ -79,6 +121,7 @@ impl Store {
         prefix: &str,
         timeout: Duration,
         visibility: Duration,
+        visit_after: Option<Duration>,
     ) -> RedisResult<Self> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -91,6 +134,7 @@ impl Store {
             client,
             keys: Keys::new(prefix),
             visibility_ms: visibility.as_millis() as u64,
+            visit_after_ms: visit_after.map_or(0, |after| after.as_millis().max(1) as u64),
         })
     }
 
@@ -126,8 +170,16 @@ impl Store {
         call.arg(&message.id)
             .arg(self.visibility_ms)
             .arg(message.record_tail())
+            .arg(self.visit_after_ms)
             .arg(message.dids);
-        let reply: Vec<redis::Value> = call.invoke_async(&mut self.connection()).await?;
+        let mut reply: Vec<redis::Value> = call.invoke_async(&mut self.connection()).await?;
+        let visit: u8 = redis::FromRedisValue::from_redis_value(reply.remove(0))?;
+        if visit == 1 {
+            // A crash before this leaves the message unvisited until the marker expires and
+            // another message arrives: it stays served from Redis meanwhile, never lost.
+            let at = message.received_ms + self.visit_after_ms as i64;
+            self.schedule_visit(connection_id, at, true).await?;
+        }
         if reply.is_empty() {
             return Ok(None);
         }
@@ -139,16 +191,57 @@ impl Store {
         }))
     }
 
-    /// QueuedMessage JSON bodies, oldest first.
-    pub async fn take(&self, connection_id: &str, take: &Take<'_>) -> RedisResult<Vec<String>> {
+    /// The oldest pending messages of both tiers; cold ones are left in flight for `settle_cold`.
+    pub async fn take(&self, connection_id: &str, take: &Take<'_>) -> RedisResult<Taken> {
         let queue = self.keys.queue(connection_id);
         let mut call = queue_call(&TAKE_FROM_QUEUE, &queue);
         call.arg(take.recipient_did.unwrap_or(""))
             .arg(take.limit)
             .arg(take.limit_bytes)
-            .arg(if take.delete { "1" } else { "0" })
-            .arg(self.visibility_ms);
-        call.invoke_async(&mut self.connection()).await
+            .arg(flag(take.delete))
+            .arg(self.visibility_ms)
+            .arg(flag(take.hot_only));
+        let (deadline, pairs): (i64, Vec<(String, String)>) =
+            call.invoke_async(&mut self.connection()).await?;
+        let messages = pairs
+            .into_iter()
+            .map(|(id, body)| TakenMessage {
+                id,
+                body: (!body.is_empty()).then_some(body),
+            })
+            .collect();
+        Ok(Taken { deadline, messages })
+    }
+
+    /// Deletes or releases cold messages a take left in flight with `deadline`. Returns the ids
+    /// whose documents are to be deleted.
+    pub async fn settle_cold(
+        &self,
+        connection_id: &str,
+        deadline: i64,
+        ids: &[&str],
+        settle: Settle,
+    ) -> RedisResult<Vec<String>> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&SETTLE_COLD, &queue);
+        call.arg(match settle {
+            Settle::Delete => "delete",
+            Settle::Release => "release",
+        })
+        .arg(deadline)
+        .arg(ids);
+        let (_, trashed): (u64, Vec<String>) = call.invoke_async(&mut self.connection()).await?;
+        Ok(trashed)
+    }
+
+    /// Forgets trashed ids once their documents are deleted.
+    pub async fn clear_trash(&self, connection_id: &str, ids: &[String]) -> RedisResult<()> {
+        let queue = self.keys.queue(connection_id);
+        redis::cmd("SREM")
+            .arg(queue.trash())
+            .arg(ids)
+            .query_async(&mut self.connection())
+            .await
     }
 
     pub async fn count_pending(
@@ -162,12 +255,17 @@ impl Store {
         call.invoke_async(&mut self.connection()).await
     }
 
-    /// Returns how many of the ids existed.
-    pub async fn remove_messages(&self, connection_id: &str, ids: &[String]) -> RedisResult<u64> {
+    /// Returns the ids of removed cold messages, whose documents are to be deleted.
+    pub async fn remove_messages(
+        &self,
+        connection_id: &str,
+        ids: &[String],
+    ) -> RedisResult<Vec<String>> {
         let queue = self.keys.queue(connection_id);
         let mut call = queue_call(&REMOVE_MESSAGES, &queue);
         call.arg(ids);
-        call.invoke_async(&mut self.connection()).await
+        let (_, trashed): (u64, Vec<String>) = call.invoke_async(&mut self.connection()).await?;
+        Ok(trashed)
     }
 
     /// Removes every message of the connection, or of one recipient DID. The DID's messages
@@ -177,16 +275,25 @@ impl Store {
         &self,
         connection_id: &str,
         recipient_did: Option<&str>,
-    ) -> RedisResult<u64> {
+    ) -> RedisResult<RemovedAll> {
         let queue = self.keys.queue(connection_id);
-        let mut removed = 0;
+        let mut all = RemovedAll {
+            removed: 0,
+            trashed: Vec::new(),
+            cold_cutoff_ms: None,
+        };
         loop {
             let mut call = queue_call(&REMOVE_ALL_MESSAGES, &queue);
             call.arg(recipient_did.unwrap_or("")).arg(REMOVE_BATCH);
-            let (batch, more): (u64, u8) = call.invoke_async(&mut self.connection()).await?;
-            removed += batch;
+            let (batch, more, cutoff, trashed): (u64, u8, i64, Vec<String>) =
+                call.invoke_async(&mut self.connection()).await?;
+            all.removed += batch;
+            all.trashed.extend(trashed);
+            if cutoff > 0 {
+                all.cold_cutoff_ms = Some(cutoff);
+            }
             if more == 0 {
-                return Ok(removed);
+                return Ok(all);
             }
         }
     }
@@ -302,6 +409,10 @@ impl Store {
             .invoke_async(&mut self.connection())
             .await
     }
+}
+
+fn flag(value: bool) -> &'static str {
+    if value { "1" } else { "0" }
 }
 
 fn queue_call<'a>(script: &'a Script, queue: &'a QueueKeys) -> redis::ScriptInvocation<'a> {

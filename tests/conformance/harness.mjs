@@ -157,6 +157,44 @@ export async function startRedis({ port: fixedPort } = {}) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// MongoDB-wire server (SecantusDB, a test stand-in for MongoDB; `scripts/ensure-secantusdb`)
+
+/** Starts an in-memory SecantusDB on a free port; resolves once it accepts connections. */
+export async function startMongo() {
+  const port = await freePort();
+  const child = spawn(
+    process.env.MPR_SECANTUSD || 'secantusd-py',
+    ['--host', '127.0.0.1', '--port', String(port), '--storage-path', ':memory:', '--log-level', 'ERROR'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  children.add(child);
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline && child.exitCode === null) {
+    const open = await new Promise((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port });
+      socket.once('connect', () => { socket.destroy(); resolve(true); });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) {
+      return { port, url: (db) => `mongodb://127.0.0.1:${port}/${db}?directConnection=true`, child, stop: () => stopChild(child) };
+    }
+    await sleep(100);
+  }
+  await stopChild(child, 500);
+  throw new Error(`SecantusDB on port ${port} did not start:\n${output}`);
+}
+
+/** The value of an unlabelled metric on an instance's /metrics. */
+export async function metric(server, name) {
+  const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // mpr instances
 
 export function uniquePrefix() {

@@ -2,7 +2,10 @@
 //! processes, and a small JSON-RPC WebSocket client. Everything is killed on drop.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod push_standins;
+
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -167,6 +170,20 @@ impl Server {
             .filter(|line| line[name.len()..].starts_with([' ', '{']))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Waits for the process to end by itself; None if it is still running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn kill(&mut self) {
@@ -395,4 +412,123 @@ pub fn ids(messages: &[Value]) -> Vec<String> {
 
 pub fn unique_id(tag: &str) -> String {
     format!("{tag}-{:016x}", rand::random::<u64>())
+}
+
+/// A MongoDB-wire server (SecantusDB, see shared/reference/test-services.md) on a free port.
+/// It is started under a watchdog that stops it when the test process ends, so a shared
+/// instance outlives no test run.
+pub struct Mongo {
+    pub port: u16,
+    storage: String,
+    child: Option<Child>,
+}
+
+impl Mongo {
+    /// One server per test binary; tests keep apart by database name (`url`).
+    pub fn shared() -> &'static Mongo {
+        static SHARED: std::sync::OnceLock<Mongo> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Mongo::start(":memory:"))
+    }
+
+    /// A server of the test's own; `storage` is `:memory:` or a directory that survives restarts.
+    pub fn start(storage: &str) -> Self {
+        let mut mongo = Self {
+            port: free_port(),
+            storage: storage.to_owned(),
+            child: None,
+        };
+        mongo.restart();
+        mongo
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "mongo is running");
+        let program = std::env::var("MPR_SECANTUSD").unwrap_or_else(|_| "secantusd-py".into());
+        let script = format!(
+            "{program} --host 127.0.0.1 --port {} --storage-path '{}' --log-level ERROR & server=$!; \
+             trap 'kill $server 2>/dev/null; exit' TERM; \
+             while kill -0 {} 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 0.5; done; \
+             kill $server 2>/dev/null; wait $server",
+            self.port,
+            self.storage,
+            std::process::id()
+        );
+        // Its own process group, so that `stop` reaches the server and not only the watchdog.
+        let child = Command::new("bash")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("bash");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "SecantusDB did not start (pip install SecantusDB==0.7.0b3)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server and waits until its port is closed. The server is asked first; one
+    /// that is still up after a grace period (a graceful shutdown can wait on its clients'
+    /// open connections) is killed, as an outage would.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let group = format!("-{}", child.id());
+        for (signal, grace) in [("-TERM", 5), ("-KILL", 20)] {
+            Command::new("kill")
+                .args([signal, "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .ok();
+            let deadline = Instant::now() + Duration::from_secs(grace);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                    child.wait().ok();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("SecantusDB did not stop");
+    }
+
+    /// A URI for a database of the test's own.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "mongodb://127.0.0.1:{}/{database}?directConnection=true",
+            self.port
+        )
+    }
+
+    /// The collection the server writes, in `database`.
+    pub async fn messages(&self, database: &str) -> mongodb::Collection<bson::Document> {
+        let client = mongodb::Client::with_uri_str(self.url(database))
+            .await
+            .expect("MongoDB URI");
+        client.database(database).collection("storequeuedmessages")
+    }
+}
+
+impl Drop for Mongo {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls until the condition holds; returns how long it took.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < within,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
 }

@@ -1,4 +1,5 @@
--- ARGV: 2 recipient DID ("" for all). Returns the number of pending messages.
+-- ARGV: 2 recipient DID ("" for all). Returns the number of pending messages in both tiers.
 requeue_expired(now_ms())
-if ARGV[2] == "" then return redis.call("ZCARD", K_PENDING) end
-return redis.call("ZCARD", pending_key(ARGV[2]))
+local did = ARGV[2]
+if did == "" then did = nil end
+return redis.call("ZCARD", lane(did, false)) + redis.call("ZCARD", lane(did, true))

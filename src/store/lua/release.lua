@@ -6,11 +6,8 @@ local instance, socket = ARGV[2], ARGV[3]
 local released = 0
 for i = 4, #ARGV, 2 do
   local id, deadline = ARGV[i], tonumber(ARGV[i + 1])
-  local score = redis.call("ZSCORE", K_INFLIGHT, id)
-  if score and tonumber(score) == deadline then
-    local seq, _, dids = parse(redis.call("HGET", K_MSG, id))
-    from_inflight(id, dids)
-    to_pending(id, seq, dids)
+  if inflight_with(id, deadline) then
+    release(id, redis.call("HGET", K_MSG, id))
     released = released + 1
   end
 end

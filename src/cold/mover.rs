@@ -1,0 +1,301 @@
+//! The mover: visits connections whose visit is due in the visit index (no scan of keys or
+//! queues), and under a per-connection lease deletes what retention says is too old, moves
+//! messages older than the threshold to MongoDB, and retries deferred document deletions.
+//!
+//! A move is crash-safe at every step: (1) read the oldest stale messages; (2) write their
+//! documents (idempotent on the unique messageId); (3) one script makes each one cold in
+//! Redis only if it is still pending there and the lease is still ours; (4) delete the
+//! documents of those that were taken or removed meanwhile. A crash before (3) leaves only
+//! unreferenced documents; Redis decides, atomically, whether a message's body is in Redis or
+//! in MongoDB, so a message is never visible twice and never lost.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rand::seq::SliceRandom;
+use tokio_util::sync::CancellationToken;
+
+use super::{Cold, ColdError, document, now_ms};
+use crate::store::{MoveOutcome, Record, Store, VISIT_SHARDS, Visits, is_fenced};
+use crate::telemetry;
+
+#[derive(Debug, Clone, Copy)]
+pub struct MoverSettings {
+    /// Messages per MongoDB write and per Redis script.
+    pub batch: usize,
+    /// Pause between passes over the visit index.
+    pub interval: Duration,
+    /// How long a connection's lease lasts (a crashed mover's lease expires after it).
+    pub lease: Duration,
+    /// Connections visited at once by this instance.
+    pub concurrency: usize,
+}
+
+/// Connections read from one shard of the visit index per pass.
+const DUE_PER_SHARD: u64 = 64;
+/// Batches one visit moves before the connection goes back in line, so one long queue does not
+/// hold up the others (it is due again at once, and visited again in the next pass).
+const BATCHES_PER_VISIT: usize = 10;
+/// Longest pause after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct Mover {
+    store: Store,
+    cold: Option<Arc<Cold>>,
+    visits: Visits,
+    settings: MoverSettings,
+    /// The unique messageId index makes moving idempotent: nothing moves before it exists.
+    indexes: tokio::sync::OnceCell<()>,
+}
+
+#[derive(Debug)]
+enum VisitError {
+    Redis(redis::RedisError),
+    Cold(ColdError),
+}
+
+impl std::fmt::Display for VisitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Redis(error) => write!(f, "Redis: {error}"),
+            Self::Cold(error) => error.fmt(f),
+        }
+    }
+}
+
+impl From<redis::RedisError> for VisitError {
+    fn from(error: redis::RedisError) -> Self {
+        Self::Redis(error)
+    }
+}
+
+impl From<ColdError> for VisitError {
+    fn from(error: ColdError) -> Self {
+        Self::Cold(error)
+    }
+}
+
+impl Mover {
+    pub fn new(
+        store: Store,
+        cold: Option<Arc<Cold>>,
+        visits: Visits,
+        settings: MoverSettings,
+    ) -> Self {
+        Self {
+            store,
+            cold,
+            visits,
+            settings,
+            indexes: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Passes over the visit index until `stop`; after a failure (MongoDB or Redis away) it
+    /// pauses with exponential backoff and resumes where the index says.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut pause = self.settings.interval;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            match self.pass(&stop).await {
+                Ok(()) => pause = self.settings.interval,
+                Err(error) => {
+                    metrics::counter!(telemetry::MOVER_FAILURES).increment(1);
+                    pause = (pause * 2).clamp(self.settings.interval, MAX_BACKOFF);
+                    tracing::warn!(%error, retry_in = ?pause, "mover paused");
+                }
+            }
+        }
+    }
+
+    /// One pass: the due connections of every shard (in random order so instances spread
+    /// out), visited `concurrency` at a time. A failure pauses the mover after the pass.
+    async fn pass(&self, stop: &CancellationToken) -> Result<(), VisitError> {
+        if let Some(cold) = &self.cold {
+            if !cold.is_available() {
+                cold.ping().await?; // marks it available again
+            }
+            self.indexes
+                .get_or_try_init(|| cold.ensure_indexes(self.visits.retention))
+                .await?;
+        }
+        let mut shards: Vec<u64> = (0..VISIT_SHARDS).collect();
+        shards.shuffle(&mut rand::rng());
+        let mut due = Vec::new();
+        for shard in shards {
+            due.extend(
+                self.store
+                    .due_visits(shard, now_ms(), DUE_PER_SHARD)
+                    .await?,
+            );
+        }
+        let failures: Vec<VisitError> = futures_util::stream::iter(due)
+            .take_while(|_| std::future::ready(!stop.is_cancelled()))
+            .map(|connection_id| async move { self.visit(&connection_id).await.err() })
+            .buffer_unordered(self.settings.concurrency)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        failures.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    async fn visit(&self, connection_id: &str) -> Result<(), VisitError> {
+        let token = format!("{:032x}", rand::random::<u128>());
+        if !self
+            .store
+            .acquire_lease(connection_id, &token, self.settings.lease)
+            .await?
+        {
+            return Ok(()); // another instance is on it
+        }
+        let outcome = match self.visit_leased(connection_id, &token).await {
+            // Another mover holds the connection now: it carries on, nothing to undo here.
+            Err(VisitError::Redis(error)) if is_fenced(&error) => {
+                metrics::counter!(telemetry::MOVER_FENCED).increment(1);
+                tracing::info!(%connection_id, "lease lost to another mover; batch left to it");
+                return Ok(());
+            }
+            outcome => outcome,
+        };
+        if let Err(error) = self.store.release_lease(connection_id, &token).await {
+            tracing::debug!(%connection_id, %error, "lease not released; it expires");
+        }
+        outcome
+    }
+
+    async fn visit_leased(&self, connection_id: &str, token: &str) -> Result<(), VisitError> {
+        if let Some(retention) = self.visits.retention {
+            self.expire(connection_id, retention).await?;
+        }
+        self.empty_trash(connection_id).await?;
+        if let (Some(cold), Some(after)) = (&self.cold, self.visits.move_after) {
+            self.move_stale(cold, connection_id, token, after).await?;
+        }
+        self.store
+            .reschedule_visit(connection_id, self.visits)
+            .await?;
+        Ok(())
+    }
+
+    /// Documents of removed cold messages: expired just now, or whose deletion failed earlier.
+    async fn empty_trash(&self, connection_id: &str) -> Result<(), VisitError> {
+        loop {
+            let trash = self.store.trash(connection_id, self.settings.batch).await?;
+            if trash.is_empty() {
+                return Ok(());
+            }
+            if let Some(cold) = &self.cold {
+                cold.delete(&trash).await?;
+            }
+            self.store.clear_trash(connection_id, &trash).await?;
+        }
+    }
+
+    async fn expire(&self, connection_id: &str, retention: Duration) -> Result<(), VisitError> {
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        loop {
+            // Expired cold messages land in the trash, which `empty_trash` clears next.
+            let deleted = self
+                .store
+                .expire(connection_id, cutoff, self.settings.batch)
+                .await?;
+            metrics::counter!(telemetry::MESSAGES_EXPIRED).increment(deleted);
+            if (deleted as usize) < self.settings.batch {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn move_stale(
+        &self,
+        cold: &Cold,
+        connection_id: &str,
+        token: &str,
+        after: Duration,
+    ) -> Result<(), VisitError> {
+        let cutoff = now_ms() - after.as_millis() as i64;
+        for _ in 0..BATCHES_PER_VISIT {
+            let head = self
+                .store
+                .stale_head(connection_id, cutoff, self.settings.batch)
+                .await?;
+            if head.is_empty() {
+                return Ok(());
+            }
+            let mut ids = Vec::with_capacity(head.len());
+            let mut documents = Vec::with_capacity(head.len());
+            for (id, record) in &head {
+                let built = Record::parse(record)
+                    .ok_or_else(|| "unreadable record".to_owned())
+                    .and_then(|record| document::moved(connection_id, id, &record, token));
+                match built {
+                    Ok(document) => {
+                        ids.push(id.as_str());
+                        documents.push(document);
+                    }
+                    // Left in Redis, served from there.
+                    Err(error) => {
+                        tracing::error!(%connection_id, %id, %error, "message not movable")
+                    }
+                }
+            }
+            if ids.is_empty() {
+                return Ok(());
+            }
+            if !cold.write_moved(documents, &ids, token).await? {
+                return Ok(()); // raced with another attempt's clean-up: retried next visit
+            }
+            fault_point("mover_after_write").await;
+            let lease = self.settings.lease;
+            let outcomes = self
+                .store
+                .to_cold(connection_id, token, lease, &ids)
+                .await?;
+            fault_point("mover_after_commit").await;
+            let moved = outcomes
+                .iter()
+                .filter(|o| **o == MoveOutcome::Moved)
+                .count();
+            metrics::counter!(telemetry::COLD_MOVED).increment(moved as u64);
+            let unmoved: Vec<&str> = ids
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| **outcome == MoveOutcome::NotMovable)
+                .map(|(id, _)| *id)
+                .collect();
+            if !unmoved.is_empty() {
+                cold.delete_unmoved(&unmoved, token).await?;
+            }
+            if head.len() < self.settings.batch {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fault injection for the crash and race tests, unset in production (one comparison per
+/// batch): `MPR_CRASH_AT=<point>` aborts the process there, as a kill -9 would;
+/// `MPR_PAUSE_AT=<point>=<ms>` holds the mover there, so a test can act in between.
+async fn fault_point(point: &str) {
+    static CRASH_AT: LazyLock<Option<String>> =
+        LazyLock::new(|| std::env::var("MPR_CRASH_AT").ok());
+    static PAUSE_AT: LazyLock<Option<(String, u64)>> = LazyLock::new(|| {
+        let setting = std::env::var("MPR_PAUSE_AT").ok()?;
+        let (point, ms) = setting.split_once('=')?;
+        Some((point.to_owned(), ms.parse().ok()?))
+    });
+    if CRASH_AT.as_deref() == Some(point) {
+        tracing::error!(point, "MPR_CRASH_AT: aborting");
+        std::process::abort();
+    }
+    if let Some((at, ms)) = PAUSE_AT.as_ref()
+        && at == point
+    {
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+    }
+}

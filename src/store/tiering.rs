@@ -1,0 +1,218 @@
+//! The Redis side of tiering: the visit index that tells the mover which connections to look at
+//! and when, the per-connection mover lease, the scripts that move messages to the cold tier
+//! and expire old ones, and the import of the Node MPR's messages.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{RedisResult, Script};
+
+use super::{Store, queue_call};
+
+static STALE_HEAD: LazyLock<Script> = queue_script!("lua/stale_head.lua");
+static TO_COLD: LazyLock<Script> = queue_script!("lua/to_cold.lua");
+static EXPIRE: LazyLock<Script> = queue_script!("lua/expire.lua");
+static NEXT_VISIT: LazyLock<Script> = queue_script!("lua/next_visit.lua");
+static IMPORT: LazyLock<Script> = queue_script!("lua/import.lua");
+static RELEASE_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/release_lease.lua")));
+
+/// What `to_cold` did with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveOutcome {
+    /// Now cold: its document is the only copy of its body.
+    Moved,
+    /// Was cold already (an earlier attempt moved it).
+    AlreadyCold,
+    /// Taken or removed meanwhile: the document just written for it is garbage.
+    NotMovable,
+}
+
+/// The settings of the visit index: what makes a connection worth a visit.
+#[derive(Debug, Clone, Copy)]
+pub struct Visits {
+    /// Move messages older than this to the cold tier (None: no cold tier).
+    pub move_after: Option<Duration>,
+    /// Delete messages older than this (None: keep them).
+    pub retention: Option<Duration>,
+}
+
+impl Visits {
+    /// How soon after its first message a connection needs a visit (None: never).
+    pub fn first_after(&self) -> Option<Duration> {
+        self.move_after.into_iter().chain(self.retention).min()
+    }
+}
+
+impl Store {
+    /// Enters a connection in the visit index; `only_new` keeps an earlier, sooner visit.
+    pub async fn schedule_visit(
+        &self,
+        connection_id: &str,
+        at_ms: i64,
+        only_new: bool,
+    ) -> RedisResult<()> {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(self.keys.visits_of(connection_id));
+        if only_new {
+            zadd.arg("NX");
+        }
+        zadd.arg(at_ms)
+            .arg(connection_id)
+            .query_async(&mut self.connection())
+            .await
+    }
+
+    /// Connections of one shard whose visit is due.
+    pub async fn due_visits(&self, shard: u64, now_ms: i64, most: u64) -> RedisResult<Vec<String>> {
+        redis::cmd("ZRANGE")
+            .arg(self.keys.visits(shard))
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(most)
+            .query_async(&mut self.connection())
+            .await
+    }
+
+    /// After a visit: out of the index first, then back in if the connection will need another
+    /// visit. In this order an addMessage in between is never left out of the index.
+    pub async fn reschedule_visit(&self, connection_id: &str, visits: Visits) -> RedisResult<()> {
+        let _: () = redis::cmd("ZREM")
+            .arg(self.keys.visits_of(connection_id))
+            .arg(connection_id)
+            .query_async(&mut self.connection())
+            .await?;
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&NEXT_VISIT, &queue);
+        call.arg(millis(visits.move_after))
+            .arg(millis(visits.retention));
+        let next: i64 = call.invoke_async(&mut self.connection()).await?;
+        if next >= 0 {
+            self.schedule_visit(connection_id, next, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the connection's mover lease unless another instance holds it.
+    pub async fn acquire_lease(
+        &self,
+        connection_id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> RedisResult<bool> {
+        let acquired: Option<String> = redis::cmd("SET")
+            .arg(self.keys.queue(connection_id).mover())
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease.as_millis() as u64)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(acquired.is_some())
+    }
+
+    pub async fn release_lease(&self, connection_id: &str, token: &str) -> RedisResult<()> {
+        let queue = self.keys.queue(connection_id);
+        let _: u8 = RELEASE_LEASE
+            .key(queue.mover())
+            .arg(token)
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(())
+    }
+
+    /// The oldest pending messages held in Redis received at or before `cutoff_ms`, as
+    /// (id, record) pairs.
+    pub async fn stale_head(
+        &self,
+        connection_id: &str,
+        cutoff_ms: i64,
+        most: usize,
+    ) -> RedisResult<Vec<(String, String)>> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&STALE_HEAD, &queue);
+        call.arg(cutoff_ms).arg(most);
+        call.invoke_async(&mut self.connection()).await
+    }
+
+    /// Makes messages cold once their documents are written, and renews the lease; fails
+    /// (see `is_fenced`) if the lease `token` was lost meanwhile.
+    pub async fn to_cold(
+        &self,
+        connection_id: &str,
+        token: &str,
+        lease: Duration,
+        ids: &[&str],
+    ) -> RedisResult<Vec<MoveOutcome>> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&TO_COLD, &queue);
+        call.arg(token).arg(lease.as_millis() as u64).arg(ids);
+        let codes: Vec<u8> = call.invoke_async(&mut self.connection()).await?;
+        Ok(codes
+            .into_iter()
+            .map(|code| match code {
+                1 => MoveOutcome::Moved,
+                2 => MoveOutcome::AlreadyCold,
+                _ => MoveOutcome::NotMovable,
+            })
+            .collect())
+    }
+
+    /// Deletes up to `most` pending messages received at or before `cutoff_ms`; returns how
+    /// many. The ids of cold ones go to the connection's trash.
+    pub async fn expire(
+        &self,
+        connection_id: &str,
+        cutoff_ms: i64,
+        most: usize,
+    ) -> RedisResult<u64> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&EXPIRE, &queue);
+        call.arg(cutoff_ms).arg(most);
+        let (deleted, _trashed): (u64, Vec<String>) =
+            call.invoke_async(&mut self.connection()).await?;
+        Ok(deleted)
+    }
+
+    /// Some of the ids still waiting for their documents to be deleted.
+    pub async fn trash(&self, connection_id: &str, most: usize) -> RedisResult<Vec<String>> {
+        redis::cmd("SRANDMEMBER")
+            .arg(self.keys.queue(connection_id).trash())
+            .arg(most)
+            .query_async(&mut self.connection())
+            .await
+    }
+
+    /// Imports one message of the Node MPR unless it was imported before. `seq` places it in
+    /// the queue; `tail` is the record after the sequence (an empty body: the document stays
+    /// in MongoDB). Returns whether it was new.
+    pub async fn import(
+        &self,
+        connection_id: &str,
+        id: &str,
+        seq: i64,
+        tail: &str,
+        remember: Duration,
+    ) -> RedisResult<bool> {
+        let queue = self.keys.queue(connection_id);
+        let mut call = queue_call(&IMPORT, &queue);
+        call.arg(id)
+            .arg(seq)
+            .arg(tail)
+            .arg(remember.as_millis() as u64);
+        let imported: u8 = call.invoke_async(&mut self.connection()).await?;
+        Ok(imported == 1)
+    }
+}
+
+/// The error of a `to_cold` whose lease another mover holds (or that expired).
+pub fn is_fenced(error: &redis::RedisError) -> bool {
+    error.code() == Some("FENCED")
+}
+
+fn millis(duration: Option<Duration>) -> u64 {
+    duration.map_or(0, |duration| duration.as_millis() as u64)
+}
