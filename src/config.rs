@@ -119,6 +119,12 @@ pub struct Config {
     #[arg(long, env = "MOVER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub mover_concurrency: u64,
 
+    /// Most messages one instance's mover moves per second (0: as fast as it can). Moving
+    /// costs Redis and the server CPU; a cap keeps a large backlog from raising the latency of
+    /// live calls, at the price of moving it more slowly.
+    #[arg(long, env = "MOVER_MAX_RATE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub mover_max_rate: u64,
+
     // Push notifications (FCM and APNs). A provider without valid credentials is disabled.
     /// Firebase service-account JSON for FCM HTTP v1; unset, no FCM pushes.
     #[arg(long, env = "FIREBASE_CFG_FILE")]
@@ -250,6 +256,7 @@ impl Config {
             interval: Duration::from_millis(self.mover_interval_ms),
             lease: Duration::from_millis(self.mover_lease_ms),
             concurrency: self.mover_concurrency as usize,
+            max_rate: (self.mover_max_rate > 0).then_some(self.mover_max_rate),
         }
     }
 
@@ -272,6 +279,21 @@ impl Config {
         {
             return Err(format!(
                 "MONGODB_URI must start with mongodb:// or mongodb+srv://, got {uri:?}"
+            ));
+        }
+        // A mover waits for its turn while it holds a connection's lease: the wait for the
+        // batches of all its visits at once must be well inside the lease.
+        let batches = self.mover_batch_size * self.mover_concurrency;
+        if let Some(wait_ms) = (batches * 1000).checked_div(self.mover_max_rate)
+            && wait_ms * 2 > self.mover_lease_ms
+        {
+            return Err(format!(
+                "MOVER_MAX_RATE={} is too low for MOVER_BATCH_SIZE={} x MOVER_CONCURRENCY={}: \
+                 a visit could wait {wait_ms} ms, more than half of MOVER_LEASE_MS={}",
+                self.mover_max_rate,
+                self.mover_batch_size,
+                self.mover_concurrency,
+                self.mover_lease_ms
             ));
         }
         let push_urls = [

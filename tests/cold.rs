@@ -461,6 +461,50 @@ async fn a_mover_that_lost_its_lease_is_fenced() {
     assert_eq!(ids(&taken), added);
 }
 
+/// MOVER_MAX_RATE paces the mover: never more than the rate allows (plus one batch per
+/// concurrent visit, which may start together), and everything still moves.
+#[tokio::test]
+async fn the_mover_keeps_to_its_rate_cap() {
+    let redis = Redis::start();
+    let mongo = Mongo::shared();
+    let env = [("MOVER_MAX_RATE", "20"), ("MOVER_BATCH_SIZE", "5")];
+    let server = cold_server(&redis, &mongo.url(&unique_id("db")), &env).await;
+    let mut client = Client::connect(&server.url()).await;
+    let connections: Vec<String> = (0..3).map(|_| unique_id("conn")).collect();
+    for connection in &connections {
+        add_all(&mut client, connection, "did:x", &numbered("m", 20)).await;
+    }
+    let moved = || {
+        connections
+            .iter()
+            .map(|c| cold_count(&redis, c))
+            .sum::<u64>()
+    };
+    eventually(MOVE_WAIT, async || moved() > 0).await;
+    // The first move was seen within one 50 ms poll: counting from 100 ms back is generous.
+    let started = std::time::Instant::now() - Duration::from_millis(100);
+    while moved() < 60 {
+        let allowed = 20.0 * started.elapsed().as_secs_f64() + 4.0 * 5.0;
+        assert!(
+            moved() as f64 <= allowed,
+            "{} moved after {:?}, the cap allows {allowed}",
+            moved(),
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() < MOVE_WAIT,
+            "moving stalled at {}",
+            moved()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "60 messages at 20/s moved in {:?}",
+        started.elapsed()
+    );
+}
+
 /// MongoDB stops under traffic: addMessage never fails, reads serve Redis, nothing is lost,
 /// and moving resumes when MongoDB is back.
 #[tokio::test]

@@ -32,6 +32,7 @@ fn bad_values_are_refused_by_name() {
         ("MESSAGE_TTL", "0"),
         ("MONGODB_TIMEOUT_MS", "forever"),
         ("MOVER_BATCH_SIZE", "0"),
+        ("MOVER_MAX_RATE", "-1"),
     ];
     for (name, value) in cases {
         let (code, stderr) = start_with(&[(name, value)]);
@@ -51,6 +52,10 @@ fn settings_that_cannot_run_are_refused_with_a_reason() {
     let (code, stderr) = start_with(&[("MONGODB_URI", "postgres://127.0.0.1/x")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("MONGODB_URI"), "{stderr}");
+    // 100 x 4 messages at 10/s is a 40 s wait, past half the 30 s lease.
+    let (code, stderr) = start_with(&[("MOVER_MAX_RATE", "10")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("MOVER_MAX_RATE=10"), "{stderr}");
 }
 
 #[test]

@@ -446,19 +446,20 @@ async fn no_push_while_a_live_session_exists_and_one_after_its_instance_is_kille
     assert_eq!(sender.count(&connection).await, 1);
 }
 
-#[tokio::test]
-async fn a_message_racing_a_closing_socket_gets_exactly_one_push() {
-    let redis = Redis::start();
-    let google = Google::start().await;
-    // No dedup: a second push for the same message would show.
-    let env = PushEnv::new(Some(&google), None)
+/// Instances A and B pushing to `google`, without dedup so that a second push for a message
+/// would show, and a mediator on A holding live sessions for `connections`.
+async fn live_sessions_on_a(
+    redis: &Redis,
+    google: &Google,
+    connections: &[String],
+) -> (Server, Server, Client) {
+    let env = PushEnv::new(Some(google), None)
         .with("VISIBILITY_TIMEOUT_MS", "60000")
         .with("PUSH_DEDUP_WINDOW_MS", "0");
-    let a = env.server(&redis).await;
-    let b = env.server(&redis).await;
-    let connections: Vec<String> = (0..10).map(|_| unique_id("c")).collect();
+    let a = env.server(redis).await;
+    let b = env.server(redis).await;
     let mut mediator = Client::connect(&a.url()).await;
-    for connection in &connections {
+    for connection in connections {
         mediator
             .call(
                 "addLiveSession",
@@ -466,6 +467,15 @@ async fn a_message_racing_a_closing_socket_gets_exactly_one_push() {
             )
             .await;
     }
+    (a, b, mediator)
+}
+
+#[tokio::test]
+async fn a_message_racing_a_closing_socket_gets_exactly_one_push() {
+    let redis = Redis::start();
+    let google = Google::start().await;
+    let connections: Vec<String> = (0..10).map(|_| unique_id("c")).collect();
+    let (_a, b, mediator) = live_sessions_on_a(&redis, &google, &connections).await;
     drop(mediator);
     // Each add finds the session still bound (the event then finds no socket and the message
     // is released and pushed by A) or already gone (pushed by B): one push either way.
@@ -482,6 +492,37 @@ async fn a_message_racing_a_closing_socket_gets_exactly_one_push() {
         assert_eq!(google.sends_to(&format!("phone-{i}")).len(), 1);
         assert_eq!(sender.count(connection).await, 1, "pending again");
     }
+}
+
+/// The socket-gone path, forced: the connection's binding names a socket of instance A that is
+/// no longer there (as between a socket's close and its clean-up). The event A gets finds no
+/// socket: the message goes back to pending, the stale binding is dropped, one push goes out.
+#[tokio::test]
+async fn an_event_for_a_vanished_socket_releases_the_message_and_pushes_once() {
+    let redis = Redis::start();
+    let google = Google::start().await;
+    let connection = unique_id("c");
+    let (a, b, mut mediator) =
+        live_sessions_on_a(&redis, &google, std::slice::from_ref(&connection)).await;
+    let live = format!("mpr:{{{connection}}}:live");
+    assert_eq!(redis.cli(&["HSET", &live, "socket", "987654321"]), "0");
+
+    let mut sender = Client::connect(&b.url()).await;
+    add_with_token(&mut sender, &connection, "fcm", "phone").await;
+    metric_reaches(&a, "mpr_events_undeliverable_total", "socket_gone", 1.0).await;
+    eventually(WAIT, || google.sends_to("phone").len() == 1).await;
+    assert_eq!(sender.count(&connection).await, 1, "pending again");
+    assert_eq!(redis.cli(&["EXISTS", &live]), "0", "stale binding dropped");
+    assert!(
+        mediator
+            .next_push(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the mediator's real socket got nothing"
+    );
+    add_with_token(&mut sender, &unique_id("c"), "fcm", "marker").await;
+    eventually(WAIT, || google.sends_to("marker").len() == 1).await;
+    assert_eq!(google.sends_to("phone").len(), 1, "exactly one push");
 }
 
 #[tokio::test]

@@ -141,6 +141,16 @@ struct Cli {
     /// cold: the server's MOVER_BATCH_SIZE.
     #[arg(long, default_value_t = 100)]
     mover_batch: usize,
+
+    /// cold: the server's MOVER_MAX_RATE (0: no cap) [default: the server's].
+    #[arg(long)]
+    mover_max_rate: Option<u64>,
+
+    /// cold: run SecantusDB alone on this CPU, and this tool, Redis and mpr on the others. The
+    /// Python stand-in needs about a core to take 2 000 documents/s; pinned apart, it does not
+    /// compete with them for CPU, as a MongoDB on its own host would not.
+    #[arg(long)]
+    mongo_cpu: Option<usize>,
 }
 
 /// Resolved settings shared by the scenarios.
@@ -167,6 +177,8 @@ pub struct Settings {
     pub cycles: usize,
     pub cold_messages: usize,
     pub mover_batch: usize,
+    pub mover_max_rate: Option<u64>,
+    pub mongo_cpu: Option<usize>,
 }
 
 impl Settings {
@@ -208,6 +220,8 @@ impl Settings {
                 .unwrap_or(if q { 5000 } else { 100_000 })
                 .max(10),
             mover_batch: cli.mover_batch.max(1),
+            mover_max_rate: cli.mover_max_rate,
+            mongo_cpu: cli.mongo_cpu,
         }
     }
 

@@ -252,6 +252,34 @@ impl Drop for Redis {
     }
 }
 
+/// The machine's CPUs as a `taskset` list, leaving out `except`.
+fn all_cpus(except: Option<usize>) -> String {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n)
+        .filter(|cpu| Some(*cpu) != except)
+        .map(|cpu| cpu.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Pins every thread of this tool, and so every process it starts from now on, to the CPUs
+/// other than `cpu`.
+pub fn keep_off_cpu(cpu: usize) -> Result<()> {
+    let others = all_cpus(Some(cpu));
+    if others.is_empty() {
+        bail!("--mongo-cpu {cpu}: no other CPU left for mpr, Redis and this tool");
+    }
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &others, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset")?;
+    if !status.success() {
+        bail!("taskset -a -p -c {others} failed: {status}");
+    }
+    Ok(())
+}
+
 /// A private SecantusDB (a MongoDB wire-protocol server, in memory) for the cold tier.
 pub struct Mongo {
     pub pid: u32,
@@ -260,13 +288,16 @@ pub struct Mongo {
 }
 
 impl Mongo {
-    /// `<bin> --host 127.0.0.1 --port <free> --storage-path :memory:`; ready when it accepts
-    /// connections.
-    pub async fn start(bin: &str) -> Result<Self> {
+    /// `<bin> --host 127.0.0.1 --port <free> --storage-path :memory:`, on CPU `cpu` alone if
+    /// given; ready when it accepts connections.
+    pub async fn start(bin: &str, cpu: Option<usize>) -> Result<Self> {
         let port = free_port()?;
         let name = format!("secantusd-{port}");
-        let mut cmd = Command::new(bin);
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        // taskset execs the server, so the pid stays the server's.
+        let mut cmd = Command::new("taskset");
+        let cpus = cpu.map_or_else(|| all_cpus(None), |cpu| cpu.to_string());
+        cmd.args(["-c", &cpus, bin])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--storage-path", ":memory:"]);
         let pid = spawn_tracked(cmd, &name)?;
         let mongo = Mongo {

@@ -23,7 +23,7 @@ use crate::Settings;
 use crate::ceiling::{Ids, Scripts, fill, queue_key, visits_key};
 use crate::client::{Client, add_message_params, ids_json, jwe_payload, queued_messages};
 use crate::fastws::Template;
-use crate::procs::{CpuMeter, Mongo, Mpr, Redis, cpu_secs, fmt_cpu};
+use crate::procs::{self, CpuMeter, Mongo, Mpr, Redis, cpu_secs, fmt_cpu};
 use crate::report::{self, Report, Table, median, new_hist, pct_ms};
 use crate::resp::Resp;
 use crate::scen_add::{Measured, measure};
@@ -447,15 +447,18 @@ struct Procs {
 impl Procs {
     async fn start(s: &Settings) -> Result<Self> {
         let redis = Redis::start(&s.redis_server).await?;
-        let mongo = Mongo::start(&s.secantusd).await?;
-        let env = [
+        let mongo = Mongo::start(&s.secantusd, s.mongo_cpu).await?;
+        let mut env = vec![
             ("MONGODB_URI", mongo.uri("bench")),
             ("THRESHOLD_TIMESTAMP", THRESHOLD_MS.to_string()),
             ("MOVER_INTERVAL_MS", MOVER_INTERVAL_MS.to_string()),
             ("MOVER_BATCH_SIZE", s.mover_batch.to_string()),
             ("WORKER_THREADS", "1".to_owned()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
+        ];
+        if let Some(rate) = s.mover_max_rate {
+            env.push(("MOVER_MAX_RATE", rate.to_string()));
+        }
+        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let mpr = Mpr::start(&s.mpr_bin, &redis.url(), "cold", &env).await?;
         let workers = [("WORKER_THREADS".to_owned(), "1".to_owned())];
         let plain = Mpr::start(&s.mpr_bin, &redis.url(), "plain", &workers).await?;
@@ -576,6 +579,9 @@ async fn one_run(s: &Settings, run: usize, report: &mut Report) -> Result<RunFig
 
 pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     eprintln!("== cold: mover throughput, addMessage while moving, takes from the cold tier");
+    if let Some(cpu) = s.mongo_cpu {
+        procs::keep_off_cpu(cpu)?;
+    }
     let counts = Counts::of(s);
     let mut runs = Vec::new();
     for run in 0..s.runs {
@@ -794,8 +800,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let mut text = format!(
         "## Cold tier\n\n\
          One mpr instance (`WORKER_THREADS=1`, `THRESHOLD_TIMESTAMP={THRESHOLD_MS}`, `MOVER_INTERVAL_MS={MOVER_INTERVAL_MS}`, \
-         `MOVER_BATCH_SIZE={}`, other mover settings at their defaults) with `MONGODB_URI` on a private SecantusDB \
-         (`secantusd-py --storage-path :memory:`, a Python MongoDB-wire server: a stand-in, much slower than MongoDB), \
+         `MOVER_BATCH_SIZE={}`, `MOVER_MAX_RATE={}`, other mover settings at their defaults) with `MONGODB_URI` on a private SecantusDB \
+         (`secantusd-py --storage-path :memory:`, a Python MongoDB-wire server: a stand-in, much slower than MongoDB; {}), \
          fresh processes for each of {} runs, medians reported.\n\n\
          ### Mover throughput\n\n\
          {n} messages on one connection and {m} over {OTHERS} others, 1 KiB each, received an hour ago, written directly \
@@ -818,6 +824,12 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
          every take sees the same queue. The {n}-cold queue is the one of the throughput test; the hot queue holds fresh \
          messages the mover never visits. Each take is checked to return {TAKE} messages in increasing `receivedAt` order.\n\n{}\n{}",
         s.mover_batch,
+        s.mover_max_rate
+            .map_or_else(|| "its default".to_owned(), |rate| rate.to_string()),
+        s.mongo_cpu.map_or_else(
+            || "on the same CPUs as the rest".to_owned(),
+            |cpu| format!("alone on CPU {cpu}, mpr, Redis and the load generator on the others")
+        ),
         s.runs,
         moving.render(),
         s.duration.as_secs_f64(),

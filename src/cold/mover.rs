@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use rand::seq::SliceRandom;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cold, ColdError, document, now_ms};
@@ -30,6 +31,8 @@ pub struct MoverSettings {
     pub lease: Duration,
     /// Connections visited at once by this instance.
     pub concurrency: usize,
+    /// Most messages moved per second by this instance (None: no cap).
+    pub max_rate: Option<u64>,
 }
 
 /// Connections read from one shard of the visit index per pass.
@@ -37,6 +40,10 @@ const DUE_PER_SHARD: u64 = 64;
 /// Batches one visit moves before the connection goes back in line, so one long queue does not
 /// hold up the others (it is due again at once, and visited again in the next pass).
 const BATCHES_PER_VISIT: usize = 10;
+/// Messages per Redis script of a move. A script holds Redis for about 15 µs per message, and
+/// every other client waits meanwhile: a batch is read and committed in steps this long so that
+/// moving adds at most a few hundred µs to anyone's call.
+const SCRIPT_STEP: usize = 20;
 /// Longest pause after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -47,6 +54,8 @@ pub struct Mover {
     settings: MoverSettings,
     /// The unique messageId index makes moving idempotent: nothing moves before it exists.
     indexes: tokio::sync::OnceCell<()>,
+    /// When the next batch may start, under `max_rate`; shared by the concurrent visits.
+    next_batch: std::sync::Mutex<Instant>,
 }
 
 #[derive(Debug)]
@@ -89,6 +98,7 @@ impl Mover {
             visits,
             settings,
             indexes: tokio::sync::OnceCell::new(),
+            next_batch: std::sync::Mutex::new(Instant::now()),
         }
     }
 
@@ -219,43 +229,38 @@ impl Mover {
     ) -> Result<(), VisitError> {
         let cutoff = now_ms() - after.as_millis() as i64;
         for _ in 0..BATCHES_PER_VISIT {
-            let head = self
-                .store
-                .stale_head(connection_id, cutoff, self.settings.batch)
-                .await?;
-            if head.is_empty() {
+            let turn = *self.next_batch.lock().expect("mover pace lock");
+            tokio::time::sleep_until(turn).await;
+            let head = self.stale_head(connection_id, cutoff).await?;
+            let read = head.len();
+            if read == 0 {
                 return Ok(());
             }
-            let mut ids = Vec::with_capacity(head.len());
-            let mut documents = Vec::with_capacity(head.len());
-            for (id, record) in &head {
-                let built = Record::parse(record)
-                    .ok_or_else(|| "unreadable record".to_owned())
-                    .and_then(|record| document::moved(connection_id, id, &record, token));
-                match built {
-                    Ok(document) => {
-                        ids.push(id.as_str());
-                        documents.push(document);
-                    }
-                    // Left in Redis, served from there.
-                    Err(error) => {
-                        tracing::error!(%connection_id, %id, %error, "message not movable")
-                    }
-                }
-            }
+            // Decoding a batch's bodies takes ~1 ms of CPU: off the threads serving sockets.
+            let (connection, mover) = (connection_id.to_owned(), token.to_owned());
+            let (ids, documents) =
+                tokio::task::spawn_blocking(move || documents(&connection, head, &mover))
+                    .await
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
             if ids.is_empty() {
                 return Ok(());
             }
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
             if !cold.write_moved(documents, &ids, token).await? {
                 return Ok(()); // raced with another attempt's clean-up: retried next visit
             }
             fault_point("mover_after_write").await;
-            let lease = self.settings.lease;
-            let outcomes = self
-                .store
-                .to_cold(connection_id, token, lease, &ids)
-                .await?;
+            let mut outcomes = Vec::with_capacity(ids.len());
+            for step in ids.chunks(SCRIPT_STEP) {
+                let lease = self.settings.lease;
+                let step = self
+                    .store
+                    .to_cold(connection_id, token, lease, step)
+                    .await?;
+                outcomes.extend(step);
+            }
             fault_point("mover_after_commit").await;
+            self.paced(read);
             let moved = outcomes
                 .iter()
                 .filter(|o| **o == MoveOutcome::Moved)
@@ -270,12 +275,68 @@ impl Mover {
             if !unmoved.is_empty() {
                 cold.delete_unmoved(&unmoved, token).await?;
             }
-            if head.len() < self.settings.batch {
+            if read < self.settings.batch {
                 return Ok(());
             }
         }
         Ok(())
     }
+
+    /// Under `max_rate`, puts the next batch's turn `messages` / rate later.
+    fn paced(&self, messages: usize) {
+        if let Some(rate) = self.settings.max_rate {
+            let mut next = self.next_batch.lock().expect("mover pace lock");
+            let cost = Duration::from_secs_f64(messages as f64 / rate as f64);
+            *next = (*next).max(Instant::now()) + cost;
+        }
+    }
+
+    /// The oldest stale messages held in Redis, a batch of them, read `SCRIPT_STEP` at a time.
+    async fn stale_head(
+        &self,
+        connection_id: &str,
+        cutoff: i64,
+    ) -> redis::RedisResult<Vec<(String, String)>> {
+        let mut head: Vec<(String, String)> = Vec::with_capacity(self.settings.batch);
+        while head.len() < self.settings.batch {
+            let most = SCRIPT_STEP.min(self.settings.batch - head.len());
+            let after = head.last().map(|(id, _)| id.as_str());
+            let step = self
+                .store
+                .stale_head(connection_id, cutoff, most, after)
+                .await?;
+            let short = step.len() < most;
+            head.extend(step);
+            if short {
+                break;
+            }
+        }
+        Ok(head)
+    }
+}
+
+/// The MongoDB documents of a batch read by `stale_head`, and their ids. A message whose record
+/// cannot be made into one is logged and left in Redis, served from there.
+fn documents(
+    connection_id: &str,
+    head: Vec<(String, String)>,
+    mover: &str,
+) -> (Vec<String>, Vec<bson::Document>) {
+    let mut ids = Vec::with_capacity(head.len());
+    let mut documents = Vec::with_capacity(head.len());
+    for (id, record) in head {
+        let built = Record::parse(&record)
+            .ok_or_else(|| "unreadable record".to_owned())
+            .and_then(|record| document::moved(connection_id, &id, &record, mover));
+        match built {
+            Ok(document) => {
+                documents.push(document);
+                ids.push(id);
+            }
+            Err(error) => tracing::error!(%connection_id, %id, %error, "message not movable"),
+        }
+    }
+    (ids, documents)
 }
 
 /// Fault injection for the crash and race tests, unset in production (one comparison per

@@ -125,16 +125,18 @@ impl Store {
     }
 
     /// The oldest pending messages held in Redis received at or before `cutoff_ms`, as
-    /// (id, record) pairs.
+    /// (id, record) pairs: from the head, or after message `after` of an earlier read (none
+    /// if that one is no longer pending).
     pub async fn stale_head(
         &self,
         connection_id: &str,
         cutoff_ms: i64,
         most: usize,
+        after: Option<&str>,
     ) -> RedisResult<Vec<(String, String)>> {
         let queue = self.keys.queue(connection_id);
         let mut call = queue_call(&STALE_HEAD, &queue);
-        call.arg(cutoff_ms).arg(most);
+        call.arg(cutoff_ms).arg(most).arg(after.unwrap_or(""));
         call.invoke_async(&mut self.connection()).await
     }
 
