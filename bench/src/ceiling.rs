@@ -67,9 +67,9 @@ pub const PLAIN_SCRIPT: &str = "redis.call('RPUSH', KEYS[1], ARGV[2])\n\
 
 /// The names of a connection's queue keys, in the order the queue scripts take them (the
 /// layout of src/store/keys.rs).
-pub const QUEUE_KEYS: [&str; 11] = [
+pub const QUEUE_KEYS: [&str; 12] = [
     "msg", "pending", "inflight", "seq", "dids", "live", "cold", "trash", "visit", "mover",
-    "imported",
+    "imported", "moving",
 ];
 
 /// Messages remove_all_messages deletes one by one per call (the server's `REMOVE_BATCH`).

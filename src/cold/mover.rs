@@ -54,7 +54,7 @@ pub struct Mover {
     settings: MoverSettings,
     /// The unique messageId index makes moving idempotent: nothing moves before it exists.
     indexes: tokio::sync::OnceCell<()>,
-    /// When the next batch may start, under `max_rate`; shared by the concurrent visits.
+    /// When the next batch may be written, under `max_rate`; shared by the concurrent visits.
     next_batch: std::sync::Mutex<Instant>,
 }
 
@@ -183,6 +183,7 @@ impl Mover {
         }
         self.empty_trash(connection_id).await?;
         if let (Some(cold), Some(after)) = (&self.cold, self.visits.move_after) {
+            self.settle_unfinished_moves(cold, connection_id).await?;
             self.move_stale(cold, connection_id, token, after).await?;
         }
         self.store
@@ -202,6 +203,39 @@ impl Mover {
                 cold.delete(&trash).await?;
             }
             self.store.clear_trash(connection_id, &trash).await?;
+        }
+    }
+
+    /// Moves cut short (a crash, a MongoDB error, a lost lease) leave documents of messages
+    /// that never became cold, found through the move journal: they are deleted, whichever
+    /// mover wrote them. This visit holds the lease, so no message becomes cold meanwhile; one
+    /// still pending is simply moved again.
+    async fn settle_unfinished_moves(
+        &self,
+        cold: &Cold,
+        connection_id: &str,
+    ) -> Result<(), VisitError> {
+        loop {
+            let unsettled = self
+                .store
+                .unsettled_moves(connection_id, self.settings.batch)
+                .await?;
+            if unsettled.is_empty() {
+                return Ok(());
+            }
+            let orphans: Vec<String> = unsettled
+                .iter()
+                .filter(|(_, is_cold)| !is_cold)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !orphans.is_empty() {
+                let deleted = cold.delete(&orphans).await?;
+                if deleted > 0 {
+                    tracing::info!(%connection_id, deleted, "documents of an unfinished move deleted");
+                }
+            }
+            let ids: Vec<String> = unsettled.into_iter().map(|(id, _)| id).collect();
+            self.store.settle_moves(connection_id, &ids).await?;
         }
     }
 
@@ -229,13 +263,12 @@ impl Mover {
     ) -> Result<(), VisitError> {
         let cutoff = now_ms() - after.as_millis() as i64;
         for _ in 0..BATCHES_PER_VISIT {
-            let turn = *self.next_batch.lock().expect("mover pace lock");
-            tokio::time::sleep_until(turn).await;
             let head = self.stale_head(connection_id, cutoff).await?;
             let read = head.len();
             if read == 0 {
                 return Ok(());
             }
+            self.wait_turn(read).await;
             // Decoding a batch's bodies takes ~1 ms of CPU: off the threads serving sockets.
             let (connection, mover) = (connection_id.to_owned(), token.to_owned());
             let (ids, documents) =
@@ -260,7 +293,6 @@ impl Mover {
                 outcomes.extend(step);
             }
             fault_point("mover_after_commit").await;
-            self.paced(read);
             let moved = outcomes
                 .iter()
                 .filter(|o| **o == MoveOutcome::Moved)
@@ -282,13 +314,20 @@ impl Mover {
         Ok(())
     }
 
-    /// Under `max_rate`, puts the next batch's turn `messages` / rate later.
-    fn paced(&self, messages: usize) {
-        if let Some(rate) = self.settings.max_rate {
+    /// Under `max_rate`, waits for this batch's turn and books the time its `messages` take
+    /// at that rate, so the next batch (of any visit) starts that much later. The work of a
+    /// batch overlaps its booked time: a batch slower than its share is not paused on top.
+    async fn wait_turn(&self, messages: usize) {
+        let Some(rate) = self.settings.max_rate else {
+            return;
+        };
+        let turn = {
             let mut next = self.next_batch.lock().expect("mover pace lock");
-            let cost = Duration::from_secs_f64(messages as f64 / rate as f64);
-            *next = (*next).max(Instant::now()) + cost;
-        }
+            let turn = (*next).max(Instant::now());
+            *next = turn + Duration::from_secs_f64(messages as f64 / rate as f64);
+            turn
+        };
+        tokio::time::sleep_until(turn).await;
     }
 
     /// The oldest stale messages held in Redis, a batch of them, read `SCRIPT_STEP` at a time.

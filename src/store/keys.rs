@@ -16,6 +16,7 @@
 //! | `<p>:{<c>}:visit` | STRING | marker: the connection is in the visit index (expires) |
 //! | `<p>:{<c>}:mover` | STRING | lease of the instance moving the connection's messages |
 //! | `<p>:{<c>}:imported` | SET | ids imported from the Node MPR (so a re-run skips them) |
+//! | `<p>:{<c>}:moving` | SET | ids a mover has read to move and not yet settled (journal) |
 //! | `<p>:visits:{<n>}` | ZSET | connection id, scored by when the mover should look at it (16 shards) |
 //! | `<p>:instances` | ZSET | instance id, scored by last heartbeat (ms) |
 //! | `<p>:instance:{<i>}:events` | STREAM | live-session events for the sockets of instance `<i>` |
@@ -25,7 +26,7 @@
 
 /// The keys of one connection's queue, in the order the queue scripts expect them.
 pub struct QueueKeys {
-    pub keys: [String; 11],
+    pub keys: [String; 12],
     /// Prefix of the per-recipient-DID keys (`...:d:`), passed to scripts as ARGV[1].
     pub did_base: String,
 }
@@ -41,6 +42,10 @@ impl QueueKeys {
 
     pub fn mover(&self) -> &str {
         &self.keys[9]
+    }
+
+    pub fn moving(&self) -> &str {
+        &self.keys[11]
     }
 }
 
@@ -75,6 +80,7 @@ impl Keys {
                 key("visit"),
                 key("mover"),
                 key("imported"),
+                key("moving"),
             ],
             did_base: key("d:"),
         }

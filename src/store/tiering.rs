@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::{RedisResult, Script};
 
-use super::{Store, queue_call};
+use super::{Record, Store, queue_call};
 
 static STALE_HEAD: LazyLock<Script> = queue_script!("lua/stale_head.lua");
 static TO_COLD: LazyLock<Script> = queue_script!("lua/to_cold.lua");
@@ -184,6 +184,45 @@ impl Store {
         redis::cmd("SRANDMEMBER")
             .arg(self.keys.queue(connection_id).trash())
             .arg(most)
+            .query_async(&mut self.connection())
+            .await
+    }
+
+    /// Some ids of the move journal (read by a mover that has not settled them: it crashed,
+    /// failed or lost its lease), each with whether it is cold now.
+    pub async fn unsettled_moves(
+        &self,
+        connection_id: &str,
+        most: usize,
+    ) -> RedisResult<Vec<(String, bool)>> {
+        let queue = self.keys.queue(connection_id);
+        let ids: Vec<String> = redis::cmd("SRANDMEMBER")
+            .arg(queue.moving())
+            .arg(most)
+            .query_async(&mut self.connection())
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&queue.keys[0])
+            .arg(&ids)
+            .query_async(&mut self.connection())
+            .await?;
+        let cold = records.iter().map(|record| {
+            record
+                .as_deref()
+                .and_then(Record::parse)
+                .is_some_and(|record| record.body.is_empty())
+        });
+        Ok(ids.into_iter().zip(cold).collect())
+    }
+
+    /// Takes ids out of the move journal.
+    pub async fn settle_moves(&self, connection_id: &str, ids: &[String]) -> RedisResult<()> {
+        redis::cmd("SREM")
+            .arg(self.keys.queue(connection_id).moving())
+            .arg(ids)
             .query_async(&mut self.connection())
             .await
     }

@@ -6,7 +6,7 @@
 -- messages whose body is in MongoDB, by seq), 8 trash (SET of ids whose MongoDB documents are
 -- still to be deleted), 9 visit (STRING: the connection is in the visit index), 10 mover
 -- (STRING: lease of the instance moving this connection's messages), 11 imported (SET of ids
--- brought over from the Node MPR).
+-- brought over from the Node MPR), 12 moving (SET: ids read by a mover, not yet settled).
 -- ARGV[1]: prefix of the per-recipient keys, "<prefix>:{<connectionId>}:d:". They share the
 -- connection's hash tag, so they live in the same cluster slot as KEYS.
 --
@@ -15,6 +15,7 @@
 -- (body moved to MongoDB) is the header alone.
 local K_MSG, K_PENDING, K_INFLIGHT, K_SEQ, K_DIDS, K_LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local K_COLD, K_TRASH, K_VISIT, K_MOVER, K_IMPORTED = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local K_MOVING = KEYS[12]
 local DID_BASE = ARGV[1]
 
 local function now_ms()
