@@ -479,8 +479,8 @@ async fn a_mover_that_lost_its_lease_is_fenced() {
     assert_eq!(ids(&taken), added);
 }
 
-/// MOVER_MAX_RATE paces the mover: never more than the rate allows (plus one batch per
-/// concurrent visit, which may start together), and everything still moves.
+/// MOVER_MAX_RATE paces the mover: never more than the rate allows (with a few batches of
+/// slack), and everything still moves.
 #[tokio::test]
 async fn the_mover_keeps_to_its_rate_cap() {
     let redis = Redis::start();

@@ -9,16 +9,6 @@ use support::{Client, Redis, Server, eventually, texts, unique_id};
 
 const DID: &str = "did:key:z6MkLive";
 
-async fn bind(client: &mut Client, connection: &str) {
-    let bound = client
-        .call(
-            "addLiveSession",
-            json!({"connectionId": connection, "sessionId": unique_id("s")}),
-        )
-        .await;
-    assert_eq!(bound, true);
-}
-
 async fn is_live(client: &mut Client, connection: &str) -> bool {
     let live = client
         .call("getLiveSession", json!({"connectionId": connection}))
@@ -35,7 +25,9 @@ async fn a_message_added_on_one_instance_is_pushed_to_the_session_on_another() {
     let mut sender = Client::connect(&b.url()).await;
     let connection = unique_id("c");
     mediator.call("rpc.on", json!(["messagesReceived"])).await;
-    bind(&mut mediator, &connection).await;
+    mediator
+        .add_live_session(&connection, &unique_id("s"))
+        .await;
     assert!(
         is_live(&mut sender, &connection).await,
         "visible from the other instance"
@@ -78,7 +70,9 @@ async fn pushes_keep_order_and_reach_a_session_on_the_same_instance() {
     let mut mediator = Client::connect(&server.url()).await;
     let mut sender = Client::connect(&server.url()).await;
     let connection = unique_id("c");
-    bind(&mut mediator, &connection).await;
+    mediator
+        .add_live_session(&connection, &unique_id("s"))
+        .await;
     for i in 0..20 {
         sender.add(&connection, DID, &format!("{i}")).await;
     }
@@ -100,7 +94,9 @@ async fn unacknowledged_pushes_become_pending_after_the_visibility_timeout() {
     let server = Server::start(&redis.url(), &[("VISIBILITY_TIMEOUT_MS", "500")]).await;
     let mut mediator = Client::connect(&server.url()).await;
     let connection = unique_id("c");
-    bind(&mut mediator, &connection).await;
+    mediator
+        .add_live_session(&connection, &unique_id("s"))
+        .await;
     mediator.add(&connection, DID, "lost on the way").await;
     mediator
         .next_push(Duration::from_secs(5))
@@ -122,8 +118,8 @@ async fn the_newest_binding_wins_and_the_old_socket_cannot_remove_it() {
     let mut old = Client::connect(&a.url()).await;
     let mut new = Client::connect(&b.url()).await;
     let connection = unique_id("c");
-    bind(&mut old, &connection).await;
-    bind(&mut new, &connection).await;
+    old.add_live_session(&connection, &unique_id("s")).await;
+    new.add_live_session(&connection, &unique_id("s")).await;
     let removed = old
         .call("removeLiveSession", json!({"connectionId": connection}))
         .await;
@@ -159,7 +155,7 @@ async fn a_closed_socket_ends_its_sessions_and_nothing_sent_to_it_is_lost() {
     let connections: Vec<String> = (0..20).map(|_| unique_id("c")).collect();
     let mut mediator = Client::connect(&a.url()).await;
     for connection in &connections {
-        bind(&mut mediator, connection).await;
+        mediator.add_live_session(connection, &unique_id("s")).await;
     }
     drop(mediator);
     // Race the close: every message must end up pending (not stuck in flight for 60 s).
@@ -192,7 +188,9 @@ async fn sessions_of_a_killed_instance_stop_being_live_within_the_bound_and_its_
     let mut mediator = Client::connect(&a.url()).await;
     let mut sender = Client::connect(&b.url()).await;
     let connection = unique_id("c");
-    bind(&mut mediator, &connection).await;
+    mediator
+        .add_live_session(&connection, &unique_id("s"))
+        .await;
     // Let B see A alive, then kill A without warning and at once add a message for its session.
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.kill();
@@ -240,7 +238,9 @@ async fn an_instance_started_after_the_last_heartbeat_is_not_mistaken_for_dead()
     let mut mediator = Client::connect(&c.url()).await;
     let mut sender = Client::connect(&b.url()).await;
     let connection = unique_id("c");
-    bind(&mut mediator, &connection).await;
+    mediator
+        .add_live_session(&connection, &unique_id("s"))
+        .await;
     assert!(is_live(&mut sender, &connection).await);
     sender.add(&connection, DID, "to the new instance").await;
     let push = mediator

@@ -7,10 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::push_standins::{
-    APNS_TOPIC, Apple, Google, Scripted, TempFile, black_hole, eventually,
-};
-use support::{Client, Redis, Server, payload, unique_id};
+use support::push_standins::{APNS_TOPIC, Apple, Google, Scripted, TempFile, black_hole};
+use support::{Client, Redis, Server, eventually, payload, unique_id};
 
 const DID: &str = "did:key:z6MkPush";
 const WAIT: Duration = Duration::from_secs(5);
@@ -99,7 +97,7 @@ async fn fcm_push_for_an_offline_connection_is_the_node_payload_with_a_valid_acc
     let mut client = Client::connect(&server.url()).await;
 
     let id = add_with_token(&mut client, &unique_id("c"), "fcm", "fcm-device-1").await;
-    eventually(WAIT, || google.sends().len() == 1).await;
+    eventually(WAIT, async || google.sends().len() == 1).await;
     let send = &google.sends()[0];
     assert_eq!(send.status, 200);
     assert_eq!(send.headers["authorization"], "Bearer ya29.test-1");
@@ -118,7 +116,7 @@ async fn fcm_push_for_an_offline_connection_is_the_node_payload_with_a_valid_acc
 
     // The access token is cached: a second push does not fetch another.
     add_with_token(&mut client, &unique_id("c"), "fcm", "fcm-device-2").await;
-    eventually(WAIT, || google.sends().len() == 2).await;
+    eventually(WAIT, async || google.sends().len() == 2).await;
     assert_eq!(google.token_requests(), 1);
     assert_eq!(google.refusals(), Vec::<String>::new());
     metric_reaches(&server, "mpr_pushes_sent_total", "provider=\"fcm\"", 2.0).await;
@@ -140,11 +138,11 @@ async fn fcm_401_renews_the_access_token_once_then_sends() {
     let server = env.server(&redis).await;
     let mut client = Client::connect(&server.url()).await;
     add_with_token(&mut client, &unique_id("c"), "fcm", "before").await;
-    eventually(WAIT, || google.sends().len() == 1).await;
+    eventually(WAIT, async || google.sends().len() == 1).await;
 
     google.revoke_access_tokens();
     add_with_token(&mut client, &unique_id("c"), "fcm", "after").await;
-    eventually(WAIT, || google.sends_to("after").len() == 2).await;
+    eventually(WAIT, async || google.sends_to("after").len() == 2).await;
     let sends = google.sends_to("after");
     assert_eq!(
         (sends[0].status, sends[0].headers["authorization"].as_str()),
@@ -176,7 +174,7 @@ async fn fcm_429_waits_for_retry_after_and_503_backs_off() {
         retry_after: Some("1"),
     });
     add_with_token(&mut client, &unique_id("c"), "fcm", "quota").await;
-    eventually(WAIT, || google.sends_to("quota").len() == 2).await;
+    eventually(WAIT, async || google.sends_to("quota").len() == 2).await;
     let sends = google.sends_to("quota");
     assert_eq!((sends[0].status, sends[1].status), (429, 200));
     let waited = sends[1].at - sends[0].at;
@@ -194,7 +192,7 @@ async fn fcm_429_waits_for_retry_after_and_503_backs_off() {
         });
     }
     add_with_token(&mut client, &unique_id("c"), "fcm", "flaky").await;
-    eventually(WAIT, || google.sends_to("flaky").len() == 3).await;
+    eventually(WAIT, async || google.sends_to("flaky").len() == 3).await;
     let sends = google.sends_to("flaky");
     let statuses: Vec<u16> = sends.iter().map(|send| send.status).collect();
     assert_eq!(statuses, [503, 503, 200]);
@@ -229,7 +227,7 @@ async fn fcm_unregistered_token_is_not_retried_and_is_counted() {
     .await;
     // A later push goes through the same workers: by then any retry would have happened.
     add_with_token(&mut client, &unique_id("c"), "fcm", "marker").await;
-    eventually(WAIT, || google.sends_to("marker").len() == 1).await;
+    eventually(WAIT, async || google.sends_to("marker").len() == 1).await;
     assert_eq!(google.sends_to("uninstalled").len(), 1);
     assert_eq!(server.metric("mpr_pushes_retried_total", "").await, 0.0);
 }
@@ -245,7 +243,7 @@ async fn apns_push_over_http2_with_a_reused_es256_provider_token() {
     let id = add_with_token(&mut client, &unique_id("c"), "apns", "a1b2c3").await;
     // Any type other than "fcm" means APNs, as in the Node server.
     add_with_token(&mut client, &unique_id("c"), "ios", "d4e5f6").await;
-    eventually(WAIT, || apple.pushes().len() == 2).await;
+    eventually(WAIT, async || apple.pushes().len() == 2).await;
     assert_eq!(apple.refusals(), Vec::<String>::new());
     let push = &apple.pushes_to("a1b2c3")[0];
     assert_eq!(push.status, 200);
@@ -280,7 +278,7 @@ async fn apns_dead_tokens_expired_provider_token_and_429() {
         retry_after: None,
     });
     add_with_token(&mut client, &unique_id("c"), "apns", "gone").await;
-    eventually(WAIT, || apple.pushes().len() == 1).await;
+    eventually(WAIT, async || apple.pushes().len() == 1).await;
     apple.respond_next(Scripted {
         status: 400,
         body: json!({"reason": "BadDeviceToken"}),
@@ -298,7 +296,7 @@ async fn apns_dead_tokens_expired_provider_token_and_429() {
     // 403 ExpiredProviderToken: a new JWT, then success.
     apple.expire_provider_tokens();
     add_with_token(&mut client, &unique_id("c"), "apns", "renew").await;
-    eventually(WAIT, || apple.pushes_to("renew").len() == 2).await;
+    eventually(WAIT, async || apple.pushes_to("renew").len() == 2).await;
     let renew = apple.pushes_to("renew");
     assert_eq!((renew[0].status, renew[1].status), (403, 200));
     assert_ne!(
@@ -313,7 +311,7 @@ async fn apns_dead_tokens_expired_provider_token_and_429() {
         retry_after: None,
     });
     add_with_token(&mut client, &unique_id("c"), "apns", "busy").await;
-    eventually(WAIT, || apple.pushes_to("busy").len() == 2).await;
+    eventually(WAIT, async || apple.pushes_to("busy").len() == 2).await;
     let busy = apple.pushes_to("busy");
     assert_eq!((busy[0].status, busy[1].status), (429, 200));
 
@@ -334,7 +332,7 @@ async fn data_only_pushes_carry_no_alert() {
     let mut client = Client::connect(&server.url()).await;
     let fcm_id = add_with_token(&mut client, &unique_id("c"), "fcm", "android").await;
     let apns_id = add_with_token(&mut client, &unique_id("c"), "apns", "iphone").await;
-    eventually(WAIT, || {
+    eventually(WAIT, async || {
         google.sends().len() == 1 && apple.pushes().len() == 1
     })
     .await;
@@ -379,7 +377,7 @@ async fn one_push_per_token_per_window_across_instances() {
         assert!(Instant::now() < deadline, "dedup not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eventually(WAIT, || !google.sends_to("shared").is_empty()).await;
+    eventually(WAIT, async || !google.sends_to("shared").is_empty()).await;
     assert!(
         started.elapsed() < Duration::from_millis(3000),
         "within one window"
@@ -392,34 +390,24 @@ async fn one_push_per_token_per_window_across_instances() {
     let first_send = google.sends_to("shared")[0].at;
     tokio::time::sleep_until((first_send + Duration::from_millis(3050)).into()).await;
     add_with_token(&mut on_b, &unique_id("c"), "fcm", "shared").await;
-    eventually(WAIT, || google.sends_to("shared").len() == 2).await;
+    eventually(WAIT, async || google.sends_to("shared").len() == 2).await;
 }
 
 #[tokio::test]
 async fn no_push_while_a_live_session_exists_and_one_after_its_instance_is_killed() {
     let redis = Redis::start();
     let google = Google::start().await;
-    let env = PushEnv::new(Some(&google), None)
-        .with("LIVENESS_TIMEOUT_MS", "2000")
-        .with("VISIBILITY_TIMEOUT_MS", "60000")
-        .with("PUSH_DEDUP_WINDOW_MS", "0");
-    let mut a = env.server(&redis).await;
-    let b = env.server(&redis).await;
-    let mut mediator = Client::connect(&a.url()).await;
-    let mut sender = Client::connect(&b.url()).await;
     let connection = unique_id("c");
-    mediator
-        .call(
-            "addLiveSession",
-            json!({"connectionId": connection, "sessionId": "s"}),
-        )
-        .await;
+    let env = undeduplicated(&google).with("LIVENESS_TIMEOUT_MS", "2000");
+    let (mut a, b, mut mediator) =
+        live_sessions_on_a(&redis, env, std::slice::from_ref(&connection)).await;
+    let mut sender = Client::connect(&b.url()).await;
 
     // Live: delivered on the socket, no push.
     add_with_token(&mut sender, &connection, "fcm", "phone").await;
     mediator.next_push(WAIT).await.expect("a live delivery");
     add_with_token(&mut sender, &unique_id("c"), "fcm", "marker").await;
-    eventually(WAIT, || google.sends_to("marker").len() == 1).await;
+    eventually(WAIT, async || google.sends_to("marker").len() == 1).await;
     assert_eq!(google.sends_to("phone").len(), 0);
 
     // The instance holding the session dies: the event sent to it is released by the
@@ -435,7 +423,7 @@ async fn no_push_while_a_live_session_exists_and_one_after_its_instance_is_kille
         .as_str()
         .unwrap()
         .to_owned();
-    eventually(Duration::from_secs(8), || {
+    eventually(Duration::from_secs(8), async || {
         google.sends_to("phone").len() == 1
     })
     .await;
@@ -446,26 +434,25 @@ async fn no_push_while_a_live_session_exists_and_one_after_its_instance_is_kille
     assert_eq!(sender.count(&connection).await, 1);
 }
 
-/// Instances A and B pushing to `google`, without dedup so that a second push for a message
-/// would show, and a mediator on A holding live sessions for `connections`.
+/// Pushes to `google` without dedup, so that a second push for a message would show, and a
+/// long visibility timeout, so that only a release makes a message pending again.
+fn undeduplicated(google: &Google) -> PushEnv {
+    PushEnv::new(Some(google), None)
+        .with("VISIBILITY_TIMEOUT_MS", "60000")
+        .with("PUSH_DEDUP_WINDOW_MS", "0")
+}
+
+/// Instances A and B with `env`, and a mediator on A holding live sessions for `connections`.
 async fn live_sessions_on_a(
     redis: &Redis,
-    google: &Google,
+    env: PushEnv,
     connections: &[String],
 ) -> (Server, Server, Client) {
-    let env = PushEnv::new(Some(google), None)
-        .with("VISIBILITY_TIMEOUT_MS", "60000")
-        .with("PUSH_DEDUP_WINDOW_MS", "0");
     let a = env.server(redis).await;
     let b = env.server(redis).await;
     let mut mediator = Client::connect(&a.url()).await;
     for connection in connections {
-        mediator
-            .call(
-                "addLiveSession",
-                json!({"connectionId": connection, "sessionId": "s"}),
-            )
-            .await;
+        mediator.add_live_session(connection, "s").await;
     }
     (a, b, mediator)
 }
@@ -475,7 +462,7 @@ async fn a_message_racing_a_closing_socket_gets_exactly_one_push() {
     let redis = Redis::start();
     let google = Google::start().await;
     let connections: Vec<String> = (0..10).map(|_| unique_id("c")).collect();
-    let (_a, b, mediator) = live_sessions_on_a(&redis, &google, &connections).await;
+    let (_a, b, mediator) = live_sessions_on_a(&redis, undeduplicated(&google), &connections).await;
     drop(mediator);
     // Each add finds the session still bound (the event then finds no socket and the message
     // is released and pushed by A) or already gone (pushed by B): one push either way.
@@ -484,10 +471,13 @@ async fn a_message_racing_a_closing_socket_gets_exactly_one_push() {
         add_with_token(&mut sender, connection, "fcm", &format!("phone-{i}")).await;
     }
     for i in 0..connections.len() {
-        eventually(WAIT, || google.sends_to(&format!("phone-{i}")).len() == 1).await;
+        eventually(WAIT, async || {
+            google.sends_to(&format!("phone-{i}")).len() == 1
+        })
+        .await;
     }
     add_with_token(&mut sender, &unique_id("c"), "fcm", "marker").await;
-    eventually(WAIT, || google.sends_to("marker").len() == 1).await;
+    eventually(WAIT, async || google.sends_to("marker").len() == 1).await;
     for (i, connection) in connections.iter().enumerate() {
         assert_eq!(google.sends_to(&format!("phone-{i}")).len(), 1);
         assert_eq!(sender.count(connection).await, 1, "pending again");
@@ -502,15 +492,19 @@ async fn an_event_for_a_vanished_socket_releases_the_message_and_pushes_once() {
     let redis = Redis::start();
     let google = Google::start().await;
     let connection = unique_id("c");
-    let (a, b, mut mediator) =
-        live_sessions_on_a(&redis, &google, std::slice::from_ref(&connection)).await;
+    let (a, b, mut mediator) = live_sessions_on_a(
+        &redis,
+        undeduplicated(&google),
+        std::slice::from_ref(&connection),
+    )
+    .await;
     let live = format!("mpr:{{{connection}}}:live");
     assert_eq!(redis.cli(&["HSET", &live, "socket", "987654321"]), "0");
 
     let mut sender = Client::connect(&b.url()).await;
     add_with_token(&mut sender, &connection, "fcm", "phone").await;
     metric_reaches(&a, "mpr_events_undeliverable_total", "socket_gone", 1.0).await;
-    eventually(WAIT, || google.sends_to("phone").len() == 1).await;
+    eventually(WAIT, async || google.sends_to("phone").len() == 1).await;
     assert_eq!(sender.count(&connection).await, 1, "pending again");
     assert_eq!(redis.cli(&["EXISTS", &live]), "0", "stale binding dropped");
     assert!(
@@ -521,7 +515,7 @@ async fn an_event_for_a_vanished_socket_releases_the_message_and_pushes_once() {
         "the mediator's real socket got nothing"
     );
     add_with_token(&mut sender, &unique_id("c"), "fcm", "marker").await;
-    eventually(WAIT, || google.sends_to("marker").len() == 1).await;
+    eventually(WAIT, async || google.sends_to("marker").len() == 1).await;
     assert_eq!(google.sends_to("phone").len(), 1, "exactly one push");
 }
 

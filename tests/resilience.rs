@@ -19,13 +19,7 @@ async fn redis_stop_gives_errors_not_lies_and_service_resumes_when_it_returns() 
     let mut mediator = Client::connect(&server.url()).await;
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
-    let bound = mediator
-        .call(
-            "addLiveSession",
-            json!({"connectionId": connection, "sessionId": "s1"}),
-        )
-        .await;
-    assert_eq!(bound, true);
+    mediator.add_live_session(&connection, "s1").await;
 
     redis.stop();
     let add = json!({"connectionId": connection, "recipientDids": [DID], "payload": support::payload("x")});
@@ -91,12 +85,7 @@ async fn sigterm_finishes_calls_closes_sockets_with_1001_and_ends_sessions_at_on
     let mut mediator = Client::connect(&a.url()).await;
     let mut other = Client::connect(&b.url()).await;
     let connection = unique_id("c");
-    mediator
-        .call(
-            "addLiveSession",
-            json!({"connectionId": connection, "sessionId": "s"}),
-        )
-        .await;
+    mediator.add_live_session(&connection, "s").await;
     let request = json!({"jsonrpc": "2.0", "method": "addMessage", "id": 1,
         "params": {"connectionId": unique_id("c2"), "recipientDids": [DID], "payload": support::payload("last")}});
     // Redis pauses, so the call is surely in progress when SIGTERM arrives.

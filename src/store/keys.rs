@@ -32,6 +32,10 @@ pub struct QueueKeys {
 }
 
 impl QueueKeys {
+    pub fn msg(&self) -> &str {
+        &self.keys[0]
+    }
+
     pub fn live(&self) -> &str {
         &self.keys[5]
     }

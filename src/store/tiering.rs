@@ -205,7 +205,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let records: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(&queue.keys[0])
+            .arg(queue.msg())
             .arg(&ids)
             .query_async(&mut self.connection())
             .await?;

@@ -377,6 +377,17 @@ impl Client {
             .await;
         result.as_u64().expect("a count")
     }
+
+    /// Binds a live session of `connection_id` to this socket.
+    pub async fn add_live_session(&mut self, connection_id: &str, session_id: &str) {
+        let bound = self
+            .call(
+                "addLiveSession",
+                json!({"connectionId": connection_id, "sessionId": session_id}),
+            )
+            .await;
+        assert_eq!(bound, true, "addLiveSession of {connection_id}");
+    }
 }
 
 /// Dropping a client drops its socket without a close handshake, as a crashed peer would.
