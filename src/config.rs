@@ -1,5 +1,8 @@
 //! Settings, from CLI flags or environment variables. The Node MPR's variable names are kept
 //! (`WS_PORT`, `APP_PORT`, `REDIS_URL`, `REDIS_TYPE`, ...); new settings sit beside them.
+//!
+//! A leaf: settings are grouped by the component that reads them, and each component takes
+//! only its own group, so nothing here knows the rest of the crate.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,6 +20,35 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    #[command(flatten)]
+    pub server: ServerSettings,
+
+    #[command(flatten)]
+    pub redis: RedisSettings,
+
+    #[command(flatten)]
+    pub queue: QueueSettings,
+
+    #[command(flatten)]
+    pub live: LiveSettings,
+
+    #[command(flatten)]
+    pub cold: ColdSettings,
+
+    #[command(flatten)]
+    pub mover: MoverSettings,
+
+    #[command(flatten)]
+    pub push: PushSettings,
+
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+/// Sockets and ports.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server")]
+pub struct ServerSettings {
     /// Port of the WebSocket JSON-RPC endpoint (any path).
     #[arg(long, env = "WS_PORT", default_value_t = 3100)]
     pub ws_port: u16,
@@ -28,38 +60,6 @@ pub struct Config {
     /// Address both ports listen on.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
-
-    /// `single` (REDIS_URL) or `cluster` (REDIS_NODES).
-    #[arg(long, env = "REDIS_TYPE", value_enum, default_value_t = RedisType::Single)]
-    pub redis_type: RedisType,
-
-    /// Redis URL in single mode.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key this server writes; deployments sharing a Redis need distinct ones.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "mpr", value_parser = parse_prefix)]
-    pub redis_prefix: String,
-
-    /// How long a Redis command may take before the call fails with an error, in ms.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    pub redis_timeout_ms: u64,
-
-    /// How long messages handed out without delete stay invisible to takeFromQueue, in ms.
-    #[arg(long, env = "VISIBILITY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
-    pub visibility_timeout_ms: u64,
-
-    /// Bound on how long the live sessions of a dead instance keep counting as live, in ms.
-    #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
-    pub liveness_timeout_ms: u64,
-
-    /// Most messages one takeFromQueue returns (also the count when no limit is given).
-    #[arg(long, env = "MAX_TAKE_MESSAGES", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub max_take_messages: u64,
-
-    /// Most bytes of encryptedMessage one takeFromQueue returns.
-    #[arg(long, env = "MAX_TAKE_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_take_bytes: u64,
 
     /// Largest WebSocket message accepted; larger ones close the socket with code 1009.
     #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
@@ -77,15 +77,64 @@ pub struct Config {
     /// Time allowed for a graceful shutdown, in ms.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+}
 
-    /// Log filter (`info`, `debug`, `mpr=trace`, ...); RUST_LOG takes precedence when set.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+/// Where the queues live.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisSettings {
+    /// `single` (REDIS_URL) or `cluster` (REDIS_NODES).
+    #[arg(long, env = "REDIS_TYPE", value_enum, default_value_t = RedisType::Single)]
+    pub redis_type: RedisType,
 
-    /// `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Redis URL in single mode.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
 
+    /// Prefix of every Redis key this server writes; deployments sharing a Redis need distinct ones.
+    /// Cluster nodes (`host:port,...`) with REDIS_TYPE=cluster.
+    #[arg(long, env = "REDIS_NODES", value_delimiter = ',')]
+    pub redis_nodes: Vec<String>,
+
+    /// Prefix of every Redis key this server writes; deployments sharing a Redis need distinct ones.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "mpr", value_parser = parse_prefix)]
+    pub redis_prefix: String,
+
+    /// How long a Redis command may take before the call fails with an error, in ms.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub redis_timeout_ms: u64,
+}
+
+/// What one call may do to a queue.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Queues")]
+pub struct QueueSettings {
+    /// How long messages handed out without delete stay invisible to takeFromQueue, in ms.
+    #[arg(long, env = "VISIBILITY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub visibility_timeout_ms: u64,
+
+    /// Most messages one takeFromQueue returns (also the count when no limit is given).
+    #[arg(long, env = "MAX_TAKE_MESSAGES", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_take_messages: u64,
+
+    /// Most bytes of encryptedMessage one takeFromQueue returns.
+    #[arg(long, env = "MAX_TAKE_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_take_bytes: u64,
+}
+
+/// Live sessions across instances.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Live sessions")]
+pub struct LiveSettings {
+    /// Bound on how long the live sessions of a dead instance keep counting as live, in ms.
+    #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    pub liveness_timeout_ms: u64,
+}
+
+/// The cold tier (MongoDB) and retention.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cold tier and retention")]
+pub struct ColdSettings {
     /// MongoDB for the cold tier (database from the URI path, else MessagePickupRepository).
     /// Unset: messages stay in Redis.
     #[arg(long, env = "MONGODB_URI")]
@@ -102,7 +151,12 @@ pub struct Config {
     /// How long a MongoDB operation may take before it counts as failed, in ms.
     #[arg(long, env = "MONGODB_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub mongodb_timeout_ms: u64,
+}
 
+/// The mover, which moves old messages to MongoDB and applies retention.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Mover")]
+pub struct MoverSettings {
     /// Messages per MongoDB write (and per Redis script) when moving or expiring.
     #[arg(long, env = "MOVER_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub mover_batch_size: u64,
@@ -124,8 +178,12 @@ pub struct Config {
     /// live calls, at the price of moving it more slowly.
     #[arg(long, env = "MOVER_MAX_RATE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub mover_max_rate: u64,
+}
 
-    // Push notifications (FCM and APNs). A provider without valid credentials is disabled.
+/// Push notifications (FCM and APNs); a provider without valid credentials is disabled.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Push notifications")]
+pub struct PushSettings {
     /// Firebase service-account JSON for FCM HTTP v1; unset, no FCM pushes.
     #[arg(long, env = "FIREBASE_CFG_FILE")]
     pub firebase_cfg_file: Option<PathBuf>,
@@ -191,6 +249,19 @@ pub struct Config {
     pub push_retry_base_ms: u64,
 }
 
+/// Logs.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logs")]
+pub struct LogSettings {
+    /// Log filter (`info`, `debug`, `mpr=trace`, ...); RUST_LOG takes precedence when set.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Import the queued messages of a Node MPR (its Redis lists and MongoDB documents) into
@@ -226,54 +297,83 @@ pub enum LogFormat {
     Json,
 }
 
-impl Config {
-    pub fn visibility_timeout(&self) -> Duration {
-        Duration::from_millis(self.visibility_timeout_ms)
-    }
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
 
-    pub fn liveness_timeout(&self) -> Duration {
-        Duration::from_millis(self.liveness_timeout_ms)
-    }
-
+impl ServerSettings {
     pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_millis(self.shutdown_timeout_ms)
+        millis(self.shutdown_timeout_ms)
+    }
+}
+
+impl RedisSettings {
+    pub fn timeout(&self) -> Duration {
+        millis(self.redis_timeout_ms)
+    }
+}
+
+impl QueueSettings {
+    pub fn visibility_timeout(&self) -> Duration {
+        millis(self.visibility_timeout_ms)
+    }
+}
+
+impl LiveSettings {
+    pub fn liveness_timeout(&self) -> Duration {
+        millis(self.liveness_timeout_ms)
+    }
+}
+
+impl ColdSettings {
+    /// Age after which messages move to MongoDB (None: no cold tier).
+    pub fn move_after(&self) -> Option<Duration> {
+        self.mongodb_uri
+            .as_ref()
+            .map(|_| millis(self.threshold_timestamp))
     }
 
-    /// What makes the mover visit a connection: moving to MongoDB, retention, or both.
-    pub fn visits(&self) -> crate::store::Visits {
-        crate::store::Visits {
-            move_after: self
-                .mongodb_uri
-                .as_ref()
-                .map(|_| Duration::from_millis(self.threshold_timestamp)),
-            retention: self.message_ttl.map(Duration::from_secs),
-        }
+    /// Age after which messages are deleted (None: kept).
+    pub fn retention(&self) -> Option<Duration> {
+        self.message_ttl.map(Duration::from_secs)
     }
 
-    pub fn mover(&self) -> crate::cold::mover::MoverSettings {
-        crate::cold::mover::MoverSettings {
-            batch: self.mover_batch_size as usize,
-            interval: Duration::from_millis(self.mover_interval_ms),
-            lease: Duration::from_millis(self.mover_lease_ms),
-            concurrency: self.mover_concurrency as usize,
-            max_rate: (self.mover_max_rate > 0).then_some(self.mover_max_rate),
-        }
+    pub fn timeout(&self) -> Duration {
+        millis(self.mongodb_timeout_ms)
+    }
+}
+
+impl MoverSettings {
+    pub fn interval(&self) -> Duration {
+        millis(self.mover_interval_ms)
     }
 
+    pub fn lease(&self) -> Duration {
+        millis(self.mover_lease_ms)
+    }
+
+    /// Most messages moved per second by one instance (None: no cap).
+    pub fn max_rate(&self) -> Option<u64> {
+        (self.mover_max_rate > 0).then_some(self.mover_max_rate)
+    }
+}
+
+impl Config {
     /// Settings that parse but cannot run together.
     pub fn check(&self) -> Result<(), String> {
-        if self.redis_type == RedisType::Cluster {
+        let redis = &self.redis;
+        if redis.redis_type == RedisType::Cluster {
             return Err(
                 "REDIS_TYPE=cluster is not supported by this version yet; use single".into(),
             );
         }
-        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+        if !redis.redis_url.starts_with("redis://") && !redis.redis_url.starts_with("rediss://") {
             return Err(format!(
                 "REDIS_URL must start with redis:// or rediss://, got {:?}",
-                self.redis_url
+                redis.redis_url
             ));
         }
-        if let Some(uri) = &self.mongodb_uri
+        if let Some(uri) = &self.cold.mongodb_uri
             && !uri.starts_with("mongodb://")
             && !uri.starts_with("mongodb+srv://")
         {
@@ -283,22 +383,23 @@ impl Config {
         }
         // A mover waits for its turn while it holds a connection's lease: the wait for the
         // batches of all its visits at once must be well inside the lease.
-        let batches = self.mover_batch_size * self.mover_concurrency;
-        if let Some(wait_ms) = (batches * 1000).checked_div(self.mover_max_rate)
-            && wait_ms * 2 > self.mover_lease_ms
+        let mover = &self.mover;
+        let batches = mover.mover_batch_size * mover.mover_concurrency;
+        if let Some(wait_ms) = (batches * 1000).checked_div(mover.mover_max_rate)
+            && wait_ms * 2 > mover.mover_lease_ms
         {
             return Err(format!(
                 "MOVER_MAX_RATE={} is too low for MOVER_BATCH_SIZE={} x MOVER_CONCURRENCY={}: \
                  a visit could wait {wait_ms} ms, more than half of MOVER_LEASE_MS={}",
-                self.mover_max_rate,
-                self.mover_batch_size,
-                self.mover_concurrency,
-                self.mover_lease_ms
+                mover.mover_max_rate,
+                mover.mover_batch_size,
+                mover.mover_concurrency,
+                mover.mover_lease_ms
             ));
         }
         let push_urls = [
-            ("FCM_BASE_URL", Some(&self.fcm_base_url)),
-            ("APNS_BASE_URL", self.apns_base_url.as_ref()),
+            ("FCM_BASE_URL", Some(&self.push.fcm_base_url)),
+            ("APNS_BASE_URL", self.push.apns_base_url.as_ref()),
         ];
         for (name, url) in push_urls {
             if let Some(url) = url

@@ -13,14 +13,14 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {problem}");
         return std::process::ExitCode::from(2);
     }
-    mpr::telemetry::init_logging(&config);
+    mpr::telemetry::init_logging(&config.log);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.worker_threads {
+    if let Some(threads) = config.server.worker_threads {
         runtime.worker_threads(threads as usize);
     }
     let runtime = runtime.enable_all().build().expect("tokio runtime");
     if let Some(Command::MigrateFromNode(args)) = &config.command {
-        return match runtime.block_on(mpr::cold::migrate::run(&config, args)) {
+        return match runtime.block_on(mpr::migrate::run(&config, args)) {
             Ok(report) => {
                 println!("{report:?}");
                 std::process::ExitCode::SUCCESS

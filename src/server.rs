@@ -1,135 +1,189 @@
-//! Starting and stopping an instance: listeners, background tasks, and an orderly shutdown.
+//! An instance: [`Server::build`] opens what it needs (Redis, MongoDB, pushes, live sessions)
+//! and binds its ports (0: any free port); [`Server::serve`] runs it until shutdown, then stops
+//! in order.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cold::Cold;
-use crate::cold::mover::Mover;
-use crate::config::Config;
+use crate::config::{ColdSettings, Config};
 use crate::live::Live;
+use crate::messages::Messages;
 use crate::push::Pushes;
 use crate::rpc::Context;
-use crate::store::Store;
+use crate::store::{Store, StoreError, Visits};
+use crate::tiering::Mover;
 use crate::{http, telemetry, ws};
 
-/// Runs until `shutdown` resolves, then: stops accepting, lets calls in progress finish and
-/// closes every socket (1001), ends this instance's live sessions, hands back undelivered
-/// events, sends the pushes they asked for, and returns.
+pub struct Server {
+    config: Config,
+    store: Store,
+    cold: Option<Arc<Cold>>,
+    live: Arc<Live>,
+    pushes: Arc<Pushes>,
+    context: Arc<Context>,
+    metrics: PrometheusHandle,
+    ws_listener: TcpListener,
+    http_listener: TcpListener,
+}
+
+/// Runs an instance until `shutdown` resolves (see [`Server::serve`]).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let metrics = telemetry::init_metrics()?;
-    let visits = config.visits();
-    let store = Store::open(
-        &config.redis_url,
-        &config.redis_prefix,
-        std::time::Duration::from_millis(config.redis_timeout_ms),
-        config.visibility_timeout(),
-        visits.first_after(),
-    )
-    .context("REDIS_URL")?;
-    let cold = open_cold(&config).await?;
-    let pushes = Pushes::start(&config, store.clone());
-    let live = Live::new(store.clone(), config.liveness_timeout(), pushes.clone());
-    let context = Arc::new(Context {
-        store: store.clone(),
-        cold: cold.clone(),
-        live: live.clone(),
-        max_take_messages: config.max_take_messages,
-        max_take_bytes: config.max_take_bytes,
-        pushes: pushes.clone(),
-    });
+    Server::build(config).await?.serve(shutdown).await
+}
 
-    let ws_address = SocketAddr::new(config.bind_address, config.ws_port);
-    let http_address = SocketAddr::new(config.bind_address, config.app_port);
-    let ws_listener = TcpListener::bind(ws_address)
-        .await
-        .with_context(|| format!("WS_PORT: cannot listen on {ws_address}"))?;
-    let http_listener = TcpListener::bind(http_address)
-        .await
-        .with_context(|| format!("APP_PORT: cannot listen on {http_address}"))?;
-    if let Err(error) = store.ping().await {
-        tracing::warn!(%error, "Redis is not reachable yet; calls fail until it is");
-    }
-    live.register().await;
-    tracing::info!(
-        instance = live.instance(), ws = %ws_address, http = %http_address, redis_prefix = %config.redis_prefix,
-        "mpr listening"
-    );
-
-    let sockets_stop = CancellationToken::new();
-    let sockets = TaskTracker::new();
-    let background_stop = CancellationToken::new();
-    let background = TaskTracker::new();
-    let limits = ws::Limits {
-        max_message_bytes: config.ws_max_message_bytes as usize,
-        max_calls: config.ws_max_calls_per_socket as usize,
-    };
-    background.spawn(ws::accept(
-        ws_listener,
-        context,
-        limits,
-        sockets_stop.clone(),
-        sockets.clone(),
-    ));
-    live.spawn_tasks(&background, &background_stop);
-    if visits.move_after.is_some() || visits.retention.is_some() {
-        let mover = Mover::new(store.clone(), cold.clone(), visits, config.mover());
-        background.spawn(mover.run(background_stop.clone()));
-    }
-    let http_stop = background_stop.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, http::router(store, cold, metrics))
-            .with_graceful_shutdown(http_stop.cancelled_owned())
+impl Server {
+    /// Opens Redis (checking it can run the function library), MongoDB when configured,
+    /// pushes and live sessions, binds both ports and registers the instance. Redis or MongoDB
+    /// being down does not stop it: calls fail until Redis answers, moving waits for MongoDB.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = telemetry::metrics()?;
+        let visits = Visits::from(&config.cold);
+        let store = Store::open(&config.redis, config.queue.visibility_timeout(), visits)
             .await
-    });
-
-    shutdown.await;
-    tracing::info!("shutting down");
-    let stop_by = tokio::time::Instant::now() + config.shutdown_timeout();
-    sockets_stop.cancel();
-    sockets.close();
-    if tokio::time::timeout(config.shutdown_timeout(), sockets.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "sockets still busy after {:?}; closing anyway",
-            config.shutdown_timeout()
+            .context("REDIS_URL")?;
+        match store.prepare().await {
+            Ok(()) => {}
+            Err(error @ StoreError::Unsupported(_)) => return Err(error).context("REDIS_URL"),
+            Err(error) => {
+                tracing::warn!(%error, "Redis is not reachable yet; calls fail until it is")
+            }
+        }
+        let cold = open_cold(&config.cold).await?;
+        let pushes = Pushes::start(&config.push, store.clone());
+        let live = Live::new(store.clone(), &config.live, pushes.clone());
+        let messages = Messages::new(
+            store.clone(),
+            cold.clone(),
+            live.clone(),
+            pushes.clone(),
+            &config.queue,
         );
+        let context = Arc::new(Context {
+            messages,
+            live: live.clone(),
+        });
+        let server = &config.server;
+        let ws_address = SocketAddr::new(server.bind_address, server.ws_port);
+        let http_address = SocketAddr::new(server.bind_address, server.app_port);
+        let ws_listener = TcpListener::bind(ws_address)
+            .await
+            .with_context(|| format!("WS_PORT: cannot listen on {ws_address}"))?;
+        let http_listener = TcpListener::bind(http_address)
+            .await
+            .with_context(|| format!("APP_PORT: cannot listen on {http_address}"))?;
+        live.register().await;
+        Ok(Self {
+            config,
+            store,
+            cold,
+            live,
+            pushes,
+            context,
+            metrics,
+            ws_listener,
+            http_listener,
+        })
     }
-    background_stop.cancel();
-    background.close();
-    background.wait().await;
-    live.deregister().await;
-    // Last: closing sockets and deregistering request pushes for what they could not deliver.
-    pushes
-        .stop(stop_by.saturating_duration_since(tokio::time::Instant::now()))
-        .await;
-    http.await.context("HTTP task")?.context("HTTP server")?;
-    tracing::info!("stopped");
-    Ok(())
+
+    /// The WebSocket JSON-RPC address (the port chosen, when built with port 0).
+    pub fn ws_address(&self) -> SocketAddr {
+        self.ws_listener.local_addr().expect("a bound listener")
+    }
+
+    /// The HTTP address (`/health`, `/ready`, `/metrics`).
+    pub fn http_address(&self) -> SocketAddr {
+        self.http_listener.local_addr().expect("a bound listener")
+    }
+
+    /// Serves until `shutdown` resolves, then: stops accepting, lets calls in progress finish
+    /// and closes every socket (1001), ends this instance's live sessions, hands back
+    /// undelivered events, sends the pushes they asked for, and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(
+            instance = self.live.instance(), ws = %self.ws_address(), http = %self.http_address(),
+            redis_prefix = %self.config.redis.redis_prefix, "mpr listening"
+        );
+        let settings = &self.config.server;
+        let sockets_stop = CancellationToken::new();
+        let sockets = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        let background = TaskTracker::new();
+        let limits = ws::Limits {
+            max_message_bytes: settings.ws_max_message_bytes as usize,
+            max_calls: settings.ws_max_calls_per_socket as usize,
+        };
+        background.spawn(ws::accept(
+            self.ws_listener,
+            self.context,
+            limits,
+            sockets_stop.clone(),
+            sockets.clone(),
+        ));
+        self.live.spawn_tasks(&background, &background_stop);
+        let visits = Visits::from(&self.config.cold);
+        if visits.first_after().is_some() {
+            let mover = Mover::new(
+                self.store.clone(),
+                self.cold.clone(),
+                visits,
+                &self.config.mover,
+            );
+            background.spawn(mover.run(background_stop.clone()));
+        }
+        let http_stop = background_stop.clone();
+        let router = http::router(self.store, self.cold, self.metrics);
+        let http = tokio::spawn(async move {
+            axum::serve(self.http_listener, router)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+        });
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        let grace = settings.shutdown_timeout();
+        let stop_by = tokio::time::Instant::now() + grace;
+        sockets_stop.cancel();
+        sockets.close();
+        if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+            tracing::warn!("sockets still busy after {grace:?}; closing anyway");
+        }
+        background_stop.cancel();
+        background.close();
+        background.wait().await;
+        self.live.deregister().await;
+        // Last: closing sockets and deregistering request pushes for what they could not deliver.
+        self.pushes
+            .stop(stop_by.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
+        http.await.context("HTTP task")?.context("HTTP server")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 /// The cold tier, when MONGODB_URI is set, with its indexes. MongoDB being down does not stop
 /// the server: the mover creates the indexes before its first move.
-async fn open_cold(config: &Config) -> anyhow::Result<Option<Arc<Cold>>> {
-    let Some(uri) = &config.mongodb_uri else {
+async fn open_cold(settings: &ColdSettings) -> anyhow::Result<Option<Arc<Cold>>> {
+    let Some(uri) = &settings.mongodb_uri else {
         tracing::info!("MONGODB_URI is not set: Redis only, messages are not moved to MongoDB");
         return Ok(None);
     };
-    let timeout = std::time::Duration::from_millis(config.mongodb_timeout_ms);
-    let cold = Cold::open(uri, timeout).await.context("MONGODB_URI")?;
-    let retention = config.visits().retention;
-    if let Err(error) = cold.ensure_indexes(retention).await {
+    let cold = Cold::open(uri, settings.timeout())
+        .await
+        .context("MONGODB_URI")?;
+    if let Err(error) = cold.ensure_indexes(settings.retention()).await {
         tracing::warn!(%error, "MongoDB is not reachable yet; moving starts when it is");
     }
     tracing::info!(
-        namespace = %cold.namespace(), threshold_ms = config.threshold_timestamp,
+        namespace = %cold.namespace(), threshold_ms = settings.threshold_timestamp,
         "cold tier: messages older than the threshold move to MongoDB"
     );
     Ok(Some(Arc::new(cold)))

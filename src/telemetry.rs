@@ -4,7 +4,9 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, LogFormat};
+use std::sync::OnceLock;
+
+use crate::config::{LogFormat, LogSettings};
 
 pub const OPEN_SOCKETS: &str = "mpr_open_sockets";
 pub const CALLS: &str = "mpr_calls_total";
@@ -29,7 +31,7 @@ pub const PUSHES_DEDUPLICATED: &str = "mpr_pushes_deduplicated_total";
 pub const PUSHES_DROPPED: &str = "mpr_pushes_dropped_total";
 pub const PUSH_DURATION: &str = "mpr_push_duration_seconds";
 
-pub fn init_logging(config: &Config) {
+pub fn init_logging(config: &LogSettings) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|value| EnvFilter::try_new(value).ok())
@@ -41,8 +43,18 @@ pub fn init_logging(config: &Config) {
     }
 }
 
-/// Installs the process-wide recorder; the handle renders /metrics.
-pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+/// The process-wide recorder, installed by the first instance of the process; the handle
+/// renders /metrics.
+pub fn metrics() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = install_metrics()?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(CALL_DURATION.to_owned()),

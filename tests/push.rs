@@ -498,15 +498,23 @@ async fn an_event_for_a_vanished_socket_releases_the_message_and_pushes_once() {
         std::slice::from_ref(&connection),
     )
     .await;
-    let live = format!("mpr:{{{connection}}}:live");
-    assert_eq!(redis.cli(&["HSET", &live, "socket", "987654321"]), "0");
+    // The binding's peer is `<instance>/<socket>`: keep the instance, name a socket never opened.
+    let conn = format!("mpr:{{{connection}}}:conn");
+    let peer = redis.cli(&["HGET", &conn, "peer"]);
+    let (instance, _) = peer.split_once('/').expect("a socket peer");
+    let vanished = format!("{instance}/987654321");
+    assert_eq!(redis.cli(&["HSET", &conn, "peer", &vanished]), "0");
 
     let mut sender = Client::connect(&b.url()).await;
     add_with_token(&mut sender, &connection, "fcm", "phone").await;
     metric_reaches(&a, "mpr_events_undeliverable_total", "socket_gone", 1.0).await;
     eventually(WAIT, async || google.sends_to("phone").len() == 1).await;
     assert_eq!(sender.count(&connection).await, 1, "pending again");
-    assert_eq!(redis.cli(&["EXISTS", &live]), "0", "stale binding dropped");
+    assert_eq!(
+        redis.cli(&["HEXISTS", &conn, "kind"]),
+        "0",
+        "stale binding dropped"
+    );
     assert!(
         mediator
             .next_push(Duration::from_millis(200))

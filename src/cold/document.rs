@@ -4,7 +4,8 @@
 
 use bson::{Bson, DateTime, Document, doc};
 
-use crate::store::{Record, queued_message_json};
+use crate::model::queued_message_json;
+use crate::store::Record;
 
 /// Where the payload starts in a QueuedMessage JSON built by `queued_message_json`.
 const PAYLOAD_MARKER: &str = r#","encryptedMessage":"#;

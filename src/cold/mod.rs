@@ -4,12 +4,9 @@
 //! for both tiers; MongoDB is read only for the bodies of cold messages a take hands out.
 
 pub mod document;
-pub mod migrate;
-pub mod mover;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -18,7 +15,6 @@ use futures_util::TryStreamExt;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 
-use crate::store::Store;
 use crate::telemetry;
 
 /// The Node MPR's names.
@@ -48,7 +44,7 @@ pub type ColdResult<T> = Result<T, ColdError>;
 
 /// A cheap handle to the collection (the driver pools connections and reconnects by itself).
 pub struct Cold {
-    pub(crate) collection: Collection<Document>,
+    collection: Collection<Document>,
     timeout: Duration,
     /// Whether the last operation reached MongoDB: while it did not, reads serve what Redis
     /// holds instead of waiting for a timeout on every call.
@@ -259,6 +255,17 @@ impl Cold {
         Ok(adopted.matched_count == duplicates.len() as u64)
     }
 
+    /// Documents to import from the Node MPR: those it wrote (this server's carry a
+    /// `moveToken`), or every document with `own` (recovery after Redis lost its data).
+    pub async fn documents_to_import(&self, own: bool) -> ColdResult<mongodb::Cursor<Document>> {
+        let filter = if own {
+            doc! {}
+        } else {
+            doc! {"moveToken": {"$exists": false}}
+        };
+        self.run(self.collection.find(filter)).await
+    }
+
     /// Deletes documents by messageId.
     pub async fn delete(&self, ids: &[String]) -> ColdResult<u64> {
         let result = self
@@ -295,34 +302,6 @@ impl Cold {
         let result = self.run(self.collection.delete_many(filter)).await?;
         Ok(result.deleted_count)
     }
-
-    /// Deletes the documents of removed cold messages, then forgets them in Redis, in the
-    /// background: the caller need not wait, since Redis no longer lists the messages. If
-    /// MongoDB fails (or this process dies first), the ids stay in the connection's trash and
-    /// the mover deletes the documents at its next visit.
-    pub fn discard(self: &Arc<Self>, store: &Store, connection_id: &str, trashed: Vec<String>) {
-        if trashed.is_empty() {
-            return;
-        }
-        let (cold, store, connection_id) = (self.clone(), store.clone(), connection_id.to_owned());
-        tokio::spawn(async move {
-            let outcome = match cold.delete(&trashed).await {
-                Ok(_) => store
-                    .clear_trash(&connection_id, &trashed)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(error) => {
-                    let _ = store.schedule_visit(&connection_id, now_ms(), false).await;
-                    Err(error.to_string())
-                }
-            };
-            if let Err(error) = outcome {
-                metrics::counter!(telemetry::COLD_DELETE_DEFERRED).increment(trashed.len() as u64);
-                tracing::warn!(%connection_id, %error, count = trashed.len(),
-                    "documents of removed messages not deleted yet; the mover retries");
-            }
-        });
-    }
 }
 
 /// Errors the server answered (a write error, a bad command) say nothing about reachability.
@@ -332,9 +311,4 @@ fn is_reply(error: &mongodb::error::Error) -> bool {
         *error.kind,
         ErrorKind::Command(_) | ErrorKind::Write(_) | ErrorKind::InsertMany(_)
     )
-}
-
-/// This host's clock, ms since the epoch (ages of messages come from the same clocks).
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

@@ -5,10 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use redis::RedisResult;
-
 use super::recent::{Fingerprint, Recent, fingerprint};
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
 pub struct Dedup {
     window: Duration,
@@ -36,23 +34,16 @@ impl Dedup {
 
     /// Opens the token's window unless one is open (on any instance): true when this push is
     /// the first in it.
-    pub async fn first_in_window(&self, store: &Store, token: &Fingerprint) -> RedisResult<bool> {
+    pub async fn first_in_window(&self, store: &Store, token: &Fingerprint) -> StoreResult<bool> {
         if self.window.is_zero() {
             return Ok(true);
         }
         let hex: String = token.iter().map(|byte| format!("{byte:02x}")).collect();
         let until = Instant::now() + self.window;
-        let opened: Option<String> = redis::cmd("SET")
-            .arg(store.keys().push_window(&hex))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.window.as_millis() as u64)
-            .query_async(&mut store.connection())
-            .await?;
-        if opened.is_some() {
+        let opened = store.open_push_window(&hex, self.window).await?;
+        if opened {
             self.opened_here.insert(*token, until);
         }
-        Ok(opened.is_some())
+        Ok(opened)
     }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::PushSettings;
 use crate::store::Store;
 use crate::telemetry;
 use apns::{Apns, ApnsFiles};
@@ -141,7 +141,7 @@ pub struct Pushes {
 impl Pushes {
     /// Loads the providers' credentials (a provider without valid ones is disabled, with a
     /// warning) and starts the workers.
-    pub fn start(config: &Config, store: Store) -> Arc<Self> {
+    pub fn start(config: &PushSettings, store: Store) -> Arc<Self> {
         let timeout = Duration::from_millis(config.push_timeout_ms);
         let fcm = match &config.firebase_cfg_file {
             None => Err("FIREBASE_CFG_FILE is not set".to_owned()),

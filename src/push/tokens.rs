@@ -5,11 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use redis::RedisResult;
-
 use super::PushToken;
 use super::recent::{Recent, fingerprint};
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
 /// A connection's token is forgotten after this long without an addMessage carrying it.
 const TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -30,29 +28,22 @@ impl Tokens {
         store: &Store,
         connection_id: &str,
         token: &PushToken,
-    ) -> RedisResult<()> {
+    ) -> StoreResult<()> {
         let stored = token.stored();
         let print = fingerprint(&[connection_id, &stored]);
         if self.written_here.contains(&print) {
             return Ok(());
         }
         let written_at = Instant::now();
-        redis::cmd("SET")
-            .arg(store.keys().push_token(connection_id))
-            .arg(stored)
-            .arg("PX")
-            .arg(TOKEN_TTL.as_millis() as u64)
-            .exec_async(&mut store.connection())
+        store
+            .remember_push_token(connection_id, &stored, TOKEN_TTL)
             .await?;
         self.written_here.insert(print, written_at + REWRITE_AFTER);
         Ok(())
     }
 
-    pub async fn recall(store: &Store, connection_id: &str) -> RedisResult<Option<PushToken>> {
-        let stored: Option<String> = redis::cmd("GET")
-            .arg(store.keys().push_token(connection_id))
-            .query_async(&mut store.connection())
-            .await?;
+    pub async fn recall(store: &Store, connection_id: &str) -> StoreResult<Option<PushToken>> {
+        let stored = store.push_token(connection_id).await?;
         Ok(stored.as_deref().and_then(PushToken::from_stored))
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::store::StoreError;
+
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const METHOD_NOT_FOUND: i64 = -32601;
@@ -32,7 +34,7 @@ impl RpcError {
         Self::new(INVALID_PARAMS, format!("Invalid params: {why}"))
     }
 
-    pub fn storage(error: redis::RedisError) -> Self {
+    pub fn storage(error: StoreError) -> Self {
         let outcome = if error.is_timeout() {
             "timed out; the outcome is unknown"
         } else {
@@ -61,8 +63,8 @@ impl RpcError {
     }
 }
 
-impl From<redis::RedisError> for RpcError {
-    fn from(error: redis::RedisError) -> Self {
+impl From<StoreError> for RpcError {
+    fn from(error: StoreError) -> Self {
         Self::storage(error)
     }
 }

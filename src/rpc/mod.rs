@@ -1,8 +1,10 @@
 //! JSON-RPC 2.0 as rpc-websockets speaks it: decode a frame, dispatch each request to its
 //! method, encode the reply. Requests without `id` are notifications: run, never answered.
+//! Frames the server pushes (`messagesReceived`) are built here too.
 
 pub mod error;
 pub mod methods;
+pub mod notifications;
 pub mod params;
 
 use std::borrow::Cow;
@@ -12,29 +14,21 @@ use std::time::Instant;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::cold::Cold;
-use crate::live::{Live, SocketState};
-use crate::push::Pushes;
-use crate::store::Store;
+use crate::live::{Live, LocalSocket};
+use crate::messages::Messages;
 use crate::telemetry;
 use error::RpcError;
 
-/// What every call can reach: the store, the cold tier, live sessions, pushes, and the limits
-/// of one call.
+/// What every call can reach: the message service and live sessions.
 pub struct Context {
-    pub store: Store,
-    /// MongoDB, when MONGODB_URI is set.
-    pub cold: Option<Arc<Cold>>,
+    pub messages: Messages,
     pub live: Arc<Live>,
-    pub max_take_messages: u64,
-    pub max_take_bytes: u64,
-    pub pushes: Arc<Pushes>,
 }
 
 /// The socket a call arrived on.
 pub struct Caller<'a> {
     pub context: &'a Context,
-    pub socket: &'a Arc<SocketState>,
+    pub socket: &'a Arc<LocalSocket>,
 }
 
 /// Handles one text frame; returns the reply frame, if any.

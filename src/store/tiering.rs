@@ -2,20 +2,11 @@
 //! and when, the per-connection mover lease, the scripts that move messages to the cold tier
 //! and expire old ones, and the import of the Node MPR's messages.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{RedisResult, Script};
-
-use super::{Record, Store, queue_call};
-
-static STALE_HEAD: LazyLock<Script> = queue_script!("lua/stale_head.lua");
-static TO_COLD: LazyLock<Script> = queue_script!("lua/to_cold.lua");
-static EXPIRE: LazyLock<Script> = queue_script!("lua/expire.lua");
-static NEXT_VISIT: LazyLock<Script> = queue_script!("lua/next_visit.lua");
-static IMPORT: LazyLock<Script> = queue_script!("lua/import.lua");
-static RELEASE_LEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/release_lease.lua")));
+use super::functions::{EXPIRE, IMPORT, NEXT_VISIT, RELEASE_LEASE, STALE_HEAD, TO_COLD};
+use super::{Record, Store, StoreResult};
+use crate::config::ColdSettings;
 
 /// What `to_cold` did with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +28,15 @@ pub struct Visits {
     pub retention: Option<Duration>,
 }
 
+impl From<&ColdSettings> for Visits {
+    fn from(cold: &ColdSettings) -> Self {
+        Self {
+            move_after: cold.move_after(),
+            retention: cold.retention(),
+        }
+    }
+}
+
 impl Visits {
     /// How soon after its first message a connection needs a visit (None: never).
     pub fn first_after(&self) -> Option<Duration> {
@@ -51,45 +51,41 @@ impl Store {
         connection_id: &str,
         at_ms: i64,
         only_new: bool,
-    ) -> RedisResult<()> {
+    ) -> StoreResult<()> {
         let mut zadd = redis::cmd("ZADD");
         zadd.arg(self.keys.visits_of(connection_id));
         if only_new {
             zadd.arg("NX");
         }
-        zadd.arg(at_ms)
-            .arg(connection_id)
-            .query_async(&mut self.connection())
-            .await
+        zadd.arg(at_ms).arg(connection_id);
+        self.query(&zadd).await
     }
 
     /// Connections of one shard whose visit is due.
-    pub async fn due_visits(&self, shard: u64, now_ms: i64, most: u64) -> RedisResult<Vec<String>> {
-        redis::cmd("ZRANGE")
+    pub async fn due_visits(&self, shard: u64, now_ms: i64, most: u64) -> StoreResult<Vec<String>> {
+        let mut range = redis::cmd("ZRANGE");
+        range
             .arg(self.keys.visits(shard))
             .arg("-inf")
             .arg(now_ms)
             .arg("BYSCORE")
             .arg("LIMIT")
             .arg(0)
-            .arg(most)
-            .query_async(&mut self.connection())
-            .await
+            .arg(most);
+        self.query(&range).await
     }
 
     /// After a visit: out of the index first, then back in if the connection will need another
     /// visit. In this order an addMessage in between is never left out of the index.
-    pub async fn reschedule_visit(&self, connection_id: &str, visits: Visits) -> RedisResult<()> {
-        let _: () = redis::cmd("ZREM")
-            .arg(self.keys.visits_of(connection_id))
-            .arg(connection_id)
-            .query_async(&mut self.connection())
-            .await?;
-        let queue = self.keys.queue(connection_id);
-        let mut call = queue_call(&NEXT_VISIT, &queue);
+    pub async fn reschedule_visit(&self, connection_id: &str, visits: Visits) -> StoreResult<()> {
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(self.keys.visits_of(connection_id))
+            .arg(connection_id);
+        let _: () = self.query(&zrem).await?;
+        let mut call = self.connection_call(&NEXT_VISIT, connection_id, &[]);
         call.arg(millis(visits.move_after))
             .arg(millis(visits.retention));
-        let next: i64 = call.invoke_async(&mut self.connection()).await?;
+        let next: i64 = self.call(&call).await?;
         if next >= 0 {
             self.schedule_visit(connection_id, next, false).await?;
         }
@@ -102,25 +98,21 @@ impl Store {
         connection_id: &str,
         token: &str,
         lease: Duration,
-    ) -> RedisResult<bool> {
-        let acquired: Option<String> = redis::cmd("SET")
-            .arg(self.keys.queue(connection_id).mover())
+    ) -> StoreResult<bool> {
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.connection(connection_id).key("mover"))
             .arg(token)
             .arg("NX")
             .arg("PX")
-            .arg(lease.as_millis() as u64)
-            .query_async(&mut self.connection())
-            .await?;
+            .arg(lease.as_millis() as u64);
+        let acquired: Option<String> = self.query(&set).await?;
         Ok(acquired.is_some())
     }
 
-    pub async fn release_lease(&self, connection_id: &str, token: &str) -> RedisResult<()> {
-        let queue = self.keys.queue(connection_id);
-        let _: u8 = RELEASE_LEASE
-            .key(queue.mover())
-            .arg(token)
-            .invoke_async(&mut self.connection())
-            .await?;
+    pub async fn release_lease(&self, connection_id: &str, token: &str) -> StoreResult<()> {
+        let mut call = self.connection_call(&RELEASE_LEASE, connection_id, &[]);
+        call.arg(token);
+        let _: u8 = self.call(&call).await?;
         Ok(())
     }
 
@@ -133,26 +125,24 @@ impl Store {
         cutoff_ms: i64,
         most: usize,
         after: Option<&str>,
-    ) -> RedisResult<Vec<(String, String)>> {
-        let queue = self.keys.queue(connection_id);
-        let mut call = queue_call(&STALE_HEAD, &queue);
+    ) -> StoreResult<Vec<(String, String)>> {
+        let mut call = self.connection_call(&STALE_HEAD, connection_id, &[]);
         call.arg(cutoff_ms).arg(most).arg(after.unwrap_or(""));
-        call.invoke_async(&mut self.connection()).await
+        self.call(&call).await
     }
 
     /// Makes messages cold once their documents are written, and renews the lease; fails
-    /// (see `is_fenced`) if the lease `token` was lost meanwhile.
+    /// (see `StoreError::is_fenced`) if the lease `token` was lost meanwhile.
     pub async fn to_cold(
         &self,
         connection_id: &str,
         token: &str,
         lease: Duration,
         ids: &[&str],
-    ) -> RedisResult<Vec<MoveOutcome>> {
-        let queue = self.keys.queue(connection_id);
-        let mut call = queue_call(&TO_COLD, &queue);
+    ) -> StoreResult<Vec<MoveOutcome>> {
+        let mut call = self.connection_call(&TO_COLD, connection_id, &[]);
         call.arg(token).arg(lease.as_millis() as u64).arg(ids);
-        let codes: Vec<u8> = call.invoke_async(&mut self.connection()).await?;
+        let codes: Vec<u8> = self.call(&call).await?;
         Ok(codes
             .into_iter()
             .map(|code| match code {
@@ -170,21 +160,17 @@ impl Store {
         connection_id: &str,
         cutoff_ms: i64,
         most: usize,
-    ) -> RedisResult<u64> {
-        let queue = self.keys.queue(connection_id);
-        let mut call = queue_call(&EXPIRE, &queue);
+    ) -> StoreResult<u64> {
+        let mut call = self.connection_call(&EXPIRE, connection_id, &[]);
         call.arg(cutoff_ms).arg(most);
-        let (deleted, _trashed): (u64, Vec<String>) =
-            call.invoke_async(&mut self.connection()).await?;
+        let (deleted, _trashed): (u64, Vec<String>) = self.call(&call).await?;
         Ok(deleted)
     }
 
     /// Some of the ids still waiting for their documents to be deleted.
-    pub async fn trash(&self, connection_id: &str, most: usize) -> RedisResult<Vec<String>> {
-        redis::cmd("SRANDMEMBER")
-            .arg(self.keys.queue(connection_id).trash())
-            .arg(most)
-            .query_async(&mut self.connection())
+    pub async fn trash(&self, connection_id: &str, most: usize) -> StoreResult<Vec<String>> {
+        let trash = self.keys.connection(connection_id).key("trash");
+        self.query(redis::cmd("SRANDMEMBER").arg(trash).arg(most))
             .await
     }
 
@@ -194,20 +180,16 @@ impl Store {
         &self,
         connection_id: &str,
         most: usize,
-    ) -> RedisResult<Vec<(String, bool)>> {
-        let queue = self.keys.queue(connection_id);
-        let ids: Vec<String> = redis::cmd("SRANDMEMBER")
-            .arg(queue.moving())
-            .arg(most)
-            .query_async(&mut self.connection())
+    ) -> StoreResult<Vec<(String, bool)>> {
+        let keys = self.keys.connection(connection_id);
+        let ids: Vec<String> = self
+            .query(redis::cmd("SRANDMEMBER").arg(keys.key("moving")).arg(most))
             .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let records: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(queue.msg())
-            .arg(&ids)
-            .query_async(&mut self.connection())
+        let records: Vec<Option<String>> = self
+            .query(redis::cmd("HMGET").arg(keys.key("msg")).arg(&ids))
             .await?;
         let cold = records.iter().map(|record| {
             record
@@ -219,12 +201,9 @@ impl Store {
     }
 
     /// Takes ids out of the move journal.
-    pub async fn settle_moves(&self, connection_id: &str, ids: &[String]) -> RedisResult<()> {
-        redis::cmd("SREM")
-            .arg(self.keys.queue(connection_id).moving())
-            .arg(ids)
-            .query_async(&mut self.connection())
-            .await
+    pub async fn settle_moves(&self, connection_id: &str, ids: &[String]) -> StoreResult<()> {
+        let moving = self.keys.connection(connection_id).key("moving");
+        self.query(redis::cmd("SREM").arg(moving).arg(ids)).await
     }
 
     /// Imports one message of the Node MPR unless it was imported before. `seq` places it in
@@ -237,21 +216,15 @@ impl Store {
         seq: i64,
         tail: &str,
         remember: Duration,
-    ) -> RedisResult<bool> {
-        let queue = self.keys.queue(connection_id);
-        let mut call = queue_call(&IMPORT, &queue);
+    ) -> StoreResult<bool> {
+        let mut call = self.connection_call(&IMPORT, connection_id, &[]);
         call.arg(id)
             .arg(seq)
             .arg(tail)
             .arg(remember.as_millis() as u64);
-        let imported: u8 = call.invoke_async(&mut self.connection()).await?;
+        let imported: u8 = self.call(&call).await?;
         Ok(imported == 1)
     }
-}
-
-/// The error of a `to_cold` whose lease another mover holds (or that expired).
-pub fn is_fenced(error: &redis::RedisError) -> bool {
-    error.code() == Some("FENCED")
 }
 
 fn millis(duration: Option<Duration>) -> u64 {

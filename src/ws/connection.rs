@@ -1,5 +1,5 @@
 //! One socket: reads frames, runs their calls concurrently (replies go out as they finish,
-//! matched by id), writes pushes for its live sessions, and closes cleanly.
+//! matched by id), writes the deliveries of its live sessions, and closes cleanly.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use super::Limits;
-use crate::live::SocketState;
+use crate::live::LocalSocket;
 use crate::rpc::{self, Caller, Context};
 use crate::telemetry;
 
@@ -57,8 +57,8 @@ pub async fn run(
                     break;
                 }
             }
-            () = state.pushes_waiting() => {
-                if !Box::pin(write_pushes(&mut sink, &context, &state)).await {
+            () = state.deliveries_waiting() => {
+                if !Box::pin(write_deliveries(&mut sink, &context, &state)).await {
                     break;
                 }
             }
@@ -128,7 +128,7 @@ where
 
 async fn handle(
     context: Arc<Context>,
-    socket: Arc<SocketState>,
+    socket: Arc<LocalSocket>,
     frame: Utf8Bytes,
 ) -> Option<String> {
     let caller = Caller {
@@ -138,29 +138,24 @@ async fn handle(
     rpc::handle_frame(caller, frame.as_str()).await
 }
 
-/// Writes queued pushes; returns false when the socket is broken. Pushes that could not be
-/// written go back to pending when the socket's close is handled.
-async fn write_pushes<S>(sink: &mut S, context: &Context, state: &SocketState) -> bool
+/// Writes queued deliveries as `messagesReceived` frames; returns false when the socket is
+/// broken. Deliveries that could not be written go back to pending.
+async fn write_deliveries<S>(sink: &mut S, context: &Context, state: &LocalSocket) -> bool
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    let pushes = state.take_pushes();
-    let mut pushes = pushes.into_iter();
-    while let Some(mut push) = pushes.next() {
-        let count = push.messages.len() as u64;
-        if sink
-            .feed(Message::text(std::mem::take(&mut push.frame)))
-            .await
-            .is_err()
-        {
-            // This push and the rest never left: release them now.
+    let mut deliveries = state.take_deliveries().into_iter();
+    while let Some(delivery) = deliveries.next() {
+        let frame = rpc::notifications::messages_received(&delivery);
+        if sink.feed(Message::text(frame)).await.is_err() {
+            // This delivery and the rest never left: release them now.
             context
                 .live
-                .release_unsent(std::iter::once(push).chain(pushes))
+                .release_unsent(std::iter::once(delivery).chain(deliveries))
                 .await;
             return false;
         }
-        metrics::counter!(telemetry::EVENTS_PUSHED).increment(count);
+        metrics::counter!(telemetry::EVENTS_PUSHED).increment(delivery.messages.len() as u64);
     }
     sink.flush().await.is_ok()
 }

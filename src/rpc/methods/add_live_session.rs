@@ -15,10 +15,8 @@ pub struct Params {
 }
 
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
-    caller
-        .context
-        .live
-        .bind(caller.socket, &params.connection_id, &params.session_id)
+    let live = &caller.context.live;
+    live.bind(caller.socket, &params.connection_id, &params.session_id)
         .await?;
     Ok(super::boolean(true))
 }

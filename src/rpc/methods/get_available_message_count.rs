@@ -15,11 +15,9 @@ pub struct Params {
 }
 
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
-    let did = params.recipient_did.as_deref().map(String::as_str);
-    let count = caller
-        .context
-        .store
-        .count_pending(&params.connection_id, did)
+    let messages = &caller.context.messages;
+    let count = messages
+        .count(&params.connection_id, params.recipient_did.as_ref())
         .await?;
     Ok(count.to_string())
 }

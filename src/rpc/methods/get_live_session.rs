@@ -1,4 +1,4 @@
-//! `getLiveSession {connectionId}` -> whether a live session is bound to a socket that is still
+//! `getLiveSession {connectionId}` -> whether a live session is bound to a peer that is still
 //! there, on any instance.
 
 use serde::Deserialize;

@@ -1,7 +1,5 @@
 //! `removeMessages {connectionId, messageIds}` -> `true`. Ids that are not queued (any more)
-//! are not an error: acknowledgements may arrive twice. Removal from Redis is what counts (a
-//! message Redis no longer lists is never handed out); documents of removed cold messages are
-//! deleted in the background, or by the mover if MongoDB is away.
+//! are not an error: acknowledgements may arrive twice.
 
 use serde::Deserialize;
 
@@ -17,16 +15,9 @@ pub struct Params {
 }
 
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
-    if !params.message_ids.0.is_empty() {
-        let context = caller.context;
-        let ids: Vec<String> = params.message_ids.0.into_iter().map(String::from).collect();
-        let trashed = context
-            .store
-            .remove_messages(&params.connection_id, &ids)
-            .await?;
-        if let Some(cold) = &context.cold {
-            cold.discard(&context.store, &params.connection_id, trashed);
-        }
-    }
+    let messages = &caller.context.messages;
+    messages
+        .remove(&params.connection_id, params.message_ids.0)
+        .await?;
     Ok(super::boolean(true))
 }

@@ -17,22 +17,25 @@ use rand::seq::SliceRandom;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Cold, ColdError, document, now_ms};
-use crate::store::{MoveOutcome, Record, Store, VISIT_SHARDS, Visits, is_fenced};
+use crate::cold::{Cold, ColdError, document};
+use crate::config::MoverSettings;
+use crate::model::now_ms;
+use crate::store::{MoveOutcome, Record, Store, StoreError, VISIT_SHARDS, Visits};
 use crate::telemetry;
 
+/// The mover's settings, as it uses them.
 #[derive(Debug, Clone, Copy)]
-pub struct MoverSettings {
-    /// Messages per MongoDB write and per Redis script.
-    pub batch: usize,
+struct Settings {
+    /// Messages per MongoDB write and per Redis function call.
+    batch: usize,
     /// Pause between passes over the visit index.
-    pub interval: Duration,
+    interval: Duration,
     /// How long a connection's lease lasts (a crashed mover's lease expires after it).
-    pub lease: Duration,
+    lease: Duration,
     /// Connections visited at once by this instance.
-    pub concurrency: usize,
+    concurrency: usize,
     /// Most messages moved per second by this instance (None: no cap).
-    pub max_rate: Option<u64>,
+    max_rate: Option<u64>,
 }
 
 /// Connections read from one shard of the visit index per pass.
@@ -51,7 +54,7 @@ pub struct Mover {
     store: Store,
     cold: Option<Arc<Cold>>,
     visits: Visits,
-    settings: MoverSettings,
+    settings: Settings,
     /// The unique messageId index makes moving idempotent: nothing moves before it exists.
     indexes: tokio::sync::OnceCell<()>,
     /// When the next batch may be written, under `max_rate`; shared by the concurrent visits.
@@ -60,7 +63,7 @@ pub struct Mover {
 
 #[derive(Debug)]
 enum VisitError {
-    Redis(redis::RedisError),
+    Redis(StoreError),
     Cold(ColdError),
 }
 
@@ -73,8 +76,8 @@ impl std::fmt::Display for VisitError {
     }
 }
 
-impl From<redis::RedisError> for VisitError {
-    fn from(error: redis::RedisError) -> Self {
+impl From<StoreError> for VisitError {
+    fn from(error: StoreError) -> Self {
         Self::Redis(error)
     }
 }
@@ -90,13 +93,19 @@ impl Mover {
         store: Store,
         cold: Option<Arc<Cold>>,
         visits: Visits,
-        settings: MoverSettings,
+        settings: &MoverSettings,
     ) -> Self {
         Self {
             store,
             cold,
             visits,
-            settings,
+            settings: Settings {
+                batch: settings.mover_batch_size as usize,
+                interval: settings.interval(),
+                lease: settings.lease(),
+                concurrency: settings.mover_concurrency as usize,
+                max_rate: settings.max_rate(),
+            },
             indexes: tokio::sync::OnceCell::new(),
             next_batch: std::sync::Mutex::new(Instant::now()),
         }
@@ -164,7 +173,7 @@ impl Mover {
         }
         let outcome = match self.visit_leased(connection_id, &token).await {
             // Another mover holds the connection now: it carries on, nothing to undo here.
-            Err(VisitError::Redis(error)) if is_fenced(&error) => {
+            Err(VisitError::Redis(error)) if error.is_fenced() => {
                 metrics::counter!(telemetry::MOVER_FENCED).increment(1);
                 tracing::info!(%connection_id, "lease lost to another mover; batch left to it");
                 return Ok(());
@@ -335,7 +344,7 @@ impl Mover {
         &self,
         connection_id: &str,
         cutoff: i64,
-    ) -> redis::RedisResult<Vec<(String, String)>> {
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let mut head: Vec<(String, String)> = Vec::with_capacity(self.settings.batch);
         while head.len() < self.settings.batch {
             let most = SCRIPT_STEP.min(self.settings.batch - head.len());

@@ -13,10 +13,10 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::Cold;
+use crate::cold::{Cold, document};
 use crate::config::{Config, MigrateArgs};
-use crate::rpc::params::{ConnectionId, Did};
-use crate::store::{Store, queued_message_json, record_tail};
+use crate::model::{ConnectionId, Did, now_ms, queued_message_json};
+use crate::store::{NodeRedis, Store, Visits, record_tail};
 
 /// Imported messages get sequence numbers below every native one (those count up from 1):
 /// their receive time minus this (about the year 2286).
@@ -47,19 +47,19 @@ struct NodeQueuedMessage {
 }
 
 pub async fn run(config: &Config, args: &MigrateArgs) -> anyhow::Result<Report> {
-    let visits = config.visits();
+    let visits = Visits::from(&config.cold);
     let visit_after = visits.first_after();
-    let store = Store::open(
-        &config.redis_url,
-        &config.redis_prefix,
-        TIMEOUT,
-        config.visibility_timeout(),
-        visit_after,
-    )?;
+    let mut redis = config.redis.clone();
+    redis.redis_timeout_ms = TIMEOUT.as_millis() as u64;
+    let store = Store::open(&redis, config.queue.visibility_timeout(), visits).await?;
+    store.prepare().await?;
     let mut report = Report::default();
-    let node_url = args.node_redis_url.as_deref().unwrap_or(&config.redis_url);
+    let node_url = args
+        .node_redis_url
+        .as_deref()
+        .unwrap_or(&config.redis.redis_url);
     import_lists(&store, node_url, visit_after.is_some(), &mut report).await?;
-    match (&config.mongodb_uri, args.skip_mongodb) {
+    match (&config.cold.mongodb_uri, args.skip_mongodb) {
         (Some(uri), false) => {
             let cold = Cold::open(uri, TIMEOUT).await?;
             cold.ensure_indexes(visits.retention).await?;
@@ -78,21 +78,10 @@ async fn import_lists(
     schedule: bool,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let mut node = redis::Client::open(node_url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut node = NodeRedis::open(node_url).await?;
     let mut cursor = 0u64;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg("connectionId:*:queuemessages")
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("list")
-            .query_async(&mut node)
-            .await?;
+        let (next, keys) = node.scan_queues(cursor).await?;
         for key in keys {
             let Some(connection_id) = key
                 .strip_prefix("connectionId:")
@@ -117,19 +106,14 @@ async fn import_lists(
 
 async fn import_list(
     store: &Store,
-    node: &mut redis::aio::MultiplexedConnection,
+    node: &mut NodeRedis,
     key: &str,
     connection_id: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let mut start = 0isize;
     loop {
-        let entries: Vec<String> = redis::cmd("LRANGE")
-            .arg(key)
-            .arg(start)
-            .arg(start + LIST_CHUNK - 1)
-            .query_async(node)
-            .await?;
+        let entries = node.list_range(key, start, start + LIST_CHUNK - 1).await?;
         for entry in &entries {
             let Ok(message) = serde_json::from_str::<NodeQueuedMessage>(entry) else {
                 report.unreadable += 1;
@@ -140,7 +124,7 @@ async fn import_list(
                 .received_at
                 .as_deref()
                 .and_then(parse_time)
-                .unwrap_or_else(super::now_ms);
+                .unwrap_or_else(now_ms);
             let dids = checked_dids(message.recipient_dids);
             let payload = message.encrypted_message.get();
             let body = queued_message_json(&message.message_id, received_ms, payload);
@@ -171,12 +155,7 @@ async fn import_documents(
     schedule: bool,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let filter = if own {
-        doc! {}
-    } else {
-        doc! {"moveToken": {"$exists": false}}
-    };
-    let mut documents = cold.collection.find(filter).await?;
+    let mut documents = cold.documents_to_import(own).await?;
     while let Some(document) = documents.try_next().await? {
         report.documents += 1;
         let Some((connection_id, id, received_ms, size, dids)) = node_document(&document) else {
@@ -197,7 +176,7 @@ fn node_document(document: &Document) -> Option<(String, String, i64, usize, Vec
     let connection_id = checked::<ConnectionId>(document.get_str("connectionId").ok()?)?;
     let id = document.get_str("messageId").ok()?.to_owned();
     let received_ms = document.get_datetime("createdAt").ok()?.timestamp_millis();
-    let size = super::document::encrypted_message_json(document.get("encryptedMessage")?)?.len();
+    let size = document::encrypted_message_json(document.get("encryptedMessage")?)?.len();
     let dids = document
         .get_array("recipientKeys")
         .map(|keys| {

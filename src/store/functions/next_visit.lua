@@ -1,7 +1,7 @@
--- When the mover should look at this connection again. ARGV: 2 move threshold ms (0: no
--- mover), 3 retention ms (0: none). Returns the time (ms) or -1 when nothing will need it; then
+-- When the mover should look at this connection again. ARGV: 1 move threshold ms (0: no
+-- mover), 2 retention ms (0: none). Returns the time (ms) or -1 when nothing will need it; then
 -- the visit marker goes too, so the next addMessage enters the connection in the index again.
-local threshold, retention = tonumber(ARGV[2]), tonumber(ARGV[3])
+local threshold, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 local next_at
 local function consider(t)
   if not next_at or t < next_at then next_at = t end
@@ -9,7 +9,7 @@ end
 local function head_received(key)
   local head = redis.call("ZRANGE", key, 0, 0)
   if head[1] then
-    local record = redis.call("HGET", K_MSG, head[1])
+    local record = redis.call("HGET", Q.msg, head[1])
     if record then
       local _, _, received = parse(record)
       return received
@@ -17,19 +17,19 @@ local function head_received(key)
     return 0
   end
 end
-local hot = head_received(K_PENDING)
+local hot = head_received(Q.pending)
 if hot and threshold > 0 then consider(hot + threshold) end
 if retention > 0 then
   if hot then consider(hot + retention) end
-  local cold = head_received(K_COLD)
+  local cold = head_received(Q.cold)
   if cold then consider(cold + retention) end
 end
 -- In-flight messages come back when their deadline passes, possibly old enough to move.
-local inflight = redis.call("ZRANGE", K_INFLIGHT, 0, 0, "WITHSCORES")
+local inflight = redis.call("ZRANGE", Q.inflight, 0, 0, "WITHSCORES")
 if inflight[1] then consider(tonumber(inflight[2]) + 1) end
-if redis.call("SCARD", K_TRASH) > 0 then consider(0) end
+if redis.call("SCARD", Q.trash) > 0 then consider(0) end
 if not next_at then
-  redis.call("DEL", K_VISIT)
+  redis.call("HDEL", Q.conn, "visit")
   return -1
 end
 return next_at

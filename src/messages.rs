@@ -1,0 +1,257 @@
+//! The message service: what the queue methods mean, for any caller (the RPC methods today, a
+//! delivery loop next). It owns everything about a message's life that is not one Redis
+//! function: the two tiers and reading bodies from MongoDB, serving what Redis holds while
+//! MongoDB is away, settling and discarding cold messages, handing live-session messages to
+//! their peer, and asking for pushes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cold::Cold;
+use crate::config::QueueSettings;
+use crate::live::{Delivered, Live};
+use crate::model::{ConnectionId, Did, MessageId, NewMessage};
+use crate::push::{PushToken, Pushes};
+use crate::store::{Settle, Store, StoreResult, Take, Taken};
+use crate::telemetry;
+
+pub struct Messages {
+    store: Store,
+    /// MongoDB, when MONGODB_URI is set.
+    cold: Option<Arc<Cold>>,
+    live: Arc<Live>,
+    pushes: Arc<Pushes>,
+    max_take_messages: u64,
+    max_take_bytes: u64,
+}
+
+/// What a take asks for; absent limits mean the server's maximum.
+pub struct TakeRequest<'a> {
+    pub recipient_did: Option<&'a Did>,
+    pub limit: Option<u64>,
+    pub limit_bytes: Option<u64>,
+    pub delete: bool,
+}
+
+impl Messages {
+    pub fn new(
+        store: Store,
+        cold: Option<Arc<Cold>>,
+        live: Arc<Live>,
+        pushes: Arc<Pushes>,
+        settings: &QueueSettings,
+    ) -> Self {
+        Self {
+            store,
+            cold,
+            live,
+            pushes,
+            max_take_messages: settings.max_take_messages,
+            max_take_bytes: settings.max_take_bytes,
+        }
+    }
+
+    /// Queues a message once it is in Redis and returns its id. If the connection has a live
+    /// session the message goes in flight to its peer; otherwise, with a push token, a push is
+    /// requested (sent later by the push workers: this never waits for it).
+    pub async fn add(
+        &self,
+        connection_id: &ConnectionId,
+        message: NewMessage,
+        push_token: Option<PushToken>,
+    ) -> StoreResult<String> {
+        // Both commands go out together on the multiplexed connection: one round trip.
+        let (live, ()) = tokio::join!(
+            self.store.add_message(connection_id, &message),
+            self.pushes
+                .remember_token(connection_id, push_token.as_ref()),
+        );
+        if let Some(live) = live? {
+            self.live
+                .deliver(Delivered {
+                    connection_id,
+                    live,
+                    message_id: &message.id,
+                    body: &message.body,
+                })
+                .await;
+        } else if push_token.is_some() {
+            self.pushes
+                .request(connection_id, push_token.as_ref(), &message.id);
+        }
+        Ok(message.id)
+    }
+
+    /// The oldest pending messages (QueuedMessage JSON), across both tiers. Without delete they
+    /// are in flight: hidden from further takes until the visibility timeout passes or they are
+    /// removed. Cold ones come back in flight from Redis; their bodies are read from MongoDB,
+    /// then they are deleted (with delete) or left in flight. If MongoDB cannot be read, they go
+    /// back to pending and the reply holds what Redis holds.
+    pub async fn take(
+        &self,
+        connection_id: &ConnectionId,
+        request: TakeRequest<'_>,
+    ) -> StoreResult<Vec<String>> {
+        let cold = self.cold.as_ref();
+        let take = Take {
+            recipient_did: request.recipient_did.map(|did| &**did),
+            limit: request
+                .limit
+                .unwrap_or(u64::MAX)
+                .min(self.max_take_messages),
+            limit_bytes: request
+                .limit_bytes
+                .unwrap_or(u64::MAX)
+                .min(self.max_take_bytes),
+            delete: request.delete,
+            hot_only: cold.is_none_or(|cold| !cold.is_available()),
+        };
+        if take.limit == 0 {
+            return Ok(Vec::new());
+        }
+        if take.hot_only && cold.is_some() {
+            metrics::counter!(telemetry::COLD_DEGRADED, "method" => "takeFromQueue").increment(1);
+        }
+        let taken = self.store.take(connection_id, &take).await?;
+        let cold_ids: Vec<&str> = taken
+            .messages
+            .iter()
+            .filter(|message| message.body.is_none())
+            .map(|message| message.id.as_str())
+            .collect();
+        if cold_ids.is_empty() {
+            return Ok(bodies(taken, HashMap::new()));
+        }
+        let read = match cold {
+            Some(cold) => cold.bodies(&cold_ids).await.map_err(|e| e.to_string()),
+            None => Err("MONGODB_URI is not set".to_owned()),
+        };
+        let found = match read {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(connection_id = &**connection_id, %error, "cold messages not read; serving what Redis holds");
+                metrics::counter!(telemetry::COLD_DEGRADED, "method" => "takeFromQueue")
+                    .increment(1);
+                self.store
+                    .settle_cold(connection_id, taken.deadline, &cold_ids, Settle::Release)
+                    .await?;
+                return Ok(bodies(taken, HashMap::new()));
+            }
+        };
+        // A document gone from MongoDB (its TTL index, or a hand) is a message gone.
+        let missing: Vec<&str> = cold_ids
+            .iter()
+            .copied()
+            .filter(|id| !found.contains_key(*id))
+            .collect();
+        if !missing.is_empty() {
+            metrics::counter!(telemetry::COLD_MISSING).increment(missing.len() as u64);
+            tracing::warn!(
+                connection_id = &**connection_id,
+                ?missing,
+                "cold messages without a document; removed"
+            );
+        }
+        let to_delete: Vec<&str> = if take.delete { cold_ids } else { missing };
+        if !to_delete.is_empty() {
+            let trashed = self
+                .store
+                .settle_cold(connection_id, taken.deadline, &to_delete, Settle::Delete)
+                .await?;
+            self.discard(connection_id, trashed);
+        }
+        Ok(bodies(taken, found))
+    }
+
+    /// Pending messages (in flight ones are not available), in both tiers; never reads MongoDB.
+    pub async fn count(
+        &self,
+        connection_id: &ConnectionId,
+        recipient_did: Option<&Did>,
+    ) -> StoreResult<u64> {
+        self.store
+            .count_pending(connection_id, recipient_did.map(|did| &**did))
+            .await
+    }
+
+    /// Removes messages by id; ids that are not queued (any more) are not an error:
+    /// acknowledgements may arrive twice. Removal from Redis is what counts (a message Redis
+    /// no longer lists is never handed out); documents of removed cold messages are deleted in
+    /// the background, or by the mover if MongoDB is away.
+    pub async fn remove(
+        &self,
+        connection_id: &ConnectionId,
+        message_ids: Vec<MessageId>,
+    ) -> StoreResult<()> {
+        if message_ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = message_ids.into_iter().map(String::from).collect();
+        let trashed = self.store.remove_messages(connection_id, &ids).await?;
+        self.discard(connection_id, trashed);
+        Ok(())
+    }
+
+    /// Removes every message of the connection, pending or in flight, in both tiers, or only
+    /// those for one recipient DID.
+    pub async fn remove_all(
+        &self,
+        connection_id: &ConnectionId,
+        recipient_did: Option<&Did>,
+    ) -> StoreResult<()> {
+        let did = recipient_did.map(|did| &**did);
+        let removed = self.store.remove_all(connection_id, did).await?;
+        self.discard(connection_id, removed.trashed);
+        if let (Some(cold), Some(cutoff)) = (&self.cold, removed.cold_cutoff_ms) {
+            // Redis no longer lists them, so they are gone for clients either way; what fails
+            // here is only disk space, left to MESSAGE_TTL or an operator.
+            if let Err(error) = cold.delete_received_until(connection_id, did, cutoff).await {
+                metrics::counter!(telemetry::COLD_DELETE_DEFERRED).increment(1);
+                tracing::warn!(connection_id = &**connection_id, cutoff, %error,
+                    "documents of removed messages not deleted: delete {{connectionId, createdAt <= cutoff}} by hand");
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the documents of removed cold messages, then forgets them in Redis, in the
+    /// background: the caller need not wait, since Redis no longer lists the messages. If
+    /// MongoDB fails (or this process dies first), the ids stay in the connection's trash and
+    /// the mover deletes the documents at its next visit.
+    fn discard(&self, connection_id: &str, trashed: Vec<String>) {
+        let Some(cold) = &self.cold else { return };
+        if trashed.is_empty() {
+            return;
+        }
+        let (cold, store, connection_id) =
+            (cold.clone(), self.store.clone(), connection_id.to_owned());
+        tokio::spawn(async move {
+            let outcome = match cold.delete(&trashed).await {
+                Ok(_) => store
+                    .clear_trash(&connection_id, &trashed)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => {
+                    let now = crate::model::now_ms();
+                    let _ = store.schedule_visit(&connection_id, now, false).await;
+                    Err(error.to_string())
+                }
+            };
+            if let Err(error) = outcome {
+                metrics::counter!(telemetry::COLD_DELETE_DEFERRED).increment(trashed.len() as u64);
+                tracing::warn!(%connection_id, %error, count = trashed.len(),
+                    "documents of removed messages not deleted yet; the mover retries");
+            }
+        });
+    }
+}
+
+/// The bodies of the messages taken, in the order taken; a cold one without a document is
+/// left out.
+fn bodies(taken: Taken, mut cold_bodies: HashMap<String, String>) -> Vec<String> {
+    taken
+        .messages
+        .into_iter()
+        .filter_map(|message| message.body.or_else(|| cold_bodies.remove(&message.id)))
+        .collect()
+}

@@ -1,0 +1,96 @@
+//! One connection type over a single Redis node and a Redis Cluster, so that nothing above
+//! `store` knows which it runs on. Both reconnect by themselves; the cluster one follows
+//! MOVED/ASK redirections and refreshes its view of the slots.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+use crate::config::{RedisSettings, RedisType};
+
+#[derive(Clone)]
+pub enum RedisConnection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Where to connect, and how to make more connections (blocking reads need their own).
+#[derive(Clone)]
+pub enum RedisClient {
+    Single(redis::Client),
+    Cluster(Vec<String>),
+}
+
+impl RedisClient {
+    pub fn new(settings: &RedisSettings) -> RedisResult<Self> {
+        Ok(match settings.redis_type {
+            RedisType::Single => Self::Single(redis::Client::open(settings.redis_url.as_str())?),
+            RedisType::Cluster => Self::Cluster(
+                settings
+                    .redis_nodes
+                    .iter()
+                    .map(|node| format!("redis://{node}"))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// A connection whose commands fail after `timeout` (None: never, for blocking reads). A
+    /// single-node connection is made lazily, so an instance starts while Redis is away.
+    pub async fn connect(&self, timeout: Option<Duration>) -> RedisResult<RedisConnection> {
+        match self {
+            Self::Single(client) => {
+                let connect_timeout = timeout.unwrap_or(Duration::from_secs(5));
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(timeout)
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+                Ok(RedisConnection::Single(manager))
+            }
+            Self::Cluster(nodes) => {
+                // A blocking read waits at most its BLOCK time: a generous bound stands for none.
+                let response = timeout.unwrap_or(Duration::from_secs(60));
+                let client = ClusterClient::builder(nodes.clone())
+                    .response_timeout(response)
+                    .connection_timeout(response.min(Duration::from_secs(5)))
+                    .build()?;
+                Ok(RedisConnection::Cluster(
+                    client.get_async_connection().await?,
+                ))
+            }
+        }
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}

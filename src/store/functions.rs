@@ -1,0 +1,203 @@
+//! The Redis function library: every multi-step operation is one function, called with FCALL.
+//! This table names each function and the keys it takes, in order; the Lua side gets them by
+//! name (`Q.msg`, `Q.pending`, ...) from a wrapper generated from the same table, so the key
+//! layout is written once. The library is loaded at start (`FUNCTION LOAD REPLACE`) and again
+//! whenever Redis reports it missing (a restart without persistence, a failover, a new node).
+//!
+//! Its name carries a hash of its source (`mpr_<hash>`, functions `<name>_<hash>`), so instances
+//! of two versions sharing one Redis during a rolling upgrade each call their own.
+
+use std::sync::LazyLock;
+
+use sha2::{Digest, Sha256};
+
+/// What a function's keys belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One connection: its keys share the hash tag `{<connectionId>}` (one cluster slot).
+    Connection,
+    /// The instances' heartbeat set.
+    Instances,
+}
+
+pub struct Function {
+    pub name: &'static str,
+    pub scope: Scope,
+    /// The keys, by name, in the order of KEYS (see `keys.rs`).
+    pub keys: &'static [&'static str],
+    /// Per-recipient-DID keys, by name, declared after `keys` for each DID the call names.
+    pub did_keys: &'static [&'static str],
+    /// The body sees its keys as locals `k_<name>` instead of the table `Q` the shared helpers
+    /// take: building the table costs about a microsecond, which the hot path does not pay.
+    locals: bool,
+    body: &'static str,
+}
+
+const CONNECTION: Scope = Scope::Connection;
+
+macro_rules! function {
+    ($static:ident, $name:literal, $scope:expr, $keys:expr, $did_keys:expr) => {
+        function!($static, $name, $scope, $keys, $did_keys, false);
+    };
+    ($static:ident, $name:literal, $scope:expr, $keys:expr, $did_keys:expr, $locals:expr) => {
+        pub static $static: Function = Function {
+            name: $name,
+            scope: $scope,
+            keys: $keys,
+            did_keys: $did_keys,
+            locals: $locals,
+            body: include_str!(concat!("functions/", $name, ".lua")),
+        };
+    };
+}
+
+/// The keys of every function that deletes messages (and may empty the queue).
+const DELETING: &[&str] = &["msg", "pending", "cold", "inflight", "trash", "seq", "conn"];
+
+#[rustfmt::skip]
+mod table {
+    use super::*;
+    function!(ADD_MESSAGE, "add_message", CONNECTION, &["msg", "seq", "conn", "pending", "inflight"], &["pending", "inflight"], true);
+    function!(TAKE_FROM_QUEUE, "take_from_queue", CONNECTION, DELETING, &["pending", "cold", "inflight"]);
+    function!(COUNT_PENDING, "count_pending", CONNECTION, &["msg", "pending", "cold", "inflight"], &["pending", "cold"]);
+    function!(REMOVE_MESSAGES, "remove_messages", CONNECTION, DELETING, &[]);
+    function!(REMOVE_ALL_MESSAGES, "remove_all_messages", CONNECTION, DELETING, &["pending", "cold", "inflight"]);
+    function!(SETTLE_COLD, "settle_cold", CONNECTION, DELETING, &[]);
+    function!(RELEASE, "release", CONNECTION, &["msg", "pending", "cold", "inflight", "conn"], &[]);
+    function!(UNBIND, "unbind", CONNECTION, &["conn"], &[]);
+    function!(RESTORE_BINDING, "restore_binding", CONNECTION, &["conn"], &[]);
+    function!(STALE_HEAD, "stale_head", CONNECTION, &["msg", "pending", "cold", "inflight", "moving"], &[]);
+    function!(TO_COLD, "to_cold", CONNECTION, &["msg", "pending", "cold", "mover", "moving"], &[]);
+    function!(EXPIRE, "expire", CONNECTION, DELETING, &[]);
+    function!(NEXT_VISIT, "next_visit", CONNECTION, &["msg", "pending", "cold", "inflight", "trash", "conn"], &[]);
+    function!(IMPORT, "import", CONNECTION, &["msg", "pending", "cold", "conn", "imported"], &[]);
+    function!(RELEASE_LEASE, "release_lease", CONNECTION, &["mover"], &[]);
+    function!(HEARTBEAT, "heartbeat", Scope::Instances, &["instances"], &[]);
+    function!(INSTANCE_ALIVE, "instance_alive", Scope::Instances, &["instances"], &[]);
+}
+pub use table::*;
+
+/// Every function of the library.
+pub static FUNCTIONS: [&Function; 17] = [
+    &ADD_MESSAGE,
+    &TAKE_FROM_QUEUE,
+    &COUNT_PENDING,
+    &REMOVE_MESSAGES,
+    &REMOVE_ALL_MESSAGES,
+    &SETTLE_COLD,
+    &RELEASE,
+    &UNBIND,
+    &RESTORE_BINDING,
+    &STALE_HEAD,
+    &TO_COLD,
+    &EXPIRE,
+    &NEXT_VISIT,
+    &IMPORT,
+    &RELEASE_LEASE,
+    &HEARTBEAT,
+    &INSTANCE_ALIVE,
+];
+
+const HELPERS: &str = include_str!("functions/lib.lua");
+
+/// The library's source and its version (a hash of what it is made of).
+pub struct Library {
+    pub version: String,
+    pub source: String,
+}
+
+pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+    let mut hash = Sha256::new();
+    hash.update(HELPERS);
+    for function in FUNCTIONS {
+        hash.update(function.name);
+        hash.update(function.keys.join(","));
+        hash.update(function.body);
+    }
+    let version: String = hash.finalize()[..6]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let mut source = format!("#!lua name=mpr_{version}\n{HELPERS}\n");
+    for function in FUNCTIONS {
+        source.push_str(&function.wrapper(&version));
+    }
+    Library { version, source }
+});
+
+impl Function {
+    /// The name FCALL takes.
+    pub fn fcall_name(&self) -> String {
+        format!("{}_{}", self.name, LIBRARY.version)
+    }
+
+    /// `redis.register_function` of this function, its keys bound by name.
+    fn wrapper(&self, version: &str) -> String {
+        let bind = if self.locals {
+            let names: Vec<String> = self.keys.iter().map(|key| format!("k_{key}")).collect();
+            let values: Vec<String> = (1..=self.keys.len())
+                .map(|i| format!("KEYS[{i}]"))
+                .collect();
+            format!("  local {} = {}\n", names.join(", "), values.join(", "))
+        } else {
+            let fields: String = self
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| format!(", {key} = KEYS[{}]", i + 1))
+                .collect();
+            // The per-recipient keys share the connection's prefix: derived from the first key.
+            let did_base = match self.scope {
+                Scope::Connection => format!(
+                    "  Q.did_base = string.sub(KEYS[1], 1, #KEYS[1] - {}) .. \"d:\"\n",
+                    self.keys[0].len()
+                ),
+                Scope::Instances => String::new(),
+            };
+            format!("  local Q = {{trashed = {{}}{fields}}}\n{did_base}")
+        };
+        format!(
+            "redis.register_function('{name}_{version}', function(KEYS, ARGV)\n{bind}{body}end)\n",
+            name = self.name,
+            body = self.body,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_a_function_takes_is_in_the_layout() {
+        for function in FUNCTIONS {
+            let known: &[&str] = match function.scope {
+                Scope::Connection => &super::super::keys::CONNECTION_KEYS,
+                Scope::Instances => &["instances"],
+            };
+            for key in function.keys.iter().chain(function.did_keys) {
+                assert!(known.contains(key), "{}: unknown key {key}", function.name);
+            }
+            // Every key a body reads must be declared.
+            let marker = if function.locals { "k_" } else { "Q." };
+            for used in function.body.split(marker).skip(1) {
+                let name: String = used
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    function.keys.contains(&name.as_str()) || name == "trashed",
+                    "{}: uses {marker}{name} without declaring it",
+                    function.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_library_names_its_version() {
+        assert!(LIBRARY.source.starts_with("#!lua name=mpr_"));
+        assert_eq!(LIBRARY.version.len(), 12);
+        assert!(ADD_MESSAGE.fcall_name().ends_with(&LIBRARY.version));
+    }
+}

@@ -1,0 +1,120 @@
+//! Live-session bindings: which peer a connection's new messages go to. The binding lives in the
+//! connection's hash (`kind`, `peer`, `session`); the newest binding wins, and a peer removes
+//! only its own (compare and delete), so a late close never ends a newer session elsewhere.
+
+use super::functions::{RESTORE_BINDING, UNBIND};
+use super::{Store, StoreResult};
+
+/// A peer that can hold live sessions, as a binding names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddress {
+    /// A WebSocket on one instance of this server (kind `ws`, address `<instance>/<socket>`).
+    Socket { instance: String, socket: u64 },
+}
+
+impl PeerAddress {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Socket { .. } => "ws",
+        }
+    }
+
+    pub fn address(&self) -> String {
+        match self {
+            Self::Socket { instance, socket } => format!("{instance}/{socket}"),
+        }
+    }
+
+    /// None for a kind this version does not know (written by a newer one).
+    pub fn parse(kind: &str, address: &str) -> Option<Self> {
+        match kind {
+            "ws" => {
+                let (instance, socket) = address.split_once('/')?;
+                Some(Self::Socket {
+                    instance: instance.to_owned(),
+                    socket: socket.parse().ok()?,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Kind and address, as stored.
+    pub fn stored(&self) -> (String, String) {
+        (self.kind().to_owned(), self.address())
+    }
+}
+
+impl Store {
+    /// The connection's binding: kind and address as stored, and the peer if this version
+    /// knows its kind.
+    pub async fn binding(
+        &self,
+        connection_id: &str,
+    ) -> StoreResult<Option<((String, String), Option<PeerAddress>)>> {
+        let conn = self.keys.connection(connection_id).key("conn");
+        let (kind, address): (Option<String>, Option<String>) = self
+            .query(redis::cmd("HMGET").arg(conn).arg("kind").arg("peer"))
+            .await?;
+        Ok(kind.zip(address).map(|(kind, address)| {
+            let peer = PeerAddress::parse(&kind, &address);
+            ((kind, address), peer)
+        }))
+    }
+
+    /// Binds the connection's live session to a peer; the newest binding wins.
+    pub async fn bind(
+        &self,
+        connection_id: &str,
+        peer: &PeerAddress,
+        session_id: &str,
+    ) -> StoreResult<()> {
+        let conn = self.keys.connection(connection_id).key("conn");
+        let mut hset = redis::cmd("HSET");
+        hset.arg(conn)
+            .arg("kind")
+            .arg(peer.kind())
+            .arg("peer")
+            .arg(peer.address())
+            .arg("session")
+            .arg(session_id);
+        self.query(&hset).await
+    }
+
+    /// Binds only where no binding exists (after Redis lost this instance's bindings).
+    pub async fn restore_binding(
+        &self,
+        connection_id: &str,
+        peer: &PeerAddress,
+        session_id: &str,
+    ) -> StoreResult<bool> {
+        let mut call = self.connection_call(&RESTORE_BINDING, connection_id, &[]);
+        call.arg(peer.kind()).arg(peer.address()).arg(session_id);
+        self.call(&call).await
+    }
+
+    /// Ends the session if it is still bound to `bound` (kind and address as stored). Returns
+    /// whether it was.
+    pub async fn unbind(&self, connection_id: &str, bound: &(String, String)) -> StoreResult<bool> {
+        let mut call = self.connection_call(&UNBIND, connection_id, &[]);
+        call.arg(&bound.0).arg(&bound.1);
+        self.call(&call).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_address_round_trips() {
+        let peer = PeerAddress::Socket {
+            instance: "0123456789abcdef".into(),
+            socket: 42,
+        };
+        let (kind, address) = peer.stored();
+        assert_eq!(PeerAddress::parse(&kind, &address), Some(peer));
+        assert_eq!(PeerAddress::parse("relay", "x"), None);
+        assert_eq!(PeerAddress::parse("ws", "no-socket"), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! A connection's queue: add, take, count, remove, and the settling of cold and undelivered
+//! messages. One function call each (`removeAllMessages` of one DID among several: a bounded
+//! batch per call, repeated).
+
+use super::functions::{
+    ADD_MESSAGE, COUNT_PENDING, RELEASE, REMOVE_ALL_MESSAGES, REMOVE_MESSAGES, SETTLE_COLD,
+    TAKE_FROM_QUEUE,
+};
+use super::live::PeerAddress;
+use super::record::record_tail;
+use super::{Store, StoreError, StoreResult, flag};
+use crate::model::NewMessage;
+
+/// Messages one call deletes one by one (~10 µs each in Redis) before yielding to other clients.
+const REMOVE_BATCH: u64 = 2000;
+
+/// An added message that went straight in flight to a live session.
+#[derive(Debug, Clone)]
+pub struct LiveDelivery {
+    /// The peer bound to the connection; `None` when its kind is unknown to this version.
+    pub peer: Option<PeerAddress>,
+    /// Kind and address as stored, to release the message by.
+    pub bound: (String, String),
+    /// Visibility deadline the message got (Redis clock, ms); a release must name it.
+    pub deadline: i64,
+}
+
+pub struct Take<'a> {
+    pub recipient_did: Option<&'a str>,
+    pub limit: u64,
+    pub limit_bytes: u64,
+    pub delete: bool,
+    /// Leave cold messages out (MongoDB is unavailable): serve what Redis holds.
+    pub hot_only: bool,
+}
+
+/// What a take handed out, oldest first.
+pub struct Taken {
+    /// The visibility deadline of the messages left in flight (Redis clock, ms).
+    pub deadline: i64,
+    pub messages: Vec<TakenMessage>,
+}
+
+pub struct TakenMessage {
+    pub id: String,
+    /// The QueuedMessage JSON, or `None` for a cold message: in flight until the caller has
+    /// read it from MongoDB and settled it.
+    pub body: Option<String>,
+}
+
+/// What removeAllMessages did.
+pub struct RemovedAll {
+    pub removed: u64,
+    /// Cold messages deleted one by one: their documents are to be deleted.
+    pub trashed: Vec<String>,
+    /// When whole cold tiers went at once: the connection's documents received up to this
+    /// time (Redis clock, ms) are to be deleted.
+    pub cold_cutoff_ms: Option<i64>,
+}
+
+/// How a take's cold messages end.
+#[derive(Clone, Copy)]
+pub enum Settle {
+    /// Delivered with deleteMessages, or gone from MongoDB: delete them.
+    Delete,
+    /// MongoDB could not be read: pending again.
+    Release,
+}
+
+fn decode<T: redis::FromRedisValue>(value: Option<redis::Value>) -> StoreResult<T> {
+    T::from_redis_value(value.unwrap_or(redis::Value::Nil))
+        .map_err(|error| StoreError::Redis(error.into()))
+}
+
+fn did_list(did: Option<&str>) -> Vec<&str> {
+    did.into_iter().collect()
+}
+
+impl Store {
+    /// Queues a message; when the connection has a live session it is queued in flight to it.
+    pub async fn add_message(
+        &self,
+        connection_id: &str,
+        message: &NewMessage,
+    ) -> StoreResult<Option<LiveDelivery>> {
+        let dids: Vec<&str> = message.dids.iter().map(String::as_str).collect();
+        let mut call = self.connection_call(&ADD_MESSAGE, connection_id, &dids);
+        call.arg(&message.id)
+            .arg(crate::model::now_ms())
+            .arg(record_tail(
+                message.size,
+                message.received_ms,
+                &message.dids,
+                &message.body,
+            ))
+            .arg(self.visibility_ms)
+            .arg(self.visit_after_ms)
+            .arg(&dids);
+        let reply: Vec<redis::Value> = self.call(&call).await?;
+        let mut reply = reply.into_iter();
+        let visit: u8 = decode(reply.next())?;
+        if visit == 1 {
+            // A crash before this leaves the message unvisited until the marker's time passes
+            // and another message arrives: it stays served from Redis meanwhile, never lost.
+            let at = message.received_ms + self.visit_after_ms as i64;
+            self.schedule_visit(connection_id, at, true).await?;
+        }
+        if reply.len() == 0 {
+            return Ok(None);
+        }
+        let (kind, address): (String, String) = (decode(reply.next())?, decode(reply.next())?);
+        Ok(Some(LiveDelivery {
+            peer: PeerAddress::parse(&kind, &address),
+            bound: (kind, address),
+            deadline: decode(reply.next())?,
+        }))
+    }
+
+    /// The oldest pending messages of both tiers; cold ones are left in flight for `settle_cold`.
+    pub async fn take(&self, connection_id: &str, take: &Take<'_>) -> StoreResult<Taken> {
+        let dids = did_list(take.recipient_did);
+        let mut call = self.connection_call(&TAKE_FROM_QUEUE, connection_id, &dids);
+        call.arg(take.recipient_did.unwrap_or(""))
+            .arg(take.limit)
+            .arg(take.limit_bytes)
+            .arg(flag(take.delete))
+            .arg(self.visibility_ms)
+            .arg(flag(take.hot_only));
+        let (deadline, pairs): (i64, Vec<(String, String)>) = self.call(&call).await?;
+        let messages = pairs
+            .into_iter()
+            .map(|(id, body)| TakenMessage {
+                id,
+                body: (!body.is_empty()).then_some(body),
+            })
+            .collect();
+        Ok(Taken { deadline, messages })
+    }
+
+    /// Deletes or releases cold messages a take left in flight with `deadline`. Returns the ids
+    /// whose documents are to be deleted.
+    pub async fn settle_cold(
+        &self,
+        connection_id: &str,
+        deadline: i64,
+        ids: &[&str],
+        settle: Settle,
+    ) -> StoreResult<Vec<String>> {
+        let mut call = self.connection_call(&SETTLE_COLD, connection_id, &[]);
+        call.arg(match settle {
+            Settle::Delete => "delete",
+            Settle::Release => "release",
+        })
+        .arg(deadline)
+        .arg(ids);
+        let (_, trashed): (u64, Vec<String>) = self.call(&call).await?;
+        Ok(trashed)
+    }
+
+    /// Forgets trashed ids once their documents are deleted.
+    pub async fn clear_trash(&self, connection_id: &str, ids: &[String]) -> StoreResult<()> {
+        let trash = self.keys.connection(connection_id).key("trash");
+        self.query(redis::cmd("SREM").arg(trash).arg(ids)).await
+    }
+
+    pub async fn count_pending(
+        &self,
+        connection_id: &str,
+        recipient_did: Option<&str>,
+    ) -> StoreResult<u64> {
+        let dids = did_list(recipient_did);
+        let mut call = self.connection_call(&COUNT_PENDING, connection_id, &dids);
+        call.arg(recipient_did.unwrap_or(""));
+        self.call(&call).await
+    }
+
+    /// Returns the ids of removed cold messages, whose documents are to be deleted.
+    pub async fn remove_messages(
+        &self,
+        connection_id: &str,
+        ids: &[String],
+    ) -> StoreResult<Vec<String>> {
+        let mut call = self.connection_call(&REMOVE_MESSAGES, connection_id, &[]);
+        call.arg(ids);
+        let (_, trashed): (u64, Vec<String>) = self.call(&call).await?;
+        Ok(trashed)
+    }
+
+    /// Removes every message of the connection, or of one recipient DID. The DID's messages
+    /// are deleted in atomic batches when other DIDs share the queue, so a long queue never
+    /// blocks Redis; a message added meanwhile may or may not be removed.
+    pub async fn remove_all(
+        &self,
+        connection_id: &str,
+        recipient_did: Option<&str>,
+    ) -> StoreResult<RemovedAll> {
+        let dids = did_list(recipient_did);
+        let mut all = RemovedAll {
+            removed: 0,
+            trashed: Vec::new(),
+            cold_cutoff_ms: None,
+        };
+        loop {
+            let mut call = self.connection_call(&REMOVE_ALL_MESSAGES, connection_id, &dids);
+            call.arg(recipient_did.unwrap_or("")).arg(REMOVE_BATCH);
+            let (batch, more, cutoff, trashed): (u64, u8, i64, Vec<String>) =
+                self.call(&call).await?;
+            all.removed += batch;
+            all.trashed.extend(trashed);
+            if cutoff > 0 {
+                all.cold_cutoff_ms = Some(cutoff);
+            }
+            if more == 0 {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Makes messages that could not be delivered pending again (only those still in flight
+    /// with the deadline their delivery set), and drops the binding if it still names `bound`
+    /// (kind and address as stored).
+    pub async fn release(
+        &self,
+        connection_id: &str,
+        bound: &(String, String),
+        messages: &[(String, i64)],
+    ) -> StoreResult<u64> {
+        let mut call = self.connection_call(&RELEASE, connection_id, &[]);
+        call.arg(&bound.0).arg(&bound.1);
+        for (id, deadline) in messages {
+            call.arg(id).arg(deadline);
+        }
+        self.call(&call).await
+    }
+}
