@@ -1,62 +1,40 @@
-//! The Redis "ceiling": the same Redis, on the same machine, running the same scripts with the
-//! same payload, driven by redis-benchmark (throughput) or by this tool's RESP client (latency).
-//!
-//! The server's queue scripts are read at run time from `--lua-dir` (prelude.lua + the
-//! operation's file, exactly as the server concatenates them).
+//! The Redis "ceiling": the same Redis, on the same machine, running the server's own function
+//! library (`mpr::store::functions`: the same source, names and keys) with the same payload,
+//! driven by redis-benchmark (throughput) or by this tool's RESP client (latency).
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use mpr::store::Keys;
+use mpr::store::functions::{ADD_MESSAGE, Function, LIBRARY};
 
 use crate::client::{DID, jwe_payload};
 use crate::procs::run_tracked;
 use crate::resp::{Resp, Val};
 
-/// Visibility timeout the ceiling passes to the scripts (the server's default).
+/// Visibility timeout the ceiling passes to the functions (the server's default).
 pub const VISIBILITY_MS: u64 = 30_000;
 
-pub struct Scripts {
-    pub add: String,
-    pub take: String,
-    pub remove: String,
-    pub remove_all: String,
+/// Loads the server's function library, as the server does at start.
+pub async fn load_library(r: &mut Resp) -> Result<()> {
+    r.cmd(&["FUNCTION", "LOAD", "REPLACE", &LIBRARY.source])
+        .await?
+        .ok()?;
+    Ok(())
 }
 
-impl Scripts {
-    pub fn read(dir: &Path) -> Result<Self> {
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .with_context(|| format!("reading {}", dir.join(name).display()))
-        };
-        let prelude = read("prelude.lua")?;
-        Ok(Self {
-            add: format!("{prelude}{}", read("add_message.lua")?),
-            take: format!("{prelude}{}", read("take_from_queue.lua")?),
-            remove: format!("{prelude}{}", read("remove_messages.lua")?),
-            remove_all: format!("{prelude}{}", read("remove_all_messages.lua")?),
-        })
-    }
-
-    /// The server's add_message script, behind a preamble that derives the 11 keys of one of
-    /// `connections` connections and a unique 24-digit id from two random numbers
-    /// (redis-benchmark substitutes each `__rand_int__` independently, so the keys of one
-    /// connection cannot all be spelled on its command line; and one number alone repeats often
-    /// enough over 10^5 calls to hit the script's duplicate-id error, which stops redis-benchmark).
-    /// ARGV: 1 and 2 random numbers, 3 record tail. Local `KEYS`/`ARGV` shadow the globals for
-    /// the server's code below. No visit marker (ARGV[5] 0), as a server without a mover.
-    pub fn add_for_benchmark(&self, connections: u64) -> String {
-        let keys: Vec<String> = QUEUE_KEYS.iter().map(|k| format!("c .. '{k}'")).collect();
-        format!(
-            "local r = tonumber(ARGV[1])\n\
-             local c = 'ceil:{{c' .. (r % {connections}) .. '}}:'\n\
-             local KEYS = {{{}}}\n\
-             local ARGV = {{c .. 'd:', ARGV[1] .. ARGV[2], '{VISIBILITY_MS}', ARGV[3], '0', '{DID}'}}\n\
-             {}",
-            keys.join(", "),
-            self.add
-        )
-    }
+/// One FCALL of a function on a connection's keys (and those of `dids`), then `args`.
+pub fn fcall(
+    function: &Function,
+    prefix: &str,
+    connection_id: &str,
+    dids: &[&str],
+    args: &[String],
+) -> Vec<String> {
+    let mut cmd = vec!["FCALL".to_owned()];
+    cmd.extend(function.call_args(&Keys::new(prefix), connection_id, dids));
+    cmd.extend(args.iter().cloned());
+    cmd
 }
 
 /// The plain three-command script of the target (RPUSH, ZADD, HGET). KEYS: list, zset, hash.
@@ -64,13 +42,6 @@ impl Scripts {
 pub const PLAIN_SCRIPT: &str = "redis.call('RPUSH', KEYS[1], ARGV[2])\n\
      redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])\n\
      return redis.call('HGET', KEYS[3], ARGV[1])";
-
-/// The names of a connection's queue keys, in the order the queue scripts take them (the
-/// layout of src/store/keys.rs).
-pub const QUEUE_KEYS: [&str; 12] = [
-    "msg", "pending", "inflight", "seq", "dids", "live", "cold", "trash", "visit", "mover",
-    "imported", "moving",
-];
 
 /// Messages remove_all_messages deletes one by one per call (the server's `REMOVE_BATCH`).
 pub const REMOVE_BATCH: &str = "2000";
@@ -115,64 +86,47 @@ pub fn record_tail(id: &str, received_ms: i64, payload: &str) -> String {
     )
 }
 
-/// Keys and did_base of one connection's queue under a prefix (same layout as src/store/keys.rs).
-pub fn queue_keys(prefix: &str, connection_id: &str) -> (Vec<String>, String) {
-    let base = format!("{prefix}:{{{connection_id}}}:");
-    let keys = QUEUE_KEYS.iter().map(|s| format!("{base}{s}")).collect();
-    (keys, format!("{base}d:"))
-}
-
-/// One key of a connection's queue, by its name in `QUEUE_KEYS`.
+/// One key of a connection, by its name in the server's layout.
 pub fn queue_key(prefix: &str, connection_id: &str, name: &str) -> String {
-    debug_assert!(QUEUE_KEYS.contains(&name), "{name}");
-    format!("{prefix}:{{{connection_id}}}:{name}")
+    Keys::new(prefix).connection(connection_id).key(name)
 }
 
-/// The shard of the visit index holding a connection: `<prefix>:visits:{<n>}` with n the
-/// FNV-1a hash of the connection id modulo 16 (`visits_of` in src/store/keys.rs).
+/// The shard of the visit index holding a connection.
 pub fn visits_key(prefix: &str, connection_id: &str) -> String {
-    let hash = connection_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
-    format!("{prefix}:visits:{{{}}}", hash % 16)
+    Keys::new(prefix).visits_of(connection_id)
 }
 
-/// One EVALSHA call of a queue script: sha, 11 keys, did_base, then `args`.
-pub fn queue_call(sha: &str, prefix: &str, connection_id: &str, args: &[String]) -> Vec<String> {
-    let (keys, did_base) = queue_keys(prefix, connection_id);
-    let mut cmd = vec!["EVALSHA".to_owned(), sha.to_owned(), keys.len().to_string()];
-    cmd.extend(keys);
-    cmd.push(did_base);
-    cmd.extend(args.iter().cloned());
-    cmd
+/// ARGV of an add_message call for one message, as a server without a mover makes it (visit
+/// marker lifetime 0): the record tail last.
+fn add_argv(id: &str, tail: String) -> Vec<String> {
+    vec![
+        id.to_owned(),
+        unix_ms().to_string(),
+        VISIBILITY_MS.to_string(),
+        "0".to_owned(),
+        DID.to_owned(),
+        tail,
+    ]
 }
 
-/// An add_message call for one connection with a unique id, as a server without a mover makes
-/// it (visit marker lifetime 0).
+/// An add_message call for one connection with a unique id.
 pub fn add_call(
-    sha: &str,
     prefix: &str,
     connection_id: &str,
     (id, received_ms): (&str, i64),
     payload: &str,
 ) -> Vec<String> {
-    queue_call(
-        sha,
+    let tail = record_tail(id, received_ms, payload);
+    fcall(
+        &ADD_MESSAGE,
         prefix,
         connection_id,
-        &[
-            id.to_owned(),
-            VISIBILITY_MS.to_string(),
-            record_tail(id, received_ms, payload),
-            "0".to_owned(),
-            DID.to_owned(),
-        ],
+        &[DID],
+        &add_argv(id, tail),
     )
 }
 
-/// Ids and receive times of messages written directly with the server's add script: ids count
+/// Ids and receive times of messages written directly with the server's add function: ids count
 /// up (24 hex digits); receive times follow this host's clock set back by `age_ms`, and
 /// strictly increase, so that arrival order and `receivedAt` order agree.
 pub struct Ids {
@@ -197,10 +151,9 @@ impl Ids {
     }
 }
 
-/// Fills a queue directly with the server's add script, pipelined.
+/// Fills a queue directly with the server's add function, pipelined.
 pub async fn fill(
     redis: &mut Resp,
-    sha: &str,
     prefix: &str,
     connection_id: &str,
     count: usize,
@@ -213,7 +166,7 @@ pub async fn fill(
         let cmds: Vec<Vec<String>> = (0..batch)
             .map(|_| {
                 let (id, received) = ids.next();
-                add_call(sha, prefix, connection_id, (&id, received), &payload)
+                add_call(prefix, connection_id, (&id, received), &payload)
             })
             .collect();
         let (errors, first) = redis.pipeline(&cmds).await?;
@@ -303,11 +256,16 @@ pub fn plain_args(sha: &str) -> Vec<String> {
     .collect()
 }
 
-pub fn add_args(sha: &str) -> Vec<String> {
-    ["EVALSHA", sha, "0", "__rand_int__", "__rand_int__"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+/// Command for the server's add function through redis-benchmark, the record tail read from
+/// stdin (-x). redis-benchmark draws each `__rand_int__` on its own, so each key is of a
+/// random connection among `-r` (the cost of a call does not depend on which) and the id is
+/// four draws: unique enough over a run never to hit the duplicate-id error, which stops it.
+pub fn add_args() -> Vec<String> {
+    let random = "c__rand_int__";
+    let id = "__rand_int__".repeat(4);
+    let mut argv = add_argv(&id, String::new());
+    argv.pop(); // the tail comes from stdin
+    fcall(&ADD_MESSAGE, "ceil", random, &[DID], &argv)
 }
 
 #[cfg(test)]
@@ -322,9 +280,12 @@ mod tests {
     }
 
     #[test]
-    fn visit_shards_as_the_server_does() {
-        // FNV-1a of "" is the offset basis: 0xcbf29ce484222325 % 16 = 5.
-        assert_eq!(visits_key("mpr", ""), "mpr:visits:{5}");
+    fn the_add_ceiling_calls_the_servers_function_with_its_keys() {
+        let cmd = add_args();
+        assert_eq!(cmd[0], "FCALL");
+        assert_eq!(cmd[1], ADD_MESSAGE.fcall_name());
+        assert!(cmd.iter().any(|part| part == "ceil:{c__rand_int__}:msg"));
+        assert_eq!(cmd.last().map(String::as_str), Some(DID));
     }
 
     #[test]

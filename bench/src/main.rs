@@ -65,10 +65,6 @@ struct Cli {
     #[arg(long, default_value = "redis-benchmark")]
     redis_benchmark: String,
 
-    /// Directory of the server's Lua scripts (read at run time for the ceilings).
-    #[arg(long, default_value = "src/store/lua")]
-    lua_dir: PathBuf,
-
     /// Small counts and short runs: a smoke test of the tool, not figures to quote.
     #[arg(long)]
     quick: bool,
@@ -159,7 +155,6 @@ pub struct Settings {
     pub redis_server: String,
     pub secantusd: String,
     pub redis_benchmark: String,
-    pub lua_dir: PathBuf,
     pub quick: bool,
     pub runs: usize,
     pub clients: Vec<usize>,
@@ -189,7 +184,6 @@ impl Settings {
             redis_server: cli.redis_server.clone(),
             secantusd: cli.secantusd.clone(),
             redis_benchmark: cli.redis_benchmark.clone(),
-            lua_dir: cli.lua_dir.clone(),
             quick: q,
             runs: cli.runs.unwrap_or(if q { 1 } else { 3 }).max(1),
             clients: cli.clients.clone(),

@@ -9,7 +9,7 @@ use anyhow::Result;
 use tokio::time::Instant;
 
 use crate::Settings;
-use crate::ceiling::{self, BenchResult, PLAIN_SCRIPT, Scripts, record_tail, unix_ms};
+use crate::ceiling::{self, BenchResult, PLAIN_SCRIPT, record_tail, unix_ms};
 use crate::client::{add_message_params, jwe_payload};
 use crate::fastws::{RawWs, Template};
 use crate::procs::{CpuMeter, Mpr, Redis, fmt_cpu};
@@ -135,9 +135,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let redis = Redis::start(&s.redis_server).await?;
     let mpr = Mpr::start(&s.mpr_bin, &redis.url(), "add", &[]).await?;
     let mut r = redis.conn().await?;
-    let scripts = Scripts::read(&s.lua_dir)?;
+    ceiling::load_library(&mut r).await?;
     let plain_sha = r.load(PLAIN_SCRIPT).await?;
-    let add_sha = r.load(&scripts.add_for_benchmark(s.connections)).await?;
     let payload = jwe_payload(None);
     let tail = record_tail(&"0".repeat(24), unix_ms(), &payload);
     let params: Arc<Vec<Template>> = Arc::new(
@@ -157,17 +156,17 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         "p50 / p99",
         "ceiling: plain RPUSH+ZADD+HGET script",
         "mpr / plain",
-        "ceiling: server's add_message script",
-        "mpr / add script",
-        "EVALSHA per addMessage (Redis µs per script call)",
+        "ceiling: server's add_message function",
+        "mpr / add function",
+        "FCALL per addMessage (Redis µs per call)",
         "CPU cores used",
     ]);
     let mut runs_detail = Vec::new();
     let mut us_table = Table::new(&[
         "clients",
-        "plain script, under redis-benchmark",
-        "server's add_message script, under redis-benchmark",
-        "server's add_message script, under mpr",
+        "plain script (EVALSHA), under redis-benchmark",
+        "server's add_message function (FCALL), under redis-benchmark",
+        "server's add_message function (FCALL), under mpr",
     ]);
     for &c in &s.clients {
         let (mut rates, mut p50s, mut p99s, mut plain, mut real) =
@@ -192,12 +191,12 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
             let m = measure(mpr.ws_port, c, params.clone(), s.warmup, s.duration, None).await?;
             cpu = fmt_cpu(&meter.stop());
             let stats = r.cmdstats().await?;
-            let evalsha = stats.iter().find(|x| x.0 == "evalsha");
-            mpr_us.push(evalsha.map(|e| e.2).unwrap_or(f64::NAN));
+            let fcall = stats.iter().find(|x| x.0 == "fcall");
+            mpr_us.push(fcall.map(|e| e.2).unwrap_or(f64::NAN));
             cmds_per_add = format!(
                 "{:.2} ({})",
-                evalsha.map(|e| e.1).unwrap_or(0) as f64 / m.calls.max(1) as f64,
-                evalsha
+                fcall.map(|e| e.1).unwrap_or(0) as f64 / m.calls.max(1) as f64,
+                fcall
                     .map(|e| format!("{:.1} µs", e.2))
                     .unwrap_or_else(|| "n/a".into())
             );
@@ -232,7 +231,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 &payload,
             )
             .await?;
-            plain_us.push(evalsha_us(&mut r).await?);
+            plain_us.push(usec_per_call(&mut r, "evalsha").await?);
             plain.push(p.rps);
             plain_lat.push((p.p50_ms, p.p99_ms));
             clear(&mut r).await?;
@@ -242,12 +241,12 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 redis.port,
                 c,
                 n,
-                1_000_000_000,
-                &ceiling::add_args(&add_sha),
+                s.connections,
+                &ceiling::add_args(),
                 &tail,
             )
             .await?;
-            real_us.push(evalsha_us(&mut r).await?);
+            real_us.push(usec_per_call(&mut r, "fcall").await?);
             real.push(a.rps);
             real_lat.push((a.p50_ms, a.p99_ms));
             eprintln!(
@@ -302,16 +301,16 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let mut text = format!(
         "## addMessage throughput\n\n\
          Closed loop: each client is one WebSocket with one `addMessage` in flight, {} connection ids, \
-         {} s measured after {} ms warm-up per run; the ceilings are `redis-benchmark -c <clients> -n <N> -r ... -x EVALSHA ...` \
-         on the same Redis, same payload, same concurrency, run right after each mpr run.\n\n{}",
+         {} s measured after {} ms warm-up per run; the ceilings are `redis-benchmark -c <clients> -n <N> -r ... -x` \
+         running the plain script (EVALSHA) and the server's add function (FCALL) on the same Redis, same payload, same concurrency, run right after each mpr run.\n\n{}",
         s.connections,
         s.duration.as_secs_f64(),
         s.warmup.as_millis(),
         table.render()
     );
     text.push_str(&format!(
-        "\nRedis CPU time per script call (INFO commandstats `usec_per_call` of EVALSHA; Redis is single-threaded, so \
-         1 s / this figure bounds the rate of that script on this Redis):\n\n{}",
+        "\nRedis CPU time per call (INFO commandstats `usec_per_call` of EVALSHA or FCALL; Redis is single-threaded, so \
+         1 s / this figure bounds the rate of that call on this Redis):\n\n{}",
         us_table.render()
     ));
     for d in runs_detail {
@@ -347,11 +346,11 @@ fn lat(v: &[(f64, f64)]) -> String {
     )
 }
 
-async fn evalsha_us(r: &mut crate::resp::Resp) -> Result<f64> {
+async fn usec_per_call(r: &mut crate::resp::Resp, command: &str) -> Result<f64> {
     let stats = r.cmdstats().await?;
     Ok(stats
         .iter()
-        .find(|x| x.0 == "evalsha")
+        .find(|x| x.0 == command)
         .map(|e| e.2)
         .unwrap_or(f64::NAN))
 }

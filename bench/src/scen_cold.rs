@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use crate::Settings;
-use crate::ceiling::{Ids, Scripts, fill, queue_key, visits_key};
+use crate::ceiling::{Ids, fill, load_library, queue_key, visits_key};
 use crate::client::{Client, add_message_params, ids_json, jwe_payload, queued_messages};
 use crate::fastws::Template;
 use crate::procs::{self, CpuMeter, Mongo, Mpr, Redis, cpu_secs, fmt_cpu};
@@ -206,18 +206,17 @@ async fn moving(
     counts: &Counts,
     procs: &Procs,
     r: &mut Resp,
-    add_sha: &str,
     stale: &mut Ids,
     report: &mut Report,
 ) -> Result<Moving> {
     let big = ["cold-big".to_owned()];
     let others: Vec<String> = (0..OTHERS).map(|i| format!("cold-{i}")).collect();
     let t = Instant::now();
-    fill(r, add_sha, PREFIX, &big[0], counts.big, stale).await?;
+    fill(r, PREFIX, &big[0], counts.big, stale).await?;
     let mut targets = vec![counts.big as u64];
     for (i, c) in others.iter().enumerate() {
         let n = counts.others / OTHERS + usize::from(i < counts.others % OTHERS);
-        fill(r, add_sha, PREFIX, c, n, stale).await?;
+        fill(r, PREFIX, c, n, stale).await?;
         targets.push(n as u64);
     }
     let fill_secs = t.elapsed().as_secs_f64();
@@ -251,7 +250,6 @@ async fn load(
     counts: &Counts,
     procs: &Procs,
     r: &mut Resp,
-    add_sha: &str,
     stale: &mut Ids,
     report: &mut Report,
 ) -> Result<Load> {
@@ -311,7 +309,7 @@ async fn load(
     for (i, c) in backlog.iter().enumerate() {
         let n = counts.backlog / BACKLOG_CONNECTIONS
             + usize::from(i < counts.backlog % BACKLOG_CONNECTIONS);
-        fill(r, add_sha, PREFIX, c, n, stale).await?;
+        fill(r, PREFIX, c, n, stale).await?;
         targets.push(n as u64);
     }
     let before = sum(zcards(r, &load_cold).await?);
@@ -365,7 +363,6 @@ async fn load(
 async fn takes(
     port: u16,
     r: &mut Resp,
-    add_sha: &str,
     conn: &str,
     n: usize,
     cold: bool,
@@ -418,7 +415,7 @@ async fn takes(
         if removed != "true" {
             bail!("removeMessages returned {removed}");
         }
-        fill(r, add_sha, PREFIX, conn, taken.len(), ids).await?;
+        fill(r, PREFIX, conn, taken.len(), ids).await?;
         if cold {
             let since = Instant::now();
             schedule_visits(r, &conns).await?;
@@ -493,12 +490,11 @@ async fn one_run(s: &Settings, run: usize, report: &mut Report) -> Result<RunFig
         s.runs
     );
     let procs = Procs::start(s).await?;
-    let scripts = Scripts::read(&s.lua_dir)?;
     let mut r = procs.redis.conn().await?;
-    let add_sha = r.load(&scripts.add).await?;
+    load_library(&mut r).await?;
     let mut stale = Ids::new(STALE_MS);
 
-    let moving = moving(s, &counts, &procs, &mut r, &add_sha, &mut stale, report).await?;
+    let moving = moving(s, &counts, &procs, &mut r, &mut stale, report).await?;
     eprintln!(
         "      moved {} in {:.1} s (the big connection in {:.1} s, the others in {:.1} s); fill {:.1} s",
         counts.big + counts.others,
@@ -507,7 +503,7 @@ async fn one_run(s: &Settings, run: usize, report: &mut Report) -> Result<RunFig
         moving.others_secs,
         moving.fill_secs
     );
-    let load = load(s, &counts, &procs, &mut r, &add_sha, &mut stale, report).await?;
+    let load = load(s, &counts, &procs, &mut r, &mut stale, report).await?;
     eprintln!(
         "      addMessage p99 {:.3} ms without cold tier, {:.3} ms mover idle, {:.3} ms while moving ({} backlog messages moved while measured; all in {:.1} s)",
         load.plain.p99, load.idle.p99, load.busy.p99, load.busy_backlog_moved, load.backlog_secs
@@ -515,7 +511,7 @@ async fn one_run(s: &Settings, run: usize, report: &mut Report) -> Result<RunFig
 
     // (c): the N cold queue is cold-big; a queue of 100 cold and one of N hot beside it.
     let small = "cold-small";
-    fill(&mut r, &add_sha, PREFIX, small, SMALL, &mut stale).await?;
+    fill(&mut r, PREFIX, small, SMALL, &mut stale).await?;
     let since = Instant::now();
     schedule_visits(&mut r, &[small.to_owned()]).await?;
     let small_key = [queue_key(PREFIX, small, "cold")];
@@ -536,7 +532,7 @@ async fn one_run(s: &Settings, run: usize, report: &mut Report) -> Result<RunFig
     }
     // Fresh messages and no visit: the mover never looks at this queue.
     let mut fresh = Ids::new(0);
-    fill(&mut r, &add_sha, PREFIX, "hot-big", counts.big, &mut fresh).await?;
+    fill(&mut r, PREFIX, "hot-big", counts.big, &mut fresh).await?;
     let port = procs.mpr.ws_port;
     let mut rounds = Vec::new();
     for (conn, n, cold) in [
@@ -547,7 +543,7 @@ async fn one_run(s: &Settings, run: usize, report: &mut Report) -> Result<RunFig
         s.settle(&format!("cold: takes on {conn}, run {}", run + 1), report)
             .await;
         let ids = if cold { &mut stale } else { &mut fresh };
-        let t = takes(port, &mut r, &add_sha, conn, n, cold, ids, s.cycles).await?;
+        let t = takes(port, &mut r, conn, n, cold, ids, s.cycles).await?;
         eprintln!(
             "      {conn} ({n}): take p50 {:.3} ms p99 {:.3} ms, remove p50 {:.3} ms; longest refill wait {} ms",
             pct_ms(&t.take, 0.5),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Settings;
-use crate::ceiling::{Ids, Scripts, add_call, queue_call, record_tail};
+use crate::ceiling::{Ids, add_call, fcall, load_library, queue_key, record_tail};
 use crate::client::{
     Client, Frame, IdlePool, add_message_params, clip, connect_ws, find_ts, ids_json, jwe_payload,
     now_ns, request,
@@ -30,6 +30,7 @@ use crate::client::{
 use crate::procs::{CpuMeter, Mpr, Redis, fmt_cpu};
 use crate::report::{self, Report, Table, max_ms, median, new_hist, pct_ms};
 use crate::resp::Val;
+use mpr::store::functions::REMOVE_MESSAGES;
 
 /// The measurement window and what arrived in it; shared by sender and receiver.
 struct Window {
@@ -405,7 +406,6 @@ impl MprLive {
 struct CeilingLive {
     window: Arc<Window>,
     writer: crate::resp::RespWriter,
-    add_sha: String,
     stream: String,
     k: usize,
     ids: Ids,
@@ -413,23 +413,22 @@ struct CeilingLive {
 }
 
 impl CeilingLive {
-    async fn setup(redis: &Redis, scripts: &Scripts, k: usize) -> Result<Self> {
+    async fn setup(redis: &Redis, k: usize) -> Result<Self> {
         let window = Window::new();
         let mut admin = redis.conn().await?;
-        let add_sha = admin.load(&scripts.add).await?;
-        let remove_sha = admin.load(&scripts.remove).await?;
+        load_library(&mut admin).await?;
         let stream = "ceil:instance:{ceilA}:events".to_owned();
         admin.clear("ceil:*").await?;
         for i in 0..k {
-            let (keys, _) = crate::ceiling::queue_keys("ceil", &format!("live-{i}"));
+            let conn = queue_key("ceil", &format!("live-{i}"), "conn");
             admin
                 .cmd(&[
                     "HSET",
-                    &keys[5],
-                    "instance",
-                    "ceilA",
-                    "socket",
-                    "1",
+                    &conn,
+                    "kind",
+                    "ws",
+                    "peer",
+                    "ceilA/1",
                     "session",
                     &format!("session-{i}"),
                 ])
@@ -505,7 +504,7 @@ impl CeilingLive {
                             if let Some(ts) = find_ts(&body) {
                                 window.record(ts, recv);
                             }
-                            ack_w.push(&queue_call(&remove_sha, "ceil", &conn, &[id]));
+                            ack_w.push(&fcall(&REMOVE_MESSAGES, "ceil", &conn, &[], &[id]));
                         }
                     }
                     if ack_w.flush().await.is_err() {
@@ -517,7 +516,6 @@ impl CeilingLive {
         Ok(Self {
             window,
             writer,
-            add_sha,
             stream,
             k,
             ids: Ids::new(0),
@@ -534,12 +532,12 @@ impl CeilingLive {
         let window = self.window.clone();
         let writer = &mut self.writer;
         let ids = &mut self.ids;
-        let (sha, stream, k) = (&self.add_sha, &self.stream, self.k);
+        let (stream, k) = (&self.stream, self.k);
         pace(&window, rate, warmup, duration, async |i: u64, ts: u64| {
             let (id, received) = ids.next();
             let conn = format!("live-{}", (i as usize) % k);
             let payload = jwe_payload(Some(ts));
-            writer.push(&add_call(sha, "ceil", &conn, (&id, received), &payload));
+            writer.push(&add_call("ceil", &conn, (&id, received), &payload));
             let body = record_tail(&id, received, &payload);
             writer.push(&[
                 "XADD",
@@ -601,11 +599,10 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let redis = Redis::start(&s.redis_server).await?;
     let a = Mpr::start(&s.mpr_bin, &redis.url(), "A", &[]).await?;
     let b = Mpr::start(&s.mpr_bin, &redis.url(), "B", &[]).await?;
-    let scripts = Scripts::read(&s.lua_dir)?;
     let mut server = MprLive::setup(&a, &b, s.live_connections, s.senders, !s.live_no_ack)
         .await
         .context("live setup on mpr")?;
-    let mut ceiling = CeilingLive::setup(&redis, &scripts, s.live_connections).await?;
+    let mut ceiling = CeilingLive::setup(&redis, s.live_connections).await?;
 
     let mut table = Table::new(&[
         "idle sockets on A",

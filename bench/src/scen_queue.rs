@@ -11,13 +11,14 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use crate::Settings;
-use crate::ceiling::{Ids, REMOVE_BATCH, Scripts, fill, queue_call, taken_ids};
+use crate::ceiling::{Ids, REMOVE_BATCH, fcall, fill, load_library, taken_ids};
 use crate::client::{
     Client, DID, add_message_params, fill_queue, ids_json, jwe_payload, message_ids,
 };
 use crate::procs::{Mpr, Redis};
 use crate::report::{self, Report, Table, median, new_hist, pct_ms};
 use crate::resp::Resp;
+use mpr::store::functions::{REMOVE_ALL_MESSAGES, REMOVE_MESSAGES, TAKE_FROM_QUEUE};
 
 const MAX_BYTES: &str = "16777216";
 /// Untimed cycles before the timed ones (connection and script caches warm).
@@ -154,23 +155,15 @@ async fn remove_all(
     Ok(value)
 }
 
-struct Shas {
-    add: String,
-    take: String,
-    remove: String,
-    remove_all: String,
-}
-
-/// The same round against Redis directly with the server's scripts.
+/// The same round against Redis directly with the server's functions.
 async fn ceiling_round(
     r: &mut Resp,
-    sha: &Shas,
     conn: &str,
     n: usize,
     cycles: usize,
     ids: &mut Ids,
 ) -> Result<(Histogram<u64>, Histogram<u64>, f64, f64)> {
-    fill(r, &sha.add, "ceil", conn, n, ids).await?;
+    fill(r, "ceil", conn, n, ids).await?;
     let take_args: Vec<String> = ["", "10", MAX_BYTES, "0", "30000", "0"]
         .iter()
         .map(|s| s.to_string())
@@ -183,31 +176,33 @@ async fn ceiling_round(
         }
         let t = Instant::now();
         let reply = r
-            .cmd(&queue_call(&sha.take, "ceil", conn, &take_args))
+            .cmd(&fcall(&TAKE_FROM_QUEUE, "ceil", conn, &[], &take_args))
             .await?;
         take_h.record(t.elapsed().as_nanos() as u64).ok();
         let taken = taken_ids(&reply);
         let t = Instant::now();
-        r.cmd(&queue_call(&sha.remove, "ceil", conn, &taken))
+        r.cmd(&fcall(&REMOVE_MESSAGES, "ceil", conn, &[], &taken))
             .await?;
         remove_h.record(t.elapsed().as_nanos() as u64).ok();
-        fill(r, &sha.add, "ceil", conn, taken.len(), ids).await?;
+        fill(r, "ceil", conn, taken.len(), ids).await?;
     }
     let t = Instant::now();
-    r.cmd(&queue_call(
-        &sha.remove_all,
+    r.cmd(&fcall(
+        &REMOVE_ALL_MESSAGES,
         "ceil",
         conn,
+        &[DID],
         &[DID.to_owned(), REMOVE_BATCH.to_owned()],
     ))
     .await?;
     let all_did = ms_since(t);
-    fill(r, &sha.add, "ceil", conn, n, ids).await?;
+    fill(r, "ceil", conn, n, ids).await?;
     let t = Instant::now();
-    r.cmd(&queue_call(
-        &sha.remove_all,
+    r.cmd(&fcall(
+        &REMOVE_ALL_MESSAGES,
         "ceil",
         conn,
+        &[],
         &[String::new(), REMOVE_BATCH.to_owned()],
     ))
     .await?;
@@ -219,14 +214,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     eprintln!("== queue: starting redis-server and one mpr instance");
     let redis = Redis::start(&s.redis_server).await?;
     let mpr = Mpr::start(&s.mpr_bin, &redis.url(), "queue", &[]).await?;
-    let scripts = Scripts::read(&s.lua_dir)?;
     let mut r = redis.conn().await?;
-    let sha = Shas {
-        add: r.load(&scripts.add).await?,
-        take: r.load(&scripts.take).await?,
-        remove: r.load(&scripts.remove).await?,
-        remove_all: r.load(&scripts.remove_all).await?,
-    };
+    load_library(&mut r).await?;
     let mut ids = Ids::new(0);
     let mut server: Vec<Figures> = s.sizes.iter().map(|_| Figures::default()).collect();
     let mut ceil: Vec<Figures> = s.sizes.iter().map(|_| Figures::default()).collect();
@@ -248,7 +237,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
             );
             server[i].add(&take, &remove, all_did, all_plain);
             let (take, remove, all_did, all_plain) =
-                ceiling_round(&mut r, &sha, &format!("q{n}-r{run}"), n, s.cycles, &mut ids).await?;
+                ceiling_round(&mut r, &format!("q{n}-r{run}"), n, s.cycles, &mut ids).await?;
             eprintln!(
                 "      ceiling take p50 {:.3} ms, remove p50 {:.3} ms, removeAll {:.2} / {:.2} ms",
                 pct_ms(&take, 0.5),

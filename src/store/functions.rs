@@ -11,6 +11,8 @@ use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
 
+use super::keys::Keys;
+
 /// What a function's keys belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -129,6 +131,26 @@ impl Function {
     /// The name FCALL takes.
     pub fn fcall_name(&self) -> String {
         format!("{}_{}", self.name, LIBRARY.version)
+    }
+
+    /// What follows `FCALL` for a call on one connection: the function's name, the number of
+    /// keys, its keys, then those of each recipient DID the call names.
+    pub fn call_args(&self, keys: &Keys, connection_id: &str, dids: &[&str]) -> Vec<String> {
+        debug_assert_eq!(self.scope, Scope::Connection);
+        let connection = keys.connection(connection_id);
+        let count = self.keys.len() + dids.len() * self.did_keys.len();
+        let mut args = Vec::with_capacity(count + 2);
+        args.push(self.fcall_name());
+        args.push(count.to_string());
+        args.extend(self.keys.iter().map(|name| connection.key(name)));
+        for did in dids {
+            args.extend(
+                self.did_keys
+                    .iter()
+                    .map(|name| connection.did_key(did, name)),
+            );
+        }
+        args
     }
 
     /// `redis.register_function` of this function, its keys bound by name.

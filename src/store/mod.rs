@@ -21,7 +21,7 @@ use redis::{Cmd, FromRedisValue, RedisError};
 
 use crate::config::RedisSettings;
 use connection::{RedisClient, RedisConnection};
-use functions::{Function, LIBRARY, Scope};
+use functions::{Function, LIBRARY};
 
 pub use events::{Event, EventBatch, EventReader, StoredEvent};
 pub use instances::Heartbeat;
@@ -157,18 +157,9 @@ impl Store {
     /// FCALL of a function on one connection's keys; `dids` are the recipient DIDs whose keys
     /// the call declares. Arguments follow with `.arg()` on the returned command.
     fn connection_call(&self, function: &Function, connection_id: &str, dids: &[&str]) -> Cmd {
-        debug_assert_eq!(function.scope, Scope::Connection);
-        let keys = self.keys.connection(connection_id);
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg(function.fcall_name())
-            .arg(function.keys.len() + dids.len() * function.did_keys.len());
-        for name in function.keys {
-            cmd.arg(keys.key(name));
-        }
-        for did in dids {
-            for name in function.did_keys {
-                cmd.arg(keys.did_key(did, name));
-            }
+        for part in function.call_args(&self.keys, connection_id, dids) {
+            cmd.arg(part);
         }
         cmd
     }

@@ -87,15 +87,15 @@ impl Store {
         let mut call = self.connection_call(&ADD_MESSAGE, connection_id, &dids);
         call.arg(&message.id)
             .arg(crate::model::now_ms())
+            .arg(self.visibility_ms)
+            .arg(self.visit_after_ms)
+            .arg(&dids)
             .arg(record_tail(
                 message.size,
                 message.received_ms,
                 &message.dids,
                 &message.body,
-            ))
-            .arg(self.visibility_ms)
-            .arg(self.visit_after_ms)
-            .arg(&dids);
+            ));
         let reply: Vec<redis::Value> = self.call(&call).await?;
         let mut reply = reply.into_iter();
         let visit: u8 = decode(reply.next())?;

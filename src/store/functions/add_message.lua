@@ -1,14 +1,14 @@
 -- The hot path, written with plain locals and as few commands as a message needs: the one
 -- HMGET of the connection's hash reads the live binding, when the connection is next due in
 -- the visit index, and whether each recipient DID is known already.
--- ARGV: 1 id, 2 now (ms, this instance's clock), 3 record tail "<size>\t<received ms>[\t<did>...]
--- \n<body>", 4 visibility timeout ms, 5 visit marker lifetime ms (0: no mover or retention
--- runs), 6.. dids.
+-- ARGV: 1 id, 2 now (ms, this instance's clock), 3 visibility timeout ms, 4 visit marker lifetime
+-- ms (0: no mover or retention runs), 5..n-1 dids, n the record tail
+-- "<size>\t<received ms>[\t<did>...]\n<body>".
 -- Returns {visit} when queued as pending, or {visit, kind, peer, deadline} when the connection
 -- has a live session: the message is then in flight to that peer. visit is 1 when the caller
 -- must (re)enter the connection in the visit index.
-local id, now, tail = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local visibility, visit_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local id, now, visibility, visit_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local last_did, tail = #ARGV - 1, ARGV[#ARGV]
 
 -- (A duplicate id burns a sequence number: harmless, order is all it gives.)
 local seq = redis.call("INCR", k_seq)
@@ -17,7 +17,7 @@ if redis.call("HSETNX", k_msg, id, seq .. "\t" .. tail) == 0 then
 end
 
 local fields = {"kind", "peer", "visit"}
-for i = 6, #ARGV do fields[#fields + 1] = "d:" .. ARGV[i] end
+for i = 5, last_did do fields[#fields + 1] = "d:" .. ARGV[i] end
 local conn = redis.call("HMGET", k_conn, unpack(fields))
 -- The marker is a time, so an index entry lost to a crash is re-made by an add after it.
 local visit = 0
@@ -25,8 +25,8 @@ if visit_ttl > 0 and (not conn[3] or tonumber(conn[3]) < now) then
   redis.call("HSET", k_conn, "visit", now + visit_ttl)
   visit = 1
 end
-for i = 6, #ARGV do
-  if not conn[i - 2] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
+for i = 5, last_did do
+  if not conn[i - 1] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
 end
 
 local did_base = string.sub(k_msg, 1, #k_msg - 3) .. "d:"
@@ -34,9 +34,9 @@ if conn[1] and conn[2] then
   local t = redis.call("TIME")
   local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + visibility
   redis.call("ZADD", k_inflight, deadline, id)
-  for i = 6, #ARGV do redis.call("ZADD", did_base .. ARGV[i] .. ":inflight", deadline, id) end
+  for i = 5, last_did do redis.call("ZADD", did_base .. ARGV[i] .. ":inflight", deadline, id) end
   return {visit, conn[1], conn[2], deadline}
 end
 redis.call("ZADD", k_pending, seq, id)
-for i = 6, #ARGV do redis.call("ZADD", did_base .. ARGV[i] .. ":pending", seq, id) end
+for i = 5, last_did do redis.call("ZADD", did_base .. ARGV[i] .. ":pending", seq, id) end
 return {visit}
