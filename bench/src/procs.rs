@@ -1,90 +1,34 @@
 //! Child processes: a private redis-server and one or two mpr instances, all on 127.0.0.1 and
-//! free ports. Every child is tracked in a registry so it is killed by pid when its owner is
-//! dropped, when the tool fails, and on Ctrl-C.
+//! free ports, started and awaited by `testkit`. Every child is tracked there so it is killed by
+//! pid when its owner is dropped, when the tool fails, and on Ctrl-C.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use testkit::{
+    Log, MprOpts, MprServer, Proc, RedisOpts, RedisServer, Secantus, SecantusOpts, Spawn,
+    die_with_parent,
+};
 
 use crate::resp::Resp;
 
-static CHILDREN: Mutex<Option<HashMap<u32, (String, Child)>>> = Mutex::new(None);
+// `kill(pid)` stops one tracked child (SIGTERM, then SIGKILL after its grace period) and reaps
+// it; `kill_all` every one, each by its pid (used on error exit and Ctrl-C).
+pub use testkit::{kill_all, stop as kill};
 
-/// Makes a child die with this process, however this process ends (even SIGKILL). The signal
-/// is tied to the spawning thread: children are spawned from runtime worker threads, which live
-/// as long as the tool, or from the blocking thread that also waits for them.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-fn register(name: &str, child: Child) -> u32 {
-    let pid = child.id();
-    CHILDREN
-        .lock()
-        .unwrap()
-        .get_or_insert_with(HashMap::new)
-        .insert(pid, (name.to_owned(), child));
-    pid
-}
-
-/// Kills one tracked child (SIGTERM, then SIGKILL after a grace period) and reaps it.
-pub fn kill(pid: u32) {
-    let entry = CHILDREN
-        .lock()
-        .unwrap()
-        .as_mut()
-        .and_then(|m| m.remove(&pid));
-    if let Some((_, mut child)) = entry
-        && let Ok(None) = child.try_wait()
-    {
-        // SAFETY: plain syscall on a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// Kills every tracked child, each by its pid (used on error exit and Ctrl-C).
-pub fn kill_all() {
-    let pids: Vec<u32> = CHILDREN
-        .lock()
-        .unwrap()
-        .as_ref()
-        .map(|m| m.keys().copied().collect())
-        .unwrap_or_default();
-    for pid in pids {
-        kill(pid);
-    }
-}
-
-/// Whether a tracked child is still running.
-pub fn alive(pid: u32) -> bool {
-    let mut guard = CHILDREN.lock().unwrap();
-    match guard.as_mut().and_then(|m| m.get_mut(&pid)) {
-        Some((_, child)) => matches!(child.try_wait(), Ok(None)),
-        None => false,
+/// How the tool keeps a long-running child: its output in `log`, dead with the tool however
+/// the tool ends (the signal is tied to the spawning thread: children are spawned from runtime
+/// worker threads, which live as long as the tool, or from the blocking thread that also waits
+/// for them), and SIGTERM then SIGKILL after 3 s when stopped.
+fn tracked(log: PathBuf) -> Spawn {
+    Spawn {
+        log: Log::File(log),
+        die_with_parent: true,
+        stop_grace: Duration::from_secs(3),
+        own_group: false,
     }
 }
 
@@ -108,19 +52,14 @@ pub async fn run_tracked(mut cmd: Command, name: &str, stdin: Option<Vec<u8>>) -
             pipe.write_all(&data)?;
             drop(pipe);
         }
-        let pid = register(&name, child);
+        let proc = Proc::adopt(child, &name, Duration::from_secs(3), false);
         let status = loop {
-            let mut guard = CHILDREN.lock().unwrap();
-            let Some((_, child)) = guard.as_mut().and_then(|m| m.get_mut(&pid)) else {
-                bail!("{name} was killed");
-            };
-            if let Some(status) = child.try_wait()? {
-                guard.as_mut().unwrap().remove(&pid);
+            if let Some(status) = proc.try_wait()? {
                 break status;
             }
-            drop(guard);
             std::thread::sleep(Duration::from_millis(20));
         };
+        drop(proc);
         let stdout = std::fs::read_to_string(&out).unwrap_or_default();
         if !status.success() {
             let stderr = std::fs::read_to_string(&err).unwrap_or_default();
@@ -139,16 +78,6 @@ pub fn workdir() -> PathBuf {
 
 pub fn tempfile_path(name: &str) -> PathBuf {
     workdir().join(name)
-}
-
-/// A port nobody listens on right now (never 6379).
-pub fn free_port() -> Result<u16> {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if port != 6379 {
-            return Ok(port);
-        }
-    }
 }
 
 /// VmRSS of a process, in KiB.
@@ -186,49 +115,26 @@ pub fn raise_nofile(want: u64) -> u64 {
 pub struct Redis {
     pub pid: u32,
     pub port: u16,
+    server: RedisServer,
 }
 
 impl Redis {
     pub async fn start(bin: &str) -> Result<Self> {
-        let port = free_port()?;
-        let log = File::create(tempfile_path(&format!("redis-{port}.log")))?;
-        let mut cmd = Command::new(bin);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--maxclients", "19000", "--protected-mode", "yes"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {bin}"))?;
-        let pid = register("redis-server", child);
-        let redis = Redis { pid, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut conn) = Resp::connect(port).await
-                && conn.cmd(&["PING"]).await.is_ok()
-            {
-                return Ok(redis);
-            }
-            if Instant::now() > deadline || !alive(pid) {
-                bail!("redis-server on port {port} did not start");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut opts = RedisOpts::new(bin)?;
+        opts.args = ["--maxclients", "19000", "--protected-mode", "yes"]
+            .map(String::from)
+            .to_vec();
+        opts.spawn = tracked(tempfile_path(&format!("redis-{}.log", opts.port)));
+        let server = RedisServer::start(opts).await?;
+        Ok(Redis {
+            pid: server.pid().context("redis-server is running")?,
+            port: server.port(),
+            server,
+        })
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     pub async fn conn(&self) -> Result<Resp> {
@@ -243,12 +149,6 @@ impl Redis {
             .unwrap_or("?")
             .trim()
             .to_owned())
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        kill(self.pid);
     }
 }
 
@@ -282,57 +182,28 @@ pub fn keep_off_cpu(cpu: usize) -> Result<()> {
 
 /// A private SecantusDB (a MongoDB wire-protocol server, in memory) for the cold tier.
 pub struct Mongo {
+    /// The server's own pid.
     pub pid: u32,
-    pub port: u16,
-    pub log: PathBuf,
+    server: Secantus,
 }
 
 impl Mongo {
     /// `<bin> --host 127.0.0.1 --port <free> --storage-path :memory:`, on CPU `cpu` alone if
     /// given; ready when it accepts connections.
     pub async fn start(bin: &str, cpu: Option<usize>) -> Result<Self> {
-        let port = free_port()?;
-        let name = format!("secantusd-{port}");
-        // taskset execs the server, so the pid stays the server's.
-        let mut cmd = Command::new("taskset");
-        let cpus = cpu.map_or_else(|| all_cpus(None), |cpu| cpu.to_string());
-        cmd.args(["-c", &cpus, bin])
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--storage-path", ":memory:"]);
-        let pid = spawn_tracked(cmd, &name)?;
-        let mongo = Mongo {
-            pid,
-            port,
-            log: tempfile_path(&format!("{name}.log")),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Ok(mongo);
-            }
-            if !alive(pid) {
-                let log = std::fs::read_to_string(&mongo.log).unwrap_or_default();
-                bail!("{bin} exited before it listened on port {port}; log:\n{log}");
-            }
-            if Instant::now() > deadline {
-                bail!("{bin} not listening on port {port} within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut opts = SecantusOpts::new(bin, ":memory:")?;
+        opts.cpus = Some(cpu.map_or_else(|| all_cpus(None), |cpu| cpu.to_string()));
+        opts.log = Log::File(tempfile_path(&format!("secantusd-{}.log", opts.port)));
+        let server = Secantus::start(opts).await?;
+        Ok(Mongo {
+            pid: server.pid().context("the pid of SecantusDB")?,
+            server,
+        })
     }
 
     /// The URI of database `db`, for MONGODB_URI.
     pub fn uri(&self, db: &str) -> String {
-        format!(
-            "mongodb://127.0.0.1:{}/{db}?directConnection=true",
-            self.port
-        )
-    }
-}
-
-impl Drop for Mongo {
-    fn drop(&mut self) {
-        kill(self.pid);
+        self.server.uri(db)
     }
 }
 
@@ -341,6 +212,7 @@ pub struct Mpr {
     pub ws_port: u16,
     pub name: String,
     pub log: PathBuf,
+    _server: MprServer,
 }
 
 impl Mpr {
@@ -350,54 +222,25 @@ impl Mpr {
         name: &str,
         extra_env: &[(String, String)],
     ) -> Result<Self> {
-        let ws_port = free_port()?;
-        let mut app_port = free_port()?;
-        while app_port == ws_port {
-            app_port = free_port()?;
-        }
-        let log_path = tempfile_path(&format!("mpr-{name}-{ws_port}.log"));
-        let log = File::create(&log_path)?;
-        let mut cmd = Command::new(bin);
-        die_with_parent(&mut cmd);
-        cmd.env("WS_PORT", ws_port.to_string())
-            .env("APP_PORT", app_port.to_string())
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("REDIS_URL", redis_url)
-            .env("LOG_LEVEL", "warn")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().with_context(|| {
+        let mut opts = MprOpts::new(bin, redis_url)?;
+        opts.name = format!("mpr {name}");
+        opts.env = extra_env.to_vec();
+        let log = tempfile_path(&format!("mpr-{name}-{}.log", opts.ws_port));
+        opts.spawn = tracked(log.clone());
+        let server = MprServer::spawn(opts).with_context(|| {
             format!(
                 "starting {} (build it with `cargo build --release`)",
                 bin.display()
             )
         })?;
-        let pid = register(&format!("mpr-{name}"), child);
-        let mpr = Mpr {
-            pid,
-            ws_port,
+        server.wait_ready().await?;
+        Ok(Mpr {
+            pid: server.pid(),
+            ws_port: server.ws_port,
             name: name.to_owned(),
-            log: log_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if http_status(app_port, "/ready").await.ok() == Some(200) {
-                return Ok(mpr);
-            }
-            if !alive(pid) {
-                let log = std::fs::read_to_string(&mpr.log).unwrap_or_default();
-                bail!("mpr {name} exited before it was ready; log:\n{log}");
-            }
-            if Instant::now() > deadline {
-                bail!("mpr {name} not ready on http://127.0.0.1:{app_port}/ready within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            log,
+            _server: server,
+        })
     }
 
     pub fn rss_kib(&self) -> Result<u64> {
@@ -413,12 +256,6 @@ impl Mpr {
             .take(max_lines)
             .map(strip_ansi)
             .collect()
-    }
-}
-
-impl Drop for Mpr {
-    fn drop(&mut self) {
-        kill(self.pid);
     }
 }
 
@@ -438,30 +275,6 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
-}
-
-/// Status code of a plain HTTP/1.1 GET on 127.0.0.1.
-pub async fn http_status(port: u16, path: &str) -> Result<u16> {
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await??;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await?;
-    let mut buf = vec![0u8; 256];
-    let mut n = 0;
-    while n < 12 {
-        let got =
-            tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf[n..])).await??;
-        if got == 0 {
-            break;
-        }
-        n += got;
-    }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    let code = head.split_whitespace().nth(1).context("no HTTP status")?;
-    Ok(code.parse()?)
 }
 
 /// CPU time (user + system) a process has used so far, in seconds.
@@ -577,14 +390,7 @@ pub fn fmt_cpu(usage: &[(String, f64)]) -> String {
 }
 
 /// Starts a long-running helper (killed by pid later with `kill`).
-pub fn spawn_tracked(mut cmd: Command, name: &str) -> Result<u32> {
-    die_with_parent(&mut cmd);
-    let log = File::create(tempfile_path(&format!("{name}.log")))?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("spawning {name}"))?;
-    Ok(register(name, child))
+pub fn spawn_tracked(cmd: Command, name: &str) -> Result<u32> {
+    let log = tempfile_path(&format!("{name}.log"));
+    Ok(Proc::spawn(cmd, name, &tracked(log))?.detach())
 }

@@ -1,70 +1,49 @@
-//! Test harness: a real redis-server on a free 127.0.0.1 port, `mpr` instances as child
-//! processes, and a small JSON-RPC WebSocket client. Everything is killed on drop.
+//! Test harness: a real redis-server on a free 127.0.0.1 port, `mpr` instances and SecantusDB as
+//! child processes (started, awaited and stopped by `testkit`), and a small JSON-RPC WebSocket
+//! client. Everything is killed on drop.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod push_standins;
 
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testkit::free_port().expect("a free port")
 }
 
 pub struct Redis {
     pub port: u16,
-    child: Option<Child>,
+    server: testkit::RedisServer,
 }
 
 impl Redis {
     pub fn start() -> Self {
-        let mut redis = Self {
-            port: free_port(),
-            child: None,
-        };
-        redis.restart();
-        redis
+        let opts = testkit::RedisOpts::new("redis-server").expect("a free port");
+        let server = testkit::block_on(testkit::RedisServer::start(opts))
+            .expect("redis-server is installed and starts");
+        Self {
+            port: server.port(),
+            server,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// Starts (again) on the same port, empty.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "redis is running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        testkit::block_on(self.server.restart()).expect("redis-server restarts");
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
+        self.server.stop();
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
@@ -77,16 +56,10 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 pub struct Server {
     pub ws_port: u16,
     pub app_port: u16,
-    child: Child,
+    server: testkit::MprServer,
 }
 
 impl Server {
@@ -97,69 +70,43 @@ impl Server {
     }
 
     pub fn spawn(redis_url: &str, env: &[(&str, &str)]) -> Self {
-        let ws_port = free_port();
-        let app_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_mpr"))
-            .env_clear()
-            .env("WS_PORT", ws_port.to_string())
-            .env("APP_PORT", app_port.to_string())
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("REDIS_URL", redis_url)
-            .env("LOG_LEVEL", "warn")
-            .envs(env.iter().copied())
-            .envs(std::env::var("MPR_TEST_LOG").map(|level| ("LOG_LEVEL", level)))
-            .stdout(if std::env::var_os("MPR_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("mpr binary");
+        let mut opts =
+            testkit::MprOpts::new(env!("CARGO_BIN_EXE_mpr"), redis_url).expect("free ports");
+        opts.clear_env = true;
+        opts.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if let Ok(level) = std::env::var("MPR_TEST_LOG") {
+            opts.env.push(("LOG_LEVEL".into(), level));
+            opts.spawn.log = testkit::Log::Inherit;
+        }
+        let server = testkit::MprServer::spawn(opts).expect("mpr binary");
         Self {
-            ws_port,
-            app_port,
-            child,
+            ws_port: server.ws_port,
+            app_port: server.app_port,
+            server,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.ws_port)
+        self.server.url()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.server.pid()
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.http_get("/ready").await.0 != 200 {
-            assert!(Instant::now() < deadline, "mpr did not become ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.server
+            .wait_ready()
+            .await
+            .expect("mpr did not become ready");
     }
 
     /// (status, body) of a GET on the HTTP port; status 0 when nothing answers.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.app_port)).await else {
-            return (0, String::new());
-        };
-        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        if stream.write_all(request.as_bytes()).await.is_err() {
-            return (0, String::new());
-        }
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok();
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        (status, body)
+        self.server.http_get(path).await.unwrap_or_default()
     }
 
     /// The value of an unlabelled metric, or the sum of a labelled one's series matching `labels`.
@@ -174,35 +121,15 @@ impl Server {
 
     /// Waits for the process to end by itself; None if it is still running after `within`.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.server.wait_exit(within).expect("child status")
     }
 
     pub fn kill(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+        self.server.kill();
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.terminate().unwrap()
     }
 }
 
@@ -430,8 +357,7 @@ pub fn unique_id(tag: &str) -> String {
 /// instance outlives no test run.
 pub struct Mongo {
     pub port: u16,
-    storage: String,
-    child: Option<Child>,
+    server: testkit::Secantus,
 }
 
 impl Mongo {
@@ -443,77 +369,31 @@ impl Mongo {
 
     /// A server of the test's own; `storage` is `:memory:` or a directory that survives restarts.
     pub fn start(storage: &str) -> Self {
-        let mut mongo = Self {
-            port: free_port(),
-            storage: storage.to_owned(),
-            child: None,
-        };
-        mongo.restart();
-        mongo
+        let program = std::env::var("MPR_SECANTUSD").unwrap_or_else(|_| "secantusd-py".into());
+        let mut opts = testkit::SecantusOpts::new(&program, storage).expect("a free port");
+        opts.log_level = Some("ERROR".into());
+        let server = testkit::block_on(testkit::Secantus::start(opts))
+            .expect("SecantusDB did not start (pip install SecantusDB==0.7.0b3)");
+        Self {
+            port: server.port(),
+            server,
+        }
     }
 
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "mongo is running");
-        let program = std::env::var("MPR_SECANTUSD").unwrap_or_else(|_| "secantusd-py".into());
-        let script = format!(
-            "{program} --host 127.0.0.1 --port {} --storage-path '{}' --log-level ERROR & server=$!; \
-             trap 'kill $server 2>/dev/null; exit' TERM; \
-             while kill -0 {} 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 0.5; done; \
-             kill $server 2>/dev/null; wait $server",
-            self.port,
-            self.storage,
-            std::process::id()
-        );
-        // Its own process group, so that `stop` reaches the server and not only the watchdog.
-        let child = Command::new("bash")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("bash");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "SecantusDB did not start (pip install SecantusDB==0.7.0b3)"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        testkit::block_on(self.server.restart())
+            .expect("SecantusDB did not start (pip install SecantusDB==0.7.0b3)");
     }
 
-    /// Stops the server and waits until its port is closed. The server is asked first; one
-    /// that is still up after a grace period (a graceful shutdown can wait on its clients'
-    /// open connections) is killed, as an outage would.
+    /// Stops the server and waits until its port is closed (asked first, killed after a grace
+    /// period, as an outage would).
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let group = format!("-{}", child.id());
-        for (signal, grace) in [("-TERM", 5), ("-KILL", 20)] {
-            Command::new("kill")
-                .args([signal, "--", &group])
-                .stderr(Stdio::null())
-                .status()
-                .ok();
-            let deadline = Instant::now() + Duration::from_secs(grace);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-                    child.wait().ok();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        panic!("SecantusDB did not stop");
+        self.server.stop().expect("SecantusDB did not stop");
     }
 
     /// A URI for a database of the test's own.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "mongodb://127.0.0.1:{}/{database}?directConnection=true",
-            self.port
-        )
+        self.server.uri(database)
     }
 
     /// The collection the server writes, in `database`.

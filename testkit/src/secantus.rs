@@ -1,0 +1,176 @@
+//! A private SecantusDB (a MongoDB wire-protocol server, `secantusd-py`) on 127.0.0.1.
+//!
+//! It runs under a bash watchdog that stops it when this process ends (however it ends), so
+//! an instance never outlives its run; both are in a process group of their own, so that a
+//! stop reaches the server and not only the watchdog.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use tokio::net::TcpStream;
+
+use crate::proc::signal;
+use crate::{Log, Proc, Spawn, free_port};
+
+/// How to start a SecantusDB.
+#[derive(Clone, Debug)]
+pub struct SecantusOpts {
+    /// The program (run by bash, so it may carry arguments of its own).
+    pub bin: String,
+    pub port: u16,
+    /// `:memory:`, or a directory that survives restarts.
+    pub storage: String,
+    /// Its `--log-level` (ERROR, INFO, …); None: its default.
+    pub log_level: Option<String>,
+    /// Runs it on these CPUs alone (a `taskset -c` list); None: wherever.
+    pub cpus: Option<String>,
+    pub log: Log,
+}
+
+impl SecantusOpts {
+    /// `bin` on a free port with `storage`, at its default log level, unpinned.
+    pub fn new(bin: &str, storage: &str) -> Result<Self> {
+        Ok(Self {
+            bin: bin.to_owned(),
+            port: free_port()?,
+            storage: storage.to_owned(),
+            log_level: None,
+            cpus: None,
+            log: Log::Quiet,
+        })
+    }
+}
+
+/// A running SecantusDB; stopped when dropped.
+#[derive(Debug)]
+pub struct Secantus {
+    opts: SecantusOpts,
+    proc: Option<Proc>,
+    server_pid: Option<u32>,
+}
+
+impl Secantus {
+    /// Starts it and waits until it accepts connections.
+    pub async fn start(opts: SecantusOpts) -> Result<Self> {
+        let mut mongo = Self {
+            opts,
+            proc: None,
+            server_pid: None,
+        };
+        mongo.restart().await?;
+        Ok(mongo)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.opts.port
+    }
+
+    /// The URI of database `db`, for a client or MONGODB_URI.
+    pub fn uri(&self, db: &str) -> String {
+        format!(
+            "mongodb://127.0.0.1:{}/{db}?directConnection=true",
+            self.opts.port
+        )
+    }
+
+    /// The server's own pid (not its watchdog's) while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server_pid
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "testkit-secantusd-{}-{}.pid",
+            std::process::id(),
+            self.opts.port
+        ))
+    }
+
+    /// Starts it (again) on the same port with the same storage; waits until it accepts
+    /// connections.
+    pub async fn restart(&mut self) -> Result<()> {
+        let SecantusOpts {
+            bin, port, storage, ..
+        } = &self.opts;
+        let port = *port;
+        if self.proc.is_some() {
+            bail!("SecantusDB on port {port} is running");
+        }
+        let pid_file = self.pid_file();
+        let pin = match &self.opts.cpus {
+            Some(cpus) => format!("taskset -c {cpus} "),
+            None => String::new(),
+        };
+        let level = match &self.opts.log_level {
+            Some(level) => format!(" --log-level {level}"),
+            None => String::new(),
+        };
+        // taskset execs the server, so `$!` is the server's pid either way.
+        let script = format!(
+            "{pin}{bin} --host 127.0.0.1 --port {port} --storage-path '{storage}'{level} & server=$!; \
+             echo $server > '{}'; \
+             trap 'kill $server 2>/dev/null; exit' TERM; \
+             while kill -0 {} 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 0.5; done; \
+             kill $server 2>/dev/null; wait $server",
+            pid_file.display(),
+            std::process::id()
+        );
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", &script]);
+        let how = Spawn {
+            log: self.opts.log.clone(),
+            die_with_parent: false, // the watchdog sees to that, and would die with it
+            stop_grace: Duration::from_secs(5),
+            own_group: true,
+        };
+        let proc = &*self
+            .proc
+            .insert(Proc::spawn(cmd, &format!("secantusd-{port}"), &how)?);
+        let log = &self.opts.log;
+        let what = format!("{bin} did not listen on port {port}");
+        let (within, every) = (Duration::from_secs(60), Duration::from_millis(100));
+        let accepts = || async move { TcpStream::connect(("127.0.0.1", port)).await.is_ok() };
+        let ready = proc.wait_ready(log, &what, within, every, accepts).await;
+        let server_pid = std::fs::read_to_string(&pid_file).ok();
+        let _ = std::fs::remove_file(&pid_file);
+        if ready.is_err() {
+            let _ = self.stop();
+            return ready;
+        }
+        self.server_pid = server_pid.and_then(|pid| pid.trim().parse().ok());
+        Ok(())
+    }
+
+    /// Stops the server and waits until its port is closed. The server is asked first; one
+    /// that is still up after a grace period (a graceful shutdown can wait on its clients'
+    /// open connections) is killed, as an outage would. A no-op when it is not running.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(proc) = self.proc.take() else {
+            return Ok(());
+        };
+        self.server_pid = None;
+        let port = self.opts.port;
+        for (sig, grace) in [(libc::SIGTERM, 5), (libc::SIGKILL, 20)] {
+            signal(proc.pid(), true, sig);
+            let deadline = Instant::now() + Duration::from_secs(grace);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    proc.wait().ok();
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        bail!("SecantusDB on port {port} did not stop")
+    }
+}
+
+impl Drop for Secantus {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            eprintln!("{error}");
+        }
+    }
+}
