@@ -68,3 +68,74 @@ fn flags_work_like_the_variables() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--ws-port"));
 }
+
+/// A Redis that answers like Redis 6.2 (no functions): every command gets `+OK`, INFO its
+/// version. Redis 6 cannot be installed here; this speaks the protocol's framing for real.
+fn old_redis() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let count: usize = line.trim_start_matches('*').trim().parse().unwrap_or(0);
+                    let mut args = Vec::new();
+                    for _ in 0..count {
+                        let (mut size, mut arg) = (String::new(), String::new());
+                        reader.read_line(&mut size).unwrap();
+                        reader.read_line(&mut arg).unwrap();
+                        args.push(arg.trim_end().to_ascii_uppercase());
+                    }
+                    let reply = if args.first().map(String::as_str) == Some("INFO") {
+                        let info = "# Server\r\nredis_version:6.2.14\r\n";
+                        format!("${}\r\n{info}\r\n", info.len())
+                    } else {
+                        "+OK\r\n".to_owned()
+                    };
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_redis_without_functions_is_refused_naming_its_version() {
+    let url = format!("redis://127.0.0.1:{}", old_redis());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mpr"))
+        .env_clear()
+        .env("WS_PORT", "0")
+        .env("APP_PORT", "0")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("REDIS_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpr binary");
+    // A server that accepted the old Redis would run on: it must exit by itself, and soon.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("mpr kept running on a Redis without functions");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("Redis 6.2.14 cannot run mpr"), "{said}");
+    assert!(said.contains("7.0 or later"), "{said}");
+}

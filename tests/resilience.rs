@@ -211,3 +211,21 @@ async fn concurrent_adds_and_takes_across_instances_lose_nothing_duplicate_nothi
     let mut check = Client::connect(&a.url()).await;
     assert_eq!(check.count(&connection).await, 0);
 }
+
+#[tokio::test]
+async fn the_function_library_is_loaded_again_when_redis_loses_it() {
+    let redis = Redis::start();
+    let server = Server::start(&redis.url(), &[]).await;
+    let mut client = Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    client.add(&connection, DID, "before").await;
+    assert!(redis.cli(&["FUNCTION", "LIST"]).contains("mpr_"));
+
+    // As after a restart without persistence, or a failover to a node that never had it.
+    assert_eq!(redis.cli(&["FUNCTION", "FLUSH"]), "OK");
+    assert_eq!(redis.cli(&["FUNCTION", "LIST"]), "");
+    client.add(&connection, DID, "after").await;
+    let taken = client.take(json!({"connectionId": connection})).await;
+    assert_eq!(texts(&taken), ["before", "after"]);
+    assert!(redis.cli(&["FUNCTION", "LIST"]).contains("mpr_"));
+}
