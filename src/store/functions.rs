@@ -7,7 +7,7 @@
 //! Its name carries a hash of its source (`mpr_<hash>`, functions `<name>_<hash>`), so instances
 //! of two versions sharing one Redis during a rolling upgrade each call their own.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -33,6 +33,8 @@ pub struct Function {
     /// take: building the table costs about a microsecond, which the hot path does not pay.
     locals: bool,
     body: &'static str,
+    /// `<name>_<library version>`, made once.
+    fcall: OnceLock<String>,
 }
 
 const CONNECTION: Scope = Scope::Connection;
@@ -49,6 +51,7 @@ macro_rules! function {
             did_keys: $did_keys,
             locals: $locals,
             body: include_str!(concat!("functions/", $name, ".lua")),
+            fcall: OnceLock::new(),
         };
     };
 }
@@ -129,8 +132,9 @@ pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
 
 impl Function {
     /// The name FCALL takes.
-    pub fn fcall_name(&self) -> String {
-        format!("{}_{}", self.name, LIBRARY.version)
+    pub fn fcall_name(&self) -> &str {
+        self.fcall
+            .get_or_init(|| format!("{}_{}", self.name, LIBRARY.version))
     }
 
     /// What follows `FCALL` for a call on one connection: the function's name, the number of
@@ -140,7 +144,7 @@ impl Function {
         let connection = keys.connection(connection_id);
         let count = self.keys.len() + dids.len() * self.did_keys.len();
         let mut args = Vec::with_capacity(count + 2);
-        args.push(self.fcall_name());
+        args.push(self.fcall_name().to_owned());
         args.push(count.to_string());
         args.extend(self.keys.iter().map(|name| connection.key(name)));
         for did in dids {

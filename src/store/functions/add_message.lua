@@ -29,14 +29,14 @@ for i = 5, last_did do
   if not conn[i - 1] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
 end
 
-local did_base = string.sub(k_msg, 1, #k_msg - 3) .. "d:"
+-- Each DID's keys are declared after the fixed ones: its pending, then its inflight lane.
 if conn[1] and conn[2] then
   local t = redis.call("TIME")
   local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + visibility
   redis.call("ZADD", k_inflight, deadline, id)
-  for i = 5, last_did do redis.call("ZADD", did_base .. ARGV[i] .. ":inflight", deadline, id) end
+  for i = 5, last_did do redis.call("ZADD", KEYS[2 * i - 3], deadline, id) end
   return {visit, conn[1], conn[2], deadline}
 end
 redis.call("ZADD", k_pending, seq, id)
-for i = 5, last_did do redis.call("ZADD", did_base .. ARGV[i] .. ":pending", seq, id) end
+for i = 5, last_did do redis.call("ZADD", KEYS[2 * i - 4], seq, id) end
 return {visit}
