@@ -49,14 +49,7 @@ impl Store {
         by: &str,
         lock_for: Duration,
     ) -> StoreResult<bool> {
-        let mut set = redis::cmd("SET");
-        set.arg(self.keys.reaper(dead))
-            .arg(by)
-            .arg("NX")
-            .arg("PX")
-            .arg(lock_for.as_millis() as u64);
-        let locked: Option<String> = self.query(&set).await?;
-        Ok(locked.is_some())
+        self.claim(self.keys.reaper(dead), by, lock_for).await
     }
 
     /// After a takeover: the dead instance's stream, registration and lock go. (Three keys in

@@ -109,10 +109,6 @@ impl Store {
         })
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Checks that Redis can run the library (Redis 7 or later) and loads it. Called at start;
     /// when Redis is away then, the library is loaded by the first call that finds it missing.
     pub async fn prepare(&self) -> StoreResult<()> {
@@ -152,6 +148,18 @@ impl Store {
     /// Runs one command on the shared connection.
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> StoreResult<T> {
         Ok(cmd.query_async(&mut self.conn.clone()).await?)
+    }
+
+    /// `SET key value NX PX ttl`: claims a key for `ttl` unless it is held; true when claimed.
+    async fn claim(&self, key: String, value: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut set = redis::cmd("SET");
+        set.arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        let claimed: Option<String> = self.query(&set).await?;
+        Ok(claimed.is_some())
     }
 
     /// FCALL of a function on one connection's keys; `dids` are the recipient DIDs whose keys

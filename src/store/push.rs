@@ -31,13 +31,7 @@ impl Store {
     /// Opens the dedup window of a device token (by its hash) for `window`, unless one is open:
     /// true when it was not.
     pub async fn open_push_window(&self, token_hash: &str, window: Duration) -> StoreResult<bool> {
-        let mut set = redis::cmd("SET");
-        set.arg(self.keys.push_window(token_hash))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(window.as_millis() as u64);
-        let opened: Option<String> = self.query(&set).await?;
-        Ok(opened.is_some())
+        self.claim(self.keys.push_window(token_hash), "1", window)
+            .await
     }
 }

@@ -1,5 +1,5 @@
 //! The Redis side of tiering: the visit index that tells the mover which connections to look at
-//! and when, the per-connection mover lease, the scripts that move messages to the cold tier
+//! and when, the per-connection mover lease, the functions that move messages to the cold tier
 //! and expire old ones, and the import of the Node MPR's messages.
 
 use std::time::Duration;
@@ -99,14 +99,8 @@ impl Store {
         token: &str,
         lease: Duration,
     ) -> StoreResult<bool> {
-        let mut set = redis::cmd("SET");
-        set.arg(self.keys.connection(connection_id).key("mover"))
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(lease.as_millis() as u64);
-        let acquired: Option<String> = self.query(&set).await?;
-        Ok(acquired.is_some())
+        let lease_key = self.keys.connection(connection_id).key("mover");
+        self.claim(lease_key, token, lease).await
     }
 
     pub async fn release_lease(&self, connection_id: &str, token: &str) -> StoreResult<()> {

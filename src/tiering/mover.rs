@@ -3,7 +3,7 @@
 //! messages older than the threshold to MongoDB, and retries deferred document deletions.
 //!
 //! A move is crash-safe at every step: (1) read the oldest stale messages; (2) write their
-//! documents (idempotent on the unique messageId); (3) one script makes each one cold in
+//! documents (idempotent on the unique messageId); (3) one Redis function makes each one cold in
 //! Redis only if it is still pending there and the lease is still ours; (4) delete the
 //! documents of those that were taken or removed meanwhile. A crash before (3) leaves only
 //! unreferenced documents; Redis decides, atomically, whether a message's body is in Redis or
@@ -43,7 +43,7 @@ const DUE_PER_SHARD: u64 = 64;
 /// Batches one visit moves before the connection goes back in line, so one long queue does not
 /// hold up the others (it is due again at once, and visited again in the next pass).
 const BATCHES_PER_VISIT: usize = 10;
-/// Messages per Redis script of a move. A script holds Redis for about 15 µs per message, and
+/// Messages per Redis function call of a move. A call holds Redis for about 15 µs per message, and
 /// every other client waits meanwhile: a batch is read and committed in steps this long so that
 /// moving adds at most a few hundred µs to anyone's call.
 const SCRIPT_STEP: usize = 20;
