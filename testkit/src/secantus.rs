@@ -111,7 +111,7 @@ impl Secantus {
         let script = format!(
             "{pin}{bin} --host 127.0.0.1 --port {port} --storage-path '{storage}'{level} & server=$!; \
              echo $server > '{}'; \
-             trap 'kill $server 2>/dev/null; exit' TERM; \
+             trap 'kill $server 2>/dev/null; wait $server; exit' TERM; \
              while kill -0 {} 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 0.5; done; \
              kill $server 2>/dev/null; wait $server",
             pid_file.display(),
@@ -143,20 +143,26 @@ impl Secantus {
         Ok(())
     }
 
-    /// Stops the server and waits until its port is closed. The server is asked first; one
-    /// that is still up after a grace period (a graceful shutdown can wait on its clients'
-    /// open connections) is killed, as an outage would. A no-op when it is not running.
+    /// Stops the server and waits until its port is closed and its process is gone: a server
+    /// that closed its port but is still finishing with its storage would make a restart on
+    /// the same storage fail. The server is asked first; one that is still up after a grace
+    /// period (a graceful shutdown can wait on its clients' open connections) is killed, as an
+    /// outage would. A no-op when it is not running.
     pub fn stop(&mut self) -> Result<()> {
         let Some(proc) = self.proc.take() else {
             return Ok(());
         };
-        self.server_pid = None;
+        let server_pid = self.server_pid.take();
         let port = self.opts.port;
+        let gone = || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+                && server_pid.is_none_or(|pid| !exists(pid))
+        };
         for (sig, grace) in [(libc::SIGTERM, 5), (libc::SIGKILL, 20)] {
             signal(proc.pid(), true, sig);
             let deadline = Instant::now() + Duration::from_secs(grace);
             while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if gone() {
                     proc.wait().ok();
                     return Ok(());
                 }
@@ -165,6 +171,12 @@ impl Secantus {
         }
         bail!("SecantusDB on port {port} did not stop")
     }
+}
+
+/// Whether a process `pid` exists (the server is the watchdog's child, not tracked here).
+fn exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
 impl Drop for Secantus {
