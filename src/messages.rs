@@ -66,20 +66,20 @@ impl Messages {
             self.pushes
                 .remember_token(connection_id, push_token.as_ref()),
         );
+        let NewMessage { id, body, .. } = message;
         if let Some(live) = live? {
             self.live
                 .deliver(Delivered {
                     connection_id,
                     live,
-                    message_id: &message.id,
-                    body: &message.body,
+                    message_id: id.clone(),
+                    body,
                 })
                 .await;
         } else if push_token.is_some() {
-            self.pushes
-                .request(connection_id, push_token.as_ref(), &message.id);
+            self.pushes.request(connection_id, push_token.as_ref(), &id);
         }
-        Ok(message.id)
+        Ok(id)
     }
 
     /// The oldest pending messages (QueuedMessage JSON), across both tiers. Without delete they

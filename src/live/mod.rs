@@ -161,6 +161,7 @@ impl Live {
 pub struct Delivered<'a> {
     pub connection_id: &'a str,
     pub live: LiveDelivery,
-    pub message_id: &'a str,
-    pub body: &'a str,
+    pub message_id: String,
+    /// The QueuedMessage JSON.
+    pub body: String,
 }

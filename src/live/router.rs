@@ -42,9 +42,9 @@ impl Live {
             connection_id: delivered.connection_id.to_owned(),
             bound: live.bound,
             messages: vec![DeliveredMessage {
-                id: delivered.message_id.to_owned(),
+                id: delivered.message_id,
                 deadline: live.deadline,
-                body: delivered.body.to_owned(),
+                body: delivered.body,
             }],
         };
         let offer = match &live.peer {
