@@ -253,3 +253,32 @@ async fn an_instance_started_after_the_last_heartbeat_is_not_mistaken_for_dead()
     );
     assert_eq!(b.metric("mpr_events_undeliverable_total", "").await, 0.0);
 }
+
+/// A binding of a kind this version does not know (as a newer instance would write it) is
+/// taken at its word: the connection counts as live and this version never drops the binding.
+/// What the add put in flight to it goes back to pending at once, and is counted.
+#[tokio::test]
+async fn a_binding_of_an_unknown_kind_is_left_alone_and_its_messages_stay_queued() {
+    let redis = Redis::start();
+    let server = Server::start(&redis.url(), &[]).await;
+    let mut client = Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    let conn = format!("mpr:{{{connection}}}:conn");
+    let fields = ["kind", "relay", "peer", "sock-1", "session", "s"];
+    assert_eq!(
+        redis.cli(&[&["HSET", conn.as_str()][..], &fields].concat()),
+        "3"
+    );
+    assert!(is_live(&mut client, &connection).await);
+
+    client.add(&connection, DID, "for a newer peer").await;
+    assert_eq!(client.count(&connection).await, 1, "pending again at once");
+    let undeliverable = server
+        .metric("mpr_events_undeliverable_total", "unknown_peer")
+        .await;
+    assert_eq!(undeliverable, 1.0);
+    assert_eq!(redis.cli(&["HGET", &conn, "kind"]), "relay", "binding left");
+    assert!(is_live(&mut client, &connection).await);
+    let taken = client.take(json!({"connectionId": connection})).await;
+    assert_eq!(texts(&taken), ["for a newer peer"]);
+}

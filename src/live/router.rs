@@ -114,18 +114,18 @@ impl Live {
         }
     }
 
-    /// Puts the messages of a delivery no peer took back to pending, counts it, and asks for a
-    /// push to the connection's latest token (unless nothing was put back: the messages were
-    /// taken or removed meanwhile).
+    /// Puts the messages of a delivery no peer took back to pending, ends the binding (its peer
+    /// is gone), counts it, and asks for a push to the connection's latest token (unless
+    /// nothing was put back: the messages were taken or removed meanwhile). A binding of a kind
+    /// this version does not know is left alone: a newer instance may serve it.
     async fn undeliverable(&self, delivery: Delivery, reason: &'static str) {
         let messages = delivery.in_flight();
         let connection_id = &delivery.connection_id;
         metrics::counter!(telemetry::EVENTS_UNDELIVERABLE, "reason" => reason)
             .increment(messages.len() as u64);
-        let released = self
-            .store
-            .release(connection_id, &delivery.bound, &messages)
-            .await;
+        let known = PeerAddress::parse(&delivery.bound.0, &delivery.bound.1).is_some();
+        let unbind = known.then_some(&delivery.bound);
+        let released = self.store.release(connection_id, unbind, &messages).await;
         match &released {
             Ok(released) => tracing::info!(
                 %connection_id, peer = %delivery.bound.1, reason, released,

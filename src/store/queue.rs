@@ -217,16 +217,17 @@ impl Store {
     }
 
     /// Makes messages that could not be delivered pending again (only those still in flight
-    /// with the deadline their delivery set), and drops the binding if it still names `bound`
-    /// (kind and address as stored).
+    /// with the deadline their delivery set), and drops the binding if it still names
+    /// `unbind` (kind and address as stored; None: the binding stays).
     pub async fn release(
         &self,
         connection_id: &str,
-        bound: &(String, String),
+        unbind: Option<&(String, String)>,
         messages: &[(String, i64)],
     ) -> StoreResult<u64> {
         let mut call = self.connection_call(&RELEASE, connection_id, &[]);
-        call.arg(&bound.0).arg(&bound.1);
+        let (kind, address) = unbind.map_or(("", ""), |(k, a)| (k.as_str(), a.as_str()));
+        call.arg(kind).arg(address);
         for (id, deadline) in messages {
             call.arg(id).arg(deadline);
         }
