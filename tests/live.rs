@@ -264,11 +264,10 @@ async fn a_binding_of_an_unknown_kind_is_left_alone_and_its_messages_stay_queued
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
     let conn = format!("mpr:{{{connection}}}:conn");
-    let fields = ["kind", "relay", "peer", "sock-1", "session", "s"];
-    assert_eq!(
-        redis.cli(&[&["HSET", conn.as_str()][..], &fields].concat()),
-        "3"
-    );
+    let bind = [
+        "HSET", &conn, "kind", "relay", "peer", "sock-1", "session", "s",
+    ];
+    assert_eq!(redis.cli(&bind), "3");
     assert!(is_live(&mut client, &connection).await);
 
     client.add(&connection, DID, "for a newer peer").await;

@@ -89,7 +89,7 @@ impl Live {
 
     /// Ends the session if this socket holds it; returns whether it did.
     pub async fn unbind(&self, socket: &LocalSocket, connection_id: &str) -> StoreResult<bool> {
-        let bound = self.address_of(socket).stored();
+        let bound = self.address_of(socket).bound();
         let removed = self.store.unbind(connection_id, &bound).await?;
         if socket.remove_session(connection_id) {
             self.registry.count_sessions(-1);
@@ -99,11 +99,13 @@ impl Live {
 
     /// Whether the connection has a live session on a peer that is still there.
     pub async fn is_live(&self, connection_id: &str) -> StoreResult<bool> {
-        let Some((bound, peer)) = self.store.binding(connection_id).await? else {
+        let Some(bound) = self.store.binding(connection_id).await? else {
             return Ok(false);
         };
         // A kind this version does not know (a newer instance's) is taken at its word.
-        let Some(peer) = peer else { return Ok(true) };
+        let Some(peer) = bound.peer() else {
+            return Ok(true);
+        };
         if self.serves(&peer).await? {
             return Ok(true);
         }
@@ -128,7 +130,7 @@ impl Live {
     pub async fn socket_closed(&self, socket: &LocalSocket) {
         self.release_unsent(socket.close()).await;
         self.registry.remove(socket.id);
-        let bound = self.address_of(socket).stored();
+        let bound = self.address_of(socket).bound();
         for (connection_id, _) in socket.sessions() {
             if let Err(error) = self.store.unbind(&connection_id, &bound).await {
                 // The binding names a socket that is gone: readers treat it as not live.

@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 
+use crate::store::Bound;
+
 /// Messages put in flight to a live session.
 pub struct Delivery {
     pub connection_id: String,
-    /// The binding's kind and address as stored: what a release names.
-    pub bound: (String, String),
+    /// The binding it was made under: what a release names.
+    pub bound: Bound,
     pub messages: Vec<DeliveredMessage>,
 }
 

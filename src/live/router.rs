@@ -38,6 +38,7 @@ impl Live {
     /// Sends a message that the store put in flight to a live session to that session's peer.
     pub async fn deliver(&self, delivered: Delivered<'_>) {
         let live = delivered.live;
+        let peer = live.bound.peer();
         let delivery = Delivery {
             connection_id: delivered.connection_id.to_owned(),
             bound: live.bound,
@@ -47,7 +48,7 @@ impl Live {
                 body: delivered.body,
             }],
         };
-        let offer = match &live.peer {
+        let offer = match &peer {
             None => Offer::Refused(delivery, "unknown_peer"),
             Some(PeerAddress::Socket { instance, socket }) if *instance == self.instance => {
                 self.offer_here(*socket, delivery).await
@@ -75,7 +76,7 @@ impl Live {
     /// (taken over) are released.
     pub(super) async fn deliver_events(&self, owner: &str, events: Vec<StoredEvent>) {
         for event in events {
-            let socket = match PeerAddress::parse(&event.bound.0, &event.bound.1) {
+            let socket = match event.bound.peer() {
                 Some(PeerAddress::Socket { instance, socket }) if instance == self.instance => {
                     Some(socket)
                 }
@@ -123,12 +124,11 @@ impl Live {
         let connection_id = &delivery.connection_id;
         metrics::counter!(telemetry::EVENTS_UNDELIVERABLE, "reason" => reason)
             .increment(messages.len() as u64);
-        let known = PeerAddress::parse(&delivery.bound.0, &delivery.bound.1).is_some();
-        let unbind = known.then_some(&delivery.bound);
+        let unbind = delivery.bound.peer().map(|_| &delivery.bound);
         let released = self.store.release(connection_id, unbind, &messages).await;
         match &released {
             Ok(released) => tracing::info!(
-                %connection_id, peer = %delivery.bound.1, reason, released,
+                %connection_id, peer = %delivery.bound.address, reason, released,
                 "live-session delivery undeliverable; messages are pending again"
             ),
             Err(error) => tracing::warn!(

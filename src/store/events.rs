@@ -6,6 +6,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{RedisResult, Value};
 
 use super::connection::RedisConnection;
+use super::live::Bound;
 use super::{Store, StoreError, StoreResult};
 
 const GROUP: &str = "mpr";
@@ -15,8 +16,8 @@ const STREAM_CAP: usize = 100_000;
 /// A message put in flight to a peer served by another instance.
 pub struct Event<'a> {
     pub connection_id: &'a str,
-    /// The binding's kind and address, as stored: a release must name them.
-    pub bound: &'a (String, String),
+    /// The binding it went in flight under: a release must name it.
+    pub bound: &'a Bound,
     pub message_id: &'a str,
     pub deadline: i64,
     pub body: &'a str,
@@ -38,7 +39,7 @@ impl EventBatch {
 /// An event as read back from a stream.
 pub struct StoredEvent {
     pub connection_id: String,
-    pub bound: (String, String),
+    pub bound: Bound,
     pub message_id: String,
     pub deadline: i64,
     pub body: String,
@@ -62,9 +63,9 @@ impl Store {
             .arg("c")
             .arg(event.connection_id)
             .arg("k")
-            .arg(&event.bound.0)
+            .arg(&event.bound.kind)
             .arg("p")
-            .arg(&event.bound.1)
+            .arg(&event.bound.address)
             .arg("i")
             .arg(event.message_id)
             .arg("d")
@@ -211,7 +212,10 @@ fn decode(entry: &StreamId) -> Option<StoredEvent> {
     };
     Some(StoredEvent {
         connection_id: field("c")?,
-        bound: (field("k")?, field("p")?),
+        bound: Bound {
+            kind: field("k")?,
+            address: field("p")?,
+        },
         message_id: field("i")?,
         deadline: field("d")?.parse().ok()?,
         body: field("m")?,

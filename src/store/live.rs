@@ -40,26 +40,39 @@ impl PeerAddress {
     }
 
     /// Kind and address, as stored.
-    pub fn stored(&self) -> (String, String) {
-        (self.kind().to_owned(), self.address())
+    pub fn bound(&self) -> Bound {
+        Bound {
+            kind: self.kind().to_owned(),
+            address: self.address(),
+        }
+    }
+}
+
+/// A binding's peer as stored: kind and address. It may be of a kind this version does not
+/// know (written by a newer one); a release or unbind names it exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub kind: String,
+    pub address: String,
+}
+
+impl Bound {
+    /// The peer, if this version knows its kind.
+    pub fn peer(&self) -> Option<PeerAddress> {
+        PeerAddress::parse(&self.kind, &self.address)
     }
 }
 
 impl Store {
-    /// The connection's binding: kind and address as stored, and the peer if this version
-    /// knows its kind.
-    pub async fn binding(
-        &self,
-        connection_id: &str,
-    ) -> StoreResult<Option<((String, String), Option<PeerAddress>)>> {
+    /// The connection's binding, if it has one.
+    pub async fn binding(&self, connection_id: &str) -> StoreResult<Option<Bound>> {
         let conn = self.keys.connection(connection_id).key("conn");
         let (kind, address): (Option<String>, Option<String>) = self
             .query(redis::cmd("HMGET").arg(conn).arg("kind").arg("peer"))
             .await?;
-        Ok(kind.zip(address).map(|(kind, address)| {
-            let peer = PeerAddress::parse(&kind, &address);
-            ((kind, address), peer)
-        }))
+        Ok(kind
+            .zip(address)
+            .map(|(kind, address)| Bound { kind, address }))
     }
 
     /// Binds the connection's live session to a peer; the newest binding wins.
@@ -93,11 +106,10 @@ impl Store {
         self.call(&call).await
     }
 
-    /// Ends the session if it is still bound to `bound` (kind and address as stored). Returns
-    /// whether it was.
-    pub async fn unbind(&self, connection_id: &str, bound: &(String, String)) -> StoreResult<bool> {
+    /// Ends the session if it is still bound to `bound`. Returns whether it was.
+    pub async fn unbind(&self, connection_id: &str, bound: &Bound) -> StoreResult<bool> {
         let mut call = self.connection_call(&UNBIND, connection_id, &[]);
-        call.arg(&bound.0).arg(&bound.1);
+        call.arg(&bound.kind).arg(&bound.address);
         self.call(&call).await
     }
 }
@@ -112,8 +124,7 @@ mod tests {
             instance: "0123456789abcdef".into(),
             socket: 42,
         };
-        let (kind, address) = peer.stored();
-        assert_eq!(PeerAddress::parse(&kind, &address), Some(peer));
+        assert_eq!(peer.bound().peer(), Some(peer));
         assert_eq!(PeerAddress::parse("relay", "x"), None);
         assert_eq!(PeerAddress::parse("ws", "no-socket"), None);
     }

@@ -26,7 +26,7 @@ use functions::{Function, LIBRARY};
 pub use events::{Event, EventBatch, EventReader, StoredEvent};
 pub use instances::Heartbeat;
 pub use keys::{CONNECTION_KEYS, ConnectionKeys, Keys, VISIT_SHARDS};
-pub use live::PeerAddress;
+pub use live::{Bound, PeerAddress};
 pub use node::NodeRedis;
 pub use queue::{LiveDelivery, RemovedAll, Settle, Take, Taken, TakenMessage};
 pub use record::{Record, record_tail};

@@ -6,7 +6,7 @@ use super::functions::{
     ADD_MESSAGE, COUNT_PENDING, RELEASE, REMOVE_ALL_MESSAGES, REMOVE_MESSAGES, SETTLE_COLD,
     TAKE_FROM_QUEUE,
 };
-use super::live::PeerAddress;
+use super::live::Bound;
 use super::record::record_tail;
 use super::{Store, StoreError, StoreResult, flag};
 use crate::model::NewMessage;
@@ -17,10 +17,8 @@ const REMOVE_BATCH: u64 = 2000;
 /// An added message that went straight in flight to a live session.
 #[derive(Debug, Clone)]
 pub struct LiveDelivery {
-    /// The peer bound to the connection; `None` when its kind is unknown to this version.
-    pub peer: Option<PeerAddress>,
-    /// Kind and address as stored, to release the message by.
-    pub bound: (String, String),
+    /// The binding it went in flight under.
+    pub bound: Bound,
     /// Visibility deadline the message got (Redis clock, ms); a release must name it.
     pub deadline: i64,
 }
@@ -108,10 +106,12 @@ impl Store {
         if reply.len() == 0 {
             return Ok(None);
         }
-        let (kind, address): (String, String) = (decode(reply.next())?, decode(reply.next())?);
+        let bound = Bound {
+            kind: decode(reply.next())?,
+            address: decode(reply.next())?,
+        };
         Ok(Some(LiveDelivery {
-            peer: PeerAddress::parse(&kind, &address),
-            bound: (kind, address),
+            bound,
             deadline: decode(reply.next())?,
         }))
     }
@@ -218,15 +218,15 @@ impl Store {
 
     /// Makes messages that could not be delivered pending again (only those still in flight
     /// with the deadline their delivery set), and drops the binding if it still names
-    /// `unbind` (kind and address as stored; None: the binding stays).
+    /// `unbind` (None: the binding stays).
     pub async fn release(
         &self,
         connection_id: &str,
-        unbind: Option<&(String, String)>,
+        unbind: Option<&Bound>,
         messages: &[(String, i64)],
     ) -> StoreResult<u64> {
         let mut call = self.connection_call(&RELEASE, connection_id, &[]);
-        let (kind, address) = unbind.map_or(("", ""), |(k, a)| (k.as_str(), a.as_str()));
+        let (kind, address) = unbind.map_or(("", ""), |b| (b.kind.as_str(), b.address.as_str()));
         call.arg(kind).arg(address);
         for (id, deadline) in messages {
             call.arg(id).arg(deadline);

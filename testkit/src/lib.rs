@@ -24,9 +24,14 @@ pub use secantus::{Secantus, SecantusOpts};
 
 /// A 127.0.0.1 port nobody listens on right now (never 6379).
 pub fn free_port() -> Result<u16> {
+    // The system may give the port a caller just released to the next bind(0): two tests
+    // running at once would then start servers on one port. A port is handed out once per
+    // process.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if port != 6379 {
+        if port != 6379 && HANDED_OUT.lock().expect("ports lock").insert(port) {
             return Ok(port);
         }
     }
