@@ -91,7 +91,6 @@ pub struct RedisSettings {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
-    /// Prefix of every Redis key this server writes; deployments sharing a Redis need distinct ones.
     /// Cluster nodes (`host:port,...`) with REDIS_TYPE=cluster.
     #[arg(long, env = "REDIS_NODES", value_delimiter = ',')]
     pub redis_nodes: Vec<String>,
@@ -103,6 +102,12 @@ pub struct RedisSettings {
     /// How long a Redis command may take before the call fails with an error, in ms.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub redis_timeout_ms: u64,
+
+    /// How long an addMessage whose Redis reply was lost (timeout, broken connection) keeps
+    /// asking Redis whether it was stored before answering "outcome unknown", in ms. Keep
+    /// REDIS_TIMEOUT_MS plus this under the clients' call timeout (2 s for the MPR client).
+    #[arg(long, env = "ADD_SETTLE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub add_settle_timeout_ms: u64,
 }
 
 /// What one call may do to a queue.
@@ -120,6 +125,11 @@ pub struct QueueSettings {
     /// Most bytes of encryptedMessage one takeFromQueue returns.
     #[arg(long, env = "MAX_TAKE_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_take_bytes: u64,
+
+    /// How often each instance sweeps the deadline index: in-flight messages whose visibility
+    /// timeout passed are pushed to their connection's live session at most this late.
+    #[arg(long, env = "REDELIVERY_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub redelivery_interval_ms: u64,
 }
 
 /// Live sessions across instances.
@@ -311,9 +321,17 @@ impl RedisSettings {
     pub fn timeout(&self) -> Duration {
         millis(self.redis_timeout_ms)
     }
+
+    pub fn add_settle_timeout(&self) -> Duration {
+        millis(self.add_settle_timeout_ms)
+    }
 }
 
 impl QueueSettings {
+    pub fn redelivery_interval(&self) -> Duration {
+        millis(self.redelivery_interval_ms)
+    }
+
     pub fn visibility_timeout(&self) -> Duration {
         millis(self.visibility_timeout_ms)
     }

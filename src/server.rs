@@ -67,7 +67,7 @@ impl Server {
             &config.queue,
         );
         let context = Arc::new(Context {
-            messages,
+            messages: Arc::new(messages),
             live: live.clone(),
         });
         let server = &config.server;
@@ -120,6 +120,12 @@ impl Server {
             max_message_bytes: settings.ws_max_message_bytes as usize,
             max_calls: settings.ws_max_calls_per_socket as usize,
         };
+        background.spawn(
+            self.context
+                .messages
+                .clone()
+                .sweep_deadlines(background_stop.clone()),
+        );
         background.spawn(ws::accept(
             self.ws_listener,
             self.context,

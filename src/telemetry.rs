@@ -15,6 +15,9 @@ pub const LIVE_SESSIONS: &str = "mpr_live_sessions";
 pub const EVENTS_PUSHED: &str = "mpr_events_pushed_total";
 pub const EVENTS_UNDELIVERABLE: &str = "mpr_events_undeliverable_total";
 pub const EVENTS_PUBLISH_FAILED: &str = "mpr_events_publish_failed_total";
+pub const REDELIVERED: &str = "mpr_redelivered_total";
+pub const REDELIVERY_RELEASED: &str = "mpr_redelivery_released_total";
+pub const REDELIVERY_FAILURES: &str = "mpr_redelivery_failures_total";
 pub const INSTANCES_REAPED: &str = "mpr_instances_reaped_total";
 pub const COLD_AVAILABLE: &str = "mpr_cold_available";
 pub const COLD_MOVED: &str = "mpr_cold_moved_total";
@@ -73,6 +76,18 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "JSON-RPC calls by method and outcome (ok, invalid, error)"
     );
     metrics::describe_histogram!(CALL_DURATION, "JSON-RPC call latency by method");
+    metrics::describe_counter!(
+        REDELIVERED,
+        "Messages pushed again to a live session: their peer went or their visibility timeout passed"
+    );
+    metrics::describe_counter!(
+        REDELIVERY_RELEASED,
+        "Messages pushed to a live session that ended, pending again"
+    );
+    metrics::describe_counter!(
+        REDELIVERY_FAILURES,
+        "Steps of the deadline index that failed (Redis errors); they are retried"
+    );
     metrics::describe_gauge!(
         LIVE_SESSIONS,
         "Live sessions bound to sockets on this instance"

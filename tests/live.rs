@@ -89,7 +89,7 @@ async fn pushes_keep_order_and_reach_a_session_on_the_same_instance() {
 }
 
 #[tokio::test]
-async fn unacknowledged_pushes_become_pending_after_the_visibility_timeout() {
+async fn unacknowledged_pushes_are_pushed_again_after_the_visibility_timeout() {
     let redis = Redis::start();
     let server = Server::start(&redis.url(), &[("VISIBILITY_TIMEOUT_MS", "500")]).await;
     let mut mediator = Client::connect(&server.url()).await;
@@ -98,12 +98,25 @@ async fn unacknowledged_pushes_become_pending_after_the_visibility_timeout() {
         .add_live_session(&connection, &unique_id("s"))
         .await;
     mediator.add(&connection, DID, "lost on the way").await;
-    mediator
+    let first = mediator
         .next_push(Duration::from_secs(5))
         .await
         .expect("a push");
     assert_eq!(mediator.count(&connection).await, 0);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Not removed: once its deadline passes it is pushed again, to the session still bound.
+    let again = mediator
+        .next_push(Duration::from_secs(5))
+        .await
+        .expect("pushed again after the visibility timeout");
+    assert_eq!(
+        texts(again["messages"].as_array().unwrap()),
+        ["lost on the way"]
+    );
+    assert_eq!(again["messages"][0]["id"], first["messages"][0]["id"]);
+    // Without a session it becomes pending instead.
+    mediator
+        .call("removeLiveSession", json!({"connectionId": connection}))
+        .await;
     assert_eq!(
         texts(&mediator.take(json!({"connectionId": connection})).await),
         ["lost on the way"]
@@ -143,7 +156,11 @@ async fn the_newest_binding_wins_and_the_old_socket_cannot_remove_it() {
     assert!(!is_live(&mut new, &connection).await);
     new.add(&connection, DID, "queued").await;
     assert!(new.next_push(Duration::from_millis(300)).await.is_none());
-    assert_eq!(new.count(&connection).await, 1);
+    // The push the session never acknowledged came back to pending when it ended.
+    assert_eq!(
+        texts(&new.take(json!({"connectionId": connection})).await),
+        ["to the new one", "queued"]
+    );
 }
 
 #[tokio::test]

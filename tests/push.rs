@@ -431,7 +431,8 @@ async fn no_push_while_a_live_session_exists_and_one_after_its_instance_is_kille
         google.sends_to("phone")[0].body["message"]["data"]["message_id"],
         id.as_str()
     );
-    assert_eq!(sender.count(&connection).await, 1);
+    // Pending: the late one, and the one pushed to the dead instance's socket and never removed.
+    assert_eq!(sender.count(&connection).await, 2);
 }
 
 /// Pushes to `google` without dedup, so that a second push for a message would show, and a

@@ -20,7 +20,8 @@ pub use peer::{DeliveredMessage, Delivery, LocalSocket};
 
 use crate::config::LiveSettings;
 use crate::push::Pushes;
-use crate::store::{LiveDelivery, PeerAddress, Store, StoreResult};
+use crate::store::{PeerAddress, Step, Store, StoreResult};
+use crate::telemetry;
 use membership::Membership;
 use registry::Registry;
 
@@ -70,31 +71,47 @@ impl Live {
         }
     }
 
-    /// Binds the connection's live session to a socket of this instance.
+    /// Binds the connection's live session to a socket of this instance. The step holds what
+    /// was pushed under the binding it replaced, now in flight to this socket: the caller
+    /// hands it over (`Messages::hand_over`).
     pub async fn bind(
         &self,
         socket: &Arc<LocalSocket>,
         connection_id: &str,
         session_id: &str,
-    ) -> StoreResult<()> {
-        self.store
+    ) -> StoreResult<Step> {
+        // Registered first: a delivery racing the bind finds the socket.
+        self.registry.insert(socket);
+        let step = self
+            .store
             .bind(connection_id, &self.address_of(socket), session_id)
             .await?;
         if socket.add_session(connection_id, session_id) {
             self.registry.count_sessions(1);
         }
-        self.registry.insert(socket);
-        Ok(())
+        Ok(step)
     }
 
-    /// Ends the session if this socket holds it; returns whether it did.
+    /// Ends the session if this socket holds it; returns whether it did. What was pushed to it
+    /// is pending again, and the phone is woken for it.
     pub async fn unbind(&self, socket: &LocalSocket, connection_id: &str) -> StoreResult<bool> {
         let bound = self.address_of(socket).bound();
-        let removed = self.store.unbind(connection_id, &bound).await?;
+        let step = self.store.unbind(connection_id, &bound).await?;
         if socket.remove_session(connection_id) {
             self.registry.count_sessions(-1);
         }
-        Ok(removed)
+        if let Some(step) = &step {
+            self.wake_for(connection_id, step);
+        }
+        Ok(step.is_some())
+    }
+
+    /// Asks for a push when a step put messages back to pending with no live session.
+    pub fn wake_for(&self, connection_id: &str, step: &Step) {
+        if let Some(message_id) = &step.last_released {
+            metrics::counter!(telemetry::REDELIVERY_RELEASED).increment(step.released);
+            self.pushes.request(connection_id, None, message_id);
+        }
     }
 
     /// Whether the connection has a live session on a peer that is still there.
@@ -132,9 +149,14 @@ impl Live {
         self.registry.remove(socket.id);
         let bound = self.address_of(socket).bound();
         for (connection_id, _) in socket.sessions() {
-            if let Err(error) = self.store.unbind(&connection_id, &bound).await {
-                // The binding names a socket that is gone: readers treat it as not live.
-                tracing::warn!(%connection_id, %error, "could not end live session of closed socket");
+            match self.store.unbind(&connection_id, &bound).await {
+                Ok(Some(step)) => self.wake_for(&connection_id, &step),
+                Ok(None) => {}
+                // The binding names a socket that is gone: readers treat it as not live, and
+                // the deadline index brings its messages back.
+                Err(error) => {
+                    tracing::warn!(%connection_id, %error, "could not end live session of closed socket")
+                }
             }
             if socket.remove_session(&connection_id) {
                 self.registry.count_sessions(-1);
@@ -157,13 +179,4 @@ impl Live {
             }
         }
     }
-}
-
-/// The message a delivery is made of, as the store put it in flight.
-pub struct Delivered<'a> {
-    pub connection_id: &'a str,
-    pub live: LiveDelivery,
-    pub message_id: String,
-    /// The QueuedMessage JSON.
-    pub body: String,
 }

@@ -2,8 +2,8 @@
 //! its binding names, wherever it is; what no peer takes goes back to pending and asks for a
 //! push.
 
+use super::Live;
 use super::peer::{DeliveredMessage, Delivery, Offer, Peer};
-use super::{Delivered, Live};
 use crate::store::{Event, PeerAddress, Store, StoredEvent};
 use crate::telemetry;
 
@@ -35,19 +35,9 @@ impl Peer for RemoteInstance<'_> {
 }
 
 impl Live {
-    /// Sends a message that the store put in flight to a live session to that session's peer.
-    pub async fn deliver(&self, delivered: Delivered<'_>) {
-        let live = delivered.live;
-        let peer = live.bound.peer();
-        let delivery = Delivery {
-            connection_id: delivered.connection_id.to_owned(),
-            bound: live.bound,
-            messages: vec![DeliveredMessage {
-                id: delivered.message_id,
-                deadline: live.deadline,
-                body: delivered.body,
-            }],
-        };
+    /// Sends messages that the store put in flight to a live session to that session's peer.
+    pub async fn deliver(&self, delivery: Delivery) {
+        let peer = delivery.bound.peer();
         let offer = match &peer {
             None => Offer::Refused(delivery, "unknown_peer"),
             Some(PeerAddress::Socket { instance, socket }) if *instance == self.instance => {

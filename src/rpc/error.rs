@@ -37,6 +37,8 @@ impl RpcError {
     pub fn storage(error: StoreError) -> Self {
         let outcome = if error.is_timeout() {
             "timed out; the outcome is unknown"
+        } else if error.outcome_unknown() {
+            "failed; the outcome is unknown"
         } else {
             "failed"
         };

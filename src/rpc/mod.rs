@@ -21,7 +21,7 @@ use error::RpcError;
 
 /// What every call can reach: the message service and live sessions.
 pub struct Context {
-    pub messages: Messages,
+    pub messages: Arc<Messages>,
     pub live: Arc<Live>,
 }
 

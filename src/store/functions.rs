@@ -20,6 +20,8 @@ pub enum Scope {
     Connection,
     /// The instances' heartbeat set.
     Instances,
+    /// One shard of the deadline index.
+    Deadlines,
 }
 
 pub struct Function {
@@ -29,8 +31,9 @@ pub struct Function {
     pub keys: &'static [&'static str],
     /// Per-recipient-DID keys, by name, declared after `keys` for each DID the call names.
     pub did_keys: &'static [&'static str],
-    /// The body sees its keys as locals `k_<name>` instead of the table `Q` the shared helpers
-    /// take: building the table costs about a microsecond, which the hot path does not pay.
+    /// The body sees its keys as locals `k_<name>` (and their number as `fixed_keys`) instead of
+    /// the table `Q` the shared helpers take: building the table costs about a microsecond,
+    /// which the hot path does not pay.
     locals: bool,
     body: &'static str,
     /// `<name>_<library version>`, made once.
@@ -57,21 +60,28 @@ macro_rules! function {
 }
 
 /// The keys of every function that deletes messages (and may empty the queue).
-const DELETING: &[&str] = &["msg", "pending", "cold", "inflight", "trash", "seq", "conn"];
+const DELETING: &[&str] = &[
+    "msg", "pending", "cold", "inflight", "trash", "seq", "conn", "pushed",
+];
+/// The keys of every function that moves messages in or out of flight to a live session.
+const REDELIVERING: &[&str] = &["msg", "pending", "cold", "inflight", "conn", "pushed"];
 
 #[rustfmt::skip]
 mod table {
     use super::*;
-    function!(ADD_MESSAGE, "add_message", CONNECTION, &["msg", "seq", "conn", "pending", "inflight"], &["pending", "inflight"], true);
+    function!(ADD_MESSAGE, "add_message", CONNECTION, &["msg", "seq", "conn", "pending", "inflight", "pushed"], &["pending", "inflight"], true);
+    function!(SETTLE_ADD, "settle_add", CONNECTION, &["msg"], &[]);
     function!(TAKE_FROM_QUEUE, "take_from_queue", CONNECTION, DELETING, &["pending", "cold", "inflight"]);
-    function!(COUNT_PENDING, "count_pending", CONNECTION, &["msg", "pending", "cold", "inflight"], &["pending", "cold"]);
+    function!(COUNT_PENDING, "count_pending", CONNECTION, &["msg", "pending", "cold", "inflight", "pushed"], &["pending", "cold"]);
     function!(REMOVE_MESSAGES, "remove_messages", CONNECTION, DELETING, &[]);
     function!(REMOVE_ALL_MESSAGES, "remove_all_messages", CONNECTION, DELETING, &["pending", "cold", "inflight"]);
     function!(SETTLE_COLD, "settle_cold", CONNECTION, DELETING, &[]);
-    function!(RELEASE, "release", CONNECTION, &["msg", "pending", "cold", "inflight", "conn"], &[]);
-    function!(UNBIND, "unbind", CONNECTION, &["conn"], &[]);
+    function!(RELEASE, "release", CONNECTION, REDELIVERING, &[]);
+    function!(BIND, "bind", CONNECTION, REDELIVERING, &[]);
+    function!(UNBIND, "unbind", CONNECTION, REDELIVERING, &[]);
+    function!(REDELIVER, "redeliver", CONNECTION, REDELIVERING, &[]);
     function!(RESTORE_BINDING, "restore_binding", CONNECTION, &["conn"], &[]);
-    function!(STALE_HEAD, "stale_head", CONNECTION, &["msg", "pending", "cold", "inflight", "moving"], &[]);
+    function!(STALE_HEAD, "stale_head", CONNECTION, &["msg", "pending", "cold", "inflight", "pushed", "moving"], &[]);
     function!(TO_COLD, "to_cold", CONNECTION, &["msg", "pending", "cold", "mover", "moving"], &[]);
     function!(EXPIRE, "expire", CONNECTION, DELETING, &[]);
     function!(NEXT_VISIT, "next_visit", CONNECTION, &["msg", "pending", "cold", "inflight", "trash", "conn"], &[]);
@@ -79,19 +89,24 @@ mod table {
     function!(RELEASE_LEASE, "release_lease", CONNECTION, &["mover"], &[]);
     function!(HEARTBEAT, "heartbeat", Scope::Instances, &["instances"], &[]);
     function!(INSTANCE_ALIVE, "instance_alive", Scope::Instances, &["instances"], &[]);
+    function!(CLAIM_DUE, "claim_due", Scope::Deadlines, &["deadlines"], &[]);
+    function!(RESCHEDULE, "reschedule", Scope::Deadlines, &["deadlines"], &[]);
 }
 pub use table::*;
 
 /// Every function of the library.
-pub static FUNCTIONS: [&Function; 17] = [
+pub static FUNCTIONS: [&Function; 22] = [
     &ADD_MESSAGE,
+    &SETTLE_ADD,
     &TAKE_FROM_QUEUE,
     &COUNT_PENDING,
     &REMOVE_MESSAGES,
     &REMOVE_ALL_MESSAGES,
     &SETTLE_COLD,
     &RELEASE,
+    &BIND,
     &UNBIND,
+    &REDELIVER,
     &RESTORE_BINDING,
     &STALE_HEAD,
     &TO_COLD,
@@ -101,6 +116,8 @@ pub static FUNCTIONS: [&Function; 17] = [
     &RELEASE_LEASE,
     &HEARTBEAT,
     &INSTANCE_ALIVE,
+    &CLAIM_DUE,
+    &RESCHEDULE,
 ];
 
 const HELPERS: &str = include_str!("functions/lib.lua");
@@ -164,7 +181,12 @@ impl Function {
             let values: Vec<String> = (1..=self.keys.len())
                 .map(|i| format!("KEYS[{i}]"))
                 .collect();
-            format!("  local {} = {}\n", names.join(", "), values.join(", "))
+            format!(
+                "  local {}, fixed_keys = {}, {}\n",
+                names.join(", "),
+                values.join(", "),
+                self.keys.len()
+            )
         } else {
             let fields: String = self
                 .keys
@@ -178,7 +200,7 @@ impl Function {
                     "  Q.did_base = string.sub(KEYS[1], 1, #KEYS[1] - {}) .. \"d:\"\n",
                     self.keys[0].len()
                 ),
-                Scope::Instances => String::new(),
+                Scope::Instances | Scope::Deadlines => String::new(),
             };
             format!("  local Q = {{trashed = {{}}{fields}}}\n{did_base}")
         };
@@ -200,6 +222,7 @@ mod tests {
             let known: &[&str] = match function.scope {
                 Scope::Connection => &super::super::keys::CONNECTION_KEYS,
                 Scope::Instances => &["instances"],
+                Scope::Deadlines => &["deadlines"],
             };
             for key in function.keys.iter().chain(function.did_keys) {
                 assert!(known.contains(key), "{}: unknown key {key}", function.name);

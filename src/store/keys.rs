@@ -7,8 +7,9 @@
 //! | `<p>:{<c>}:pending` | ZSET | pending message ids held in Redis, scored by arrival sequence |
 //! | `<p>:{<c>}:cold` | ZSET | pending message ids whose body is in MongoDB, scored by sequence |
 //! | `<p>:{<c>}:inflight` | ZSET | in-flight message ids, scored by visibility deadline (ms) |
+//! | `<p>:{<c>}:pushed` | ZSET | in-flight ids pushed to a live session, scored by the binding generation they went under |
 //! | `<p>:{<c>}:seq` | STRING | arrival sequence counter |
-//! | `<p>:{<c>}:conn` | HASH | live binding (`kind`, `peer`, `session`), `visit` (when the connection is next due to re-enter the visit index), `d:<did>` per recipient DID with keys below |
+//! | `<p>:{<c>}:conn` | HASH | live binding (`kind`, `peer`, `session`) and its generation `gen`, `visit` (when the connection is next due to re-enter the visit index), `due` (its time in the deadline index), `d:<did>` per recipient DID with keys below |
 //! | `<p>:{<c>}:d:<did>:pending` / `:cold` / `:inflight` | ZSET | the same three indexes for one recipient DID |
 //! | `<p>:{<c>}:trash` | SET | ids whose MongoDB documents are still to be deleted |
 //! | `<p>:{<c>}:mover` | STRING | lease of the instance moving the connection's messages |
@@ -16,6 +17,7 @@
 //! | `<p>:{<c>}:moving` | SET | ids a mover has read to move and not yet settled (journal) |
 //! | `<p>:{<c>}:push` | STRING | the connection's latest push token (30-day TTL) |
 //! | `<p>:visits:{<n>}` | ZSET | connection id, scored by when the mover should look at it (16 shards) |
+//! | `<p>:deadlines:{<n>}` | ZSET | connection id, scored by its earliest in-flight deadline (16 shards) |
 //! | `<p>:instances` | ZSET | instance id, scored by last heartbeat (ms) |
 //! | `<p>:instance:{<i>}:events` | STREAM | live-session events for the peers served by instance `<i>` |
 //! | `<p>:instance:{<i>}:reaper` | STRING | lock of the survivor taking over dead instance `<i>` |
@@ -23,12 +25,25 @@
 
 /// The names of a connection's keys (`<p>:{<c>}:<name>`), as the function table uses them;
 /// per-DID keys are `<p>:{<c>}:d:<did>:<name>` with `pending`, `cold` or `inflight`.
-pub const CONNECTION_KEYS: [&str; 10] = [
-    "msg", "pending", "cold", "inflight", "seq", "conn", "trash", "mover", "imported", "moving",
+pub const CONNECTION_KEYS: [&str; 11] = [
+    "msg", "pending", "cold", "inflight", "pushed", "seq", "conn", "trash", "mover", "imported",
+    "moving",
 ];
 
-/// Shards of the visit index.
+/// Shards of the visit index, and of the deadline index.
 pub const VISIT_SHARDS: u64 = 16;
+pub const DEADLINE_SHARDS: u64 = 16;
+
+/// Sharded so that, on Redis Cluster, an index spreads over nodes; FNV-1a keeps the choice
+/// stable across processes.
+fn shard_of(connection_id: &str, shards: u64) -> u64 {
+    let hash = connection_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    hash % shards
+}
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -64,19 +79,22 @@ impl Keys {
         }
     }
 
-    /// The shard of the visit index holding a connection. Sharded so that, on Redis Cluster,
-    /// the index spreads over nodes; FNV-1a keeps the choice stable across processes.
+    /// The shard of the visit index holding a connection.
     pub fn visits_of(&self, connection_id: &str) -> String {
-        let hash = connection_id
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-            });
-        self.visits(hash % VISIT_SHARDS)
+        self.visits(shard_of(connection_id, VISIT_SHARDS))
     }
 
     pub fn visits(&self, shard: u64) -> String {
         format!("{}:visits:{{{}}}", self.prefix, shard)
+    }
+
+    /// The shard of the deadline index holding a connection.
+    pub fn deadlines_of(&self, connection_id: &str) -> String {
+        self.deadlines(shard_of(connection_id, DEADLINE_SHARDS))
+    }
+
+    pub fn deadlines(&self, shard: u64) -> String {
+        format!("{}:deadlines:{{{}}}", self.prefix, shard)
     }
 
     pub fn instances(&self) -> String {

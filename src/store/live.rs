@@ -2,7 +2,8 @@
 //! connection's hash (`kind`, `peer`, `session`); the newest binding wins, and a peer removes
 //! only its own (compare and delete), so a late close never ends a newer session elsewhere.
 
-use super::functions::{RESTORE_BINDING, UNBIND};
+use super::functions::{BIND, RESTORE_BINDING, UNBIND};
+use super::redelivery::{Step, StepReply};
 use super::{Store, StoreResult};
 
 /// A peer that can hold live sessions, as a binding names it.
@@ -75,23 +76,22 @@ impl Store {
             .map(|(kind, address)| Bound { kind, address }))
     }
 
-    /// Binds the connection's live session to a peer; the newest binding wins.
+    /// Binds the connection's live session to a peer; the newest binding wins. Messages pushed
+    /// under the binding it replaces come back in the step, in flight to the new peer.
     pub async fn bind(
         &self,
         connection_id: &str,
         peer: &PeerAddress,
         session_id: &str,
-    ) -> StoreResult<()> {
-        let conn = self.keys.connection(connection_id).key("conn");
-        let mut hset = redis::cmd("HSET");
-        hset.arg(conn)
-            .arg("kind")
-            .arg(peer.kind())
-            .arg("peer")
+    ) -> StoreResult<Step> {
+        let mut call = self.connection_call(&BIND, connection_id, &[]);
+        call.arg(peer.kind())
             .arg(peer.address())
-            .arg("session")
-            .arg(session_id);
-        self.query(&hset).await
+            .arg(session_id)
+            .arg(self.visibility_ms);
+        let step = Step::from_reply(self.call(&call).await?);
+        self.index_step(connection_id, &step).await?;
+        Ok(step)
     }
 
     /// Binds only where no binding exists (after Redis lost this instance's bindings).
@@ -106,11 +106,18 @@ impl Store {
         self.call(&call).await
     }
 
-    /// Ends the session if it is still bound to `bound`. Returns whether it was.
-    pub async fn unbind(&self, connection_id: &str, bound: &Bound) -> StoreResult<bool> {
+    /// Ends the session if it is still bound to `bound`; what was pushed to it is pending
+    /// again. None when another binding holds the session (or none does).
+    pub async fn unbind(&self, connection_id: &str, bound: &Bound) -> StoreResult<Option<Step>> {
         let mut call = self.connection_call(&UNBIND, connection_id, &[]);
         call.arg(&bound.kind).arg(&bound.address);
-        self.call(&call).await
+        let (removed, step): (u8, StepReply) = self.call(&call).await?;
+        if removed == 0 {
+            return Ok(None);
+        }
+        let step = Step::from_reply(step);
+        self.index_step(connection_id, &step).await?;
+        Ok(Some(step))
     }
 }
 

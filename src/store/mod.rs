@@ -13,6 +13,7 @@ mod node;
 mod push;
 mod queue;
 mod record;
+mod redelivery;
 mod tiering;
 
 use std::time::Duration;
@@ -25,11 +26,12 @@ use functions::{Function, LIBRARY};
 
 pub use events::{Event, EventBatch, EventReader, StoredEvent};
 pub use instances::Heartbeat;
-pub use keys::{CONNECTION_KEYS, ConnectionKeys, Keys, VISIT_SHARDS};
+pub use keys::{CONNECTION_KEYS, ConnectionKeys, DEADLINE_SHARDS, Keys, VISIT_SHARDS};
 pub use live::{Bound, PeerAddress};
 pub use node::NodeRedis;
 pub use queue::{LiveDelivery, RemovedAll, Settle, Take, Taken, TakenMessage};
 pub use record::{Record, record_tail};
+pub use redelivery::{Claimed, Redelivery, Step};
 pub use tiering::{MoveOutcome, Visits};
 
 /// The oldest Redis with functions (Valkey 7.2 reports a `redis_version` of 7.2 as well).
@@ -38,6 +40,9 @@ const MIN_REDIS: (u32, u32) = (7, 0);
 #[derive(Debug)]
 pub enum StoreError {
     Redis(RedisError),
+    /// An addMessage failed in a way that hid whether it ran (its reply was lost), and was
+    /// found not to have: it never will (see `settle_add`).
+    NotStored(RedisError),
     /// Redis answered, but cannot run this server (too old).
     Unsupported(String),
 }
@@ -48,6 +53,13 @@ impl StoreError {
     /// The command may or may not have run: its reply never came.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Redis(error) if error.is_timeout())
+    }
+
+    /// The command may have run although it failed: its reply was lost on the way (a
+    /// timeout, a connection broken after sending). Redis refusing it, or refusing the
+    /// connection, leaves nothing behind.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Redis(error) if error.is_io_error() && !error.is_connection_refusal())
     }
 
     /// A mover's lease passed to another mover (see `to_cold`).
@@ -64,6 +76,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Redis(error) => error.fmt(f),
+            Self::NotStored(error) => write!(f, "{error}; the message was not stored"),
             Self::Unsupported(why) => f.write_str(why),
         }
     }
@@ -86,6 +99,8 @@ pub struct Store {
     visibility_ms: u64,
     /// How soon after its first message a connection is visited by the mover (0: never).
     visit_after_ms: u64,
+    /// How long an add whose reply was lost tries to learn its outcome (`queue::settle_add`).
+    settle_within: Duration,
 }
 
 impl Store {
@@ -106,6 +121,7 @@ impl Store {
             visit_after_ms: visits
                 .first_after()
                 .map_or(0, |after| after.as_millis().max(1) as u64),
+            settle_within: settings.add_settle_timeout(),
         })
     }
 

@@ -3,16 +3,20 @@
 //! batch per call, repeated).
 
 use super::functions::{
-    ADD_MESSAGE, COUNT_PENDING, RELEASE, REMOVE_ALL_MESSAGES, REMOVE_MESSAGES, SETTLE_COLD,
-    TAKE_FROM_QUEUE,
+    ADD_MESSAGE, COUNT_PENDING, RELEASE, REMOVE_ALL_MESSAGES, REMOVE_MESSAGES, SETTLE_ADD,
+    SETTLE_COLD, TAKE_FROM_QUEUE,
 };
 use super::live::Bound;
 use super::record::record_tail;
+use super::redelivery::{Step, StepReply};
 use super::{Store, StoreError, StoreResult, flag};
 use crate::model::NewMessage;
 
 /// Messages one call deletes one by one (~10 µs each in Redis) before yielding to other clients.
 const REMOVE_BATCH: u64 = 2000;
+
+/// How often an add whose reply was lost asks Redis for its outcome.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// An added message that went straight in flight to a live session.
 #[derive(Debug, Clone)]
@@ -94,7 +98,13 @@ impl Store {
                 &message.dids,
                 &message.body,
             ));
-        let reply: Vec<redis::Value> = self.call(&call).await?;
+        let reply: Vec<redis::Value> = match self.call(&call).await {
+            Ok(reply) => reply,
+            Err(error) if error.outcome_unknown() => {
+                return self.settle_add(connection_id, &message.id, error).await;
+            }
+            Err(error) => return Err(error),
+        };
         let mut reply = reply.into_iter();
         let visit: u8 = decode(reply.next())?;
         if visit == 1 {
@@ -110,10 +120,51 @@ impl Store {
             kind: decode(reply.next())?,
             address: decode(reply.next())?,
         };
-        Ok(Some(LiveDelivery {
-            bound,
-            deadline: decode(reply.next())?,
-        }))
+        let deadline = decode(reply.next())?;
+        let due: u8 = decode(reply.next())?;
+        if due == 1 {
+            self.index_due(connection_id, deadline).await?;
+        }
+        Ok(Some(LiveDelivery { bound, deadline }))
+    }
+
+    /// Learns whether an add whose reply was lost ran, so that its caller is answered the
+    /// truth: stored (Ok; if it went in flight to a live session, the deadline sweep pushes it
+    /// then), or not stored and never to be (`NotStored`). Asked again until Redis answers, for
+    /// at most ADD_SETTLE_TIMEOUT_MS; after that the original error stands, outcome unknown.
+    /// (On the shared connection, commands run in the order sent: the settle runs after the
+    /// add, if the add runs at all.)
+    async fn settle_add(
+        &self,
+        connection_id: &str,
+        message_id: &str,
+        error: StoreError,
+    ) -> StoreResult<Option<LiveDelivery>> {
+        let give_up = tokio::time::Instant::now() + self.settle_within;
+        loop {
+            let mut call = self.connection_call(&SETTLE_ADD, connection_id, &[]);
+            call.arg(message_id);
+            match self.call::<u8>(&call).await {
+                Ok(1) => {
+                    tracing::info!(%connection_id, %message_id, %error, "add settled: stored");
+                    return Ok(None);
+                }
+                Ok(_) => {
+                    tracing::info!(%connection_id, %message_id, %error, "add settled: not stored");
+                    let StoreError::Redis(error) = error else {
+                        unreachable!("only a Redis error has an unknown outcome")
+                    };
+                    return Err(StoreError::NotStored(error));
+                }
+                Err(_) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(SETTLE_RETRY).await;
+                }
+                Err(_) => {
+                    tracing::warn!(%connection_id, %message_id, %error, "add not settled; its outcome is unknown");
+                    return Err(error);
+                }
+            }
+        }
     }
 
     /// The oldest pending messages of both tiers; cold ones are left in flight for `settle_cold`.
@@ -126,7 +177,10 @@ impl Store {
             .arg(flag(take.delete))
             .arg(self.visibility_ms)
             .arg(flag(take.hot_only));
-        let (deadline, pairs): (i64, Vec<(String, String)>) = self.call(&call).await?;
+        let (deadline, pairs, due): (i64, Vec<(String, String)>, u8) = self.call(&call).await?;
+        if due == 1 {
+            self.index_due(connection_id, deadline).await?;
+        }
         let messages = pairs
             .into_iter()
             .map(|(id, body)| TakenMessage {
@@ -218,7 +272,8 @@ impl Store {
 
     /// Makes messages that could not be delivered pending again (only those still in flight
     /// with the deadline their delivery set), and drops the binding if it still names
-    /// `unbind` (None: the binding stays).
+    /// `unbind` (None: the binding stays), with everything else pushed under it. Returns how
+    /// many messages are pending again.
     pub async fn release(
         &self,
         connection_id: &str,
@@ -231,6 +286,9 @@ impl Store {
         for (id, deadline) in messages {
             call.arg(id).arg(deadline);
         }
-        self.call(&call).await
+        let (released, step): (u64, StepReply) = self.call(&call).await?;
+        let step = Step::from_reply(step);
+        self.index_step(connection_id, &step).await?;
+        Ok(released + step.released)
     }
 }

@@ -89,6 +89,13 @@ impl RedisServer {
     pub fn stop(&mut self) {
         self.proc.take();
     }
+
+    /// kill -9: no shutdown, nothing flushed beyond what its persistence settings wrote.
+    pub fn kill(&mut self) {
+        if let Some(proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
 }
 
 /// Whether a redis-server on `port` answers PING with PONG.

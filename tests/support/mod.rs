@@ -24,7 +24,13 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        let opts = testkit::RedisOpts::new("redis-server").expect("a free port");
+        Self::start_with(&[])
+    }
+
+    /// With extra redis-server arguments (e.g. AOF on).
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut opts = testkit::RedisOpts::new("redis-server").expect("a free port");
+        opts.args = args.iter().map(|arg| arg.to_string()).collect();
         let server = testkit::block_on(testkit::RedisServer::start(opts))
             .expect("redis-server is installed and starts");
         Self {
@@ -44,6 +50,15 @@ impl Redis {
 
     pub fn stop(&mut self) {
         self.server.stop();
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.server.pid().expect("redis-server runs")
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
@@ -151,9 +166,12 @@ pub enum Incoming {
 
 impl Client {
     pub async fn connect(url: &str) -> Self {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
+        Self::try_connect(url).await.expect("connect")
+    }
+
+    /// None when the server does not accept the socket.
+    pub async fn try_connect(url: &str) -> Option<Self> {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.ok()?;
         let (mut sink, mut stream) = socket.split();
         let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
         let (deliver, incoming) = mpsc::unbounded_channel();
@@ -183,13 +201,13 @@ impl Client {
             }
             let _ = deliver.send(Incoming::Closed(None));
         });
-        Self {
+        Some(Self {
             reader,
             outgoing,
             incoming,
             pending: Vec::new(),
             next_id: 0,
-        }
+        })
     }
 
     pub fn send_raw(&self, frame: impl Into<String>) {
@@ -212,25 +230,40 @@ impl Client {
 
     /// The full reply (`result` or `error`) to a call.
     pub async fn request(&mut self, method: &str, params: Value) -> Value {
+        let reply = self
+            .try_request(method, params, Duration::from_secs(10))
+            .await;
+        reply.unwrap_or_else(|| panic!("no reply to {method}"))
+    }
+
+    /// The full reply to a call, or None when the socket closed or `within` passed first.
+    pub async fn try_request(
+        &mut self,
+        method: &str,
+        params: Value,
+        within: Duration,
+    ) -> Option<Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut request = json!({"jsonrpc": "2.0", "method": method, "id": id});
         if !params.is_null() {
             request["params"] = params;
         }
-        self.send_raw(request.to_string());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.outgoing
+            .send(Message::text(request.to_string()))
+            .ok()?;
+        let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_frame(left).await {
-                Some(Incoming::Text(text)) => {
+            match self.next_frame(left).await? {
+                Incoming::Text(text) => {
                     let frame: Value = serde_json::from_str(&text).expect("server sends JSON");
                     if frame["id"] == json!(id) {
-                        return frame;
+                        return Some(frame);
                     }
                     self.pending.push(frame);
                 }
-                other => panic!("no reply to {method}: {other:?}"),
+                Incoming::Closed(_) => return None,
             }
         }
     }

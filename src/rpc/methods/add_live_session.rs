@@ -15,8 +15,9 @@ pub struct Params {
 }
 
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
-    let live = &caller.context.live;
-    live.bind(caller.socket, &params.connection_id, &params.session_id)
+    let messages = &caller.context.messages;
+    messages
+        .open_session(caller.socket, &params.connection_id, &params.session_id)
         .await?;
     Ok(super::boolean(true))
 }

@@ -4,9 +4,10 @@
 -- ARGV: 1 id, 2 now (ms, this instance's clock), 3 visibility timeout ms, 4 visit marker lifetime
 -- ms (0: no mover or retention runs), 5..n-1 dids, n the record tail
 -- "<size>\t<received ms>[\t<did>...]\n<body>".
--- Returns {visit} when queued as pending, or {visit, kind, peer, deadline} when the connection
--- has a live session: the message is then in flight to that peer. visit is 1 when the caller
--- must (re)enter the connection in the visit index.
+-- Returns {visit} when queued as pending, or {visit, kind, peer, deadline, due} when the
+-- connection has a live session: the message is then in flight to that peer, pushed under the
+-- binding's generation. visit is 1 when the caller must (re)enter the connection in the visit
+-- index, due 1 when it must enter it in the deadline index at `deadline`.
 local id, now, visibility, visit_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local last_did, tail = #ARGV - 1, ARGV[#ARGV]
 
@@ -16,7 +17,7 @@ if redis.call("HSETNX", k_msg, id, seq .. "\t" .. tail) == 0 then
   return redis.error_reply("DUPLICATE message id " .. id)
 end
 
-local fields = {"kind", "peer", "visit"}
+local fields = {"kind", "peer", "visit", "gen", "due"}
 for i = 5, last_did do fields[#fields + 1] = "d:" .. ARGV[i] end
 local conn = redis.call("HMGET", k_conn, unpack(fields))
 -- The marker is a time, so an index entry lost to a crash is re-made by an add after it.
@@ -26,17 +27,24 @@ if visit_ttl > 0 and (not conn[3] or tonumber(conn[3]) < now) then
   visit = 1
 end
 for i = 5, last_did do
-  if not conn[i - 1] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
+  if not conn[i + 1] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
 end
 
--- Each DID's keys are declared after the fixed ones: its pending, then its inflight lane.
+-- Each DID's keys are declared after the `fixed_keys` ones: its pending, then its inflight lane.
 if conn[1] and conn[2] then
-  local t = redis.call("TIME")
-  local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + visibility
+  local redis_now = now_ms()
+  local deadline = redis_now + visibility
   redis.call("ZADD", k_inflight, deadline, id)
-  for i = 5, last_did do redis.call("ZADD", KEYS[2 * i - 3], deadline, id) end
-  return {visit, conn[1], conn[2], deadline}
+  for i = 5, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 4)], deadline, id) end
+  redis.call("ZADD", k_pushed, tonumber(conn[4]) or 0, id)
+  -- (note_due, inlined: the hash was read above)
+  local due, index = tonumber(conn[5]), 0
+  if not due or due > deadline or due <= redis_now - DUE_LOST_MS then
+    redis.call("HSET", k_conn, "due", deadline)
+    index = 1
+  end
+  return {visit, conn[1], conn[2], deadline, index}
 end
 redis.call("ZADD", k_pending, seq, id)
-for i = 5, last_did do redis.call("ZADD", KEYS[2 * i - 4], seq, id) end
+for i = 5, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 4) - 1], seq, id) end
 return {visit}

@@ -7,7 +7,17 @@
 --
 -- A record is "<seq>\t<size>\t<received ms>[\t<did>...]\n<QueuedMessage JSON>": the header lets a
 -- function re-index, size-limit, age and delete a message without decoding JSON. A cold record
--- (body moved to MongoDB) is the header alone.
+-- (body moved to MongoDB) is the header alone. An empty record is the tombstone of an add whose
+-- outcome was settled as "not stored" (`settle_add`); nothing indexes it.
+
+-- Most messages, and bytes of them, that one call re-delivers or puts back to pending: a mass
+-- expiry or a long backlog is worked off in bounded steps (the deadline index brings the
+-- connection back at once for the next one), so no call holds Redis for long.
+local REDELIVER_COUNT = 100
+local REDELIVER_BYTES = 4194304
+-- A deadline-index entry that passed this long ago without a sweep was lost (a crash between a
+-- function and the index write that follows it): the next hand-out enters it again.
+local DUE_LOST_MS = 10000
 
 local function now_ms()
   local t = redis.call("TIME")
@@ -53,6 +63,7 @@ end
 
 local function from_inflight(Q, id, dids)
   redis.call("ZREM", Q.inflight, id)
+  redis.call("ZREM", Q.pushed, id)
   for _, did in ipairs(dids) do redis.call("ZREM", inflight_key(Q, did), id) end
 end
 
@@ -70,11 +81,11 @@ local function release(Q, id, record)
   to_pending(Q, id, seq, dids, cold)
 end
 
--- Messages whose visibility deadline passed become pending again, in their original place.
--- Each in-flight message is moved back at most once per hand-out, so the cost is amortised
--- over the calls that handed it out.
+-- Messages whose visibility deadline passed become pending again, in their original place; at
+-- most a bounded batch per call (the deadline index sweeps the rest).
 local function requeue_expired(Q, now)
-  for _, id in ipairs(redis.call("ZRANGEBYSCORE", Q.inflight, "-inf", now)) do
+  local expired = redis.call("ZRANGE", Q.inflight, "-inf", now, "BYSCORE", "LIMIT", 0, REDELIVER_COUNT)
+  for _, id in ipairs(expired) do
     local record = redis.call("HGET", Q.msg, id)
     if record then
       release(Q, id, record)
@@ -89,6 +100,11 @@ end
 local function delete(Q, id)
   local record = redis.call("HGET", Q.msg, id)
   if not record then return 0 end
+  if record == "" then
+    -- The tombstone of an add refused by `settle_add`: never a message.
+    redis.call("HDEL", Q.msg, id)
+    return 0
+  end
   local _, _, _, dids, cold = parse(record)
   redis.call("HDEL", Q.msg, id)
   from_pending(Q, id, dids, cold)
@@ -132,6 +148,88 @@ local function bound_to(Q, kind, peer)
   return live[1] == kind and live[2] == peer
 end
 
+-- Ending a binding starts a new generation: what was pushed under it is now "stale" (its peer
+-- is gone), for `redeliver` to put back.
 local function unbind(Q)
   redis.call("HDEL", Q.conn, "kind", "peer", "session")
+  redis.call("HINCRBY", Q.conn, "gen", 1)
 end
+
+-- Records that the connection has a message in flight until `deadline` (Redis clock, ms).
+-- Returns 1 when the caller must enter the connection in the deadline index at that time: it
+-- has no entry yet, a later one, or one that was lost.
+local function note_due(Q, deadline, now)
+  local due = tonumber(redis.call("HGET", Q.conn, "due"))
+  if due and due <= deadline and due > now - DUE_LOST_MS then return 0 end
+  redis.call("HSET", Q.conn, "due", deadline)
+  return 1
+end
+
+-- One bounded step of re-delivery: in-flight messages whose deadline passed, then messages
+-- pushed under an older binding (`pushed` scored below the current generation), leave flight.
+-- With a live session bound they go in flight to it again, oldest first, under the current
+-- generation; without one they are pending again, in their original place.
+-- Returns {due, kind, peer, deadline, {id, body, ...}, released, last released id}: due is
+-- when the deadline index should look at the connection again (-1: nothing in flight), body is
+-- "" for a cold message (its body is in MongoDB), released counts those put back to pending.
+local function redeliver(Q, visibility)
+  local now = now_ms()
+  local conn = redis.call("HMGET", Q.conn, "kind", "peer", "gen")
+  local bound = conn[1] and conn[2]
+  local gen = tonumber(conn[3]) or 0
+  local deadline = now + visibility
+  local chosen, bytes, more, released, last = {}, 0, false, 0, ""
+  local function step(key, max)
+    local limit = REDELIVER_COUNT - #chosen
+    local ids = redis.call("ZRANGE", key, "-inf", max, "BYSCORE", "LIMIT", 0, limit)
+    for _, id in ipairs(ids) do
+      local record = redis.call("HGET", Q.msg, id)
+      if not record then
+        redis.call("ZREM", Q.inflight, id)
+        redis.call("ZREM", Q.pushed, id)
+      else
+        local seq, size, _, dids, cold, body = parse(record)
+        if #chosen > 0 and bytes + size > REDELIVER_BYTES then
+          more = true
+          return
+        end
+        bytes = bytes + size
+        if bound then
+          from_inflight(Q, id, dids)
+          to_inflight(Q, id, deadline, dids)
+          redis.call("ZADD", Q.pushed, gen, id)
+          if cold then body = "" else body = string.sub(record, body) end
+          chosen[#chosen + 1] = {seq, id, body}
+        else
+          release(Q, id, record)
+          chosen[#chosen + 1] = false
+          released, last = released + 1, id
+        end
+      end
+    end
+    -- A full page: there may be more.
+    if #ids >= limit then more = true end
+  end
+  step(Q.inflight, now)
+  if not more then step(Q.pushed, "(" .. gen) end
+  local out = {}
+  if bound then
+    table.sort(chosen, function(a, b) return a[1] < b[1] end)
+    for _, m in ipairs(chosen) do
+      out[#out + 1] = m[2]
+      out[#out + 1] = m[3]
+    end
+  end
+  local due = -1
+  if more then
+    due = now
+  else
+    local head = redis.call("ZRANGE", Q.inflight, 0, 0, "WITHSCORES")
+    if head[1] then due = tonumber(head[2]) end
+  end
+  if due >= 0 then redis.call("HSET", Q.conn, "due", due) else redis.call("HDEL", Q.conn, "due") end
+  return {due, conn[1] or "", conn[2] or "", deadline, out, released, last}
+end
+
+-- A step that did nothing, in `redeliver`'s shape.
+local function no_step() return {-1, "", "", 0, {}, 0, ""} end

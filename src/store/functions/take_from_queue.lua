@@ -1,6 +1,7 @@
 -- ARGV: 1 recipient DID ("" for all), 2 limit (>= 1), 3 byte limit, 4 "1" to delete,
 -- 5 visibility timeout ms, 6 "1" to leave cold messages out (MongoDB is unavailable).
--- Returns {deadline, {id, body, id, body, ...}}, oldest first across both tiers. A cold message
+-- Returns {deadline, {id, body, id, body, ...}, due}, oldest first across both tiers; due is 1
+-- when the caller must enter the connection in the deadline index at `deadline`. A cold message
 -- comes with an empty body and stays in flight with that deadline even when deleting: the
 -- caller reads it from MongoDB, then deletes or releases it (settle_cold).
 local did, limit, byte_limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -14,7 +15,7 @@ local deadline = now + visibility
 local hot = redis.call("ZRANGE", lane(Q, did, false), 0, limit - 1, "WITHSCORES")
 local cold = {}
 if not hot_only then cold = redis.call("ZRANGE", lane(Q, did, true), 0, limit - 1, "WITHSCORES") end
-local taken, count, bytes, h, c = {}, 0, 0, 1, 1
+local taken, count, bytes, h, c, in_flight = {}, 0, 0, 1, 1, false
 while count < limit do
   local id
   if h < #hot and (c >= #cold or tonumber(hot[h + 1]) <= tonumber(cold[c + 1])) then
@@ -37,6 +38,7 @@ while count < limit do
       redis.call("HDEL", Q.msg, id)
     else
       to_inflight(Q, id, deadline, dids)
+      in_flight = true
     end
     taken[#taken + 1] = id
     taken[#taken + 1] = string.sub(record, body)
@@ -46,4 +48,6 @@ while count < limit do
   end
 end
 if delete_taken then forget_if_empty(Q) end
-return {deadline, taken}
+local due = 0
+if in_flight then due = note_due(Q, deadline, now) end
+return {deadline, taken, due}

@@ -1,19 +1,22 @@
-//! The message service: what the queue methods mean, for any caller (the RPC methods today, a
-//! delivery loop next). It owns everything about a message's life that is not one Redis
-//! function: the two tiers and reading bodies from MongoDB, serving what Redis holds while
-//! MongoDB is away, settling and discarding cold messages, handing live-session messages to
-//! their peer, and asking for pushes.
+//! The message service: what the queue methods mean, for any caller (the RPC methods, the
+//! re-delivery sweep, a delivery loop next). It owns everything about a message's life that is
+//! not one Redis function: the two tiers and reading bodies from MongoDB, serving what Redis
+//! holds while MongoDB is away, settling and discarding cold messages, handing live-session
+//! messages to their peer (and again when the peer went or the visibility timeout passed), and
+//! asking for pushes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::cold::Cold;
 use crate::config::QueueSettings;
-use crate::live::{Delivered, Live};
+use crate::live::{DeliveredMessage, Delivery, Live, LocalSocket};
 use crate::model::{ConnectionId, Did, MessageId, NewMessage};
 use crate::push::{PushToken, Pushes};
-use crate::store::{Settle, Store, StoreResult, Take, Taken};
+use crate::store::{Settle, Step, Store, StoreResult, Take, Taken};
 use crate::telemetry;
+
+mod redelivery;
 
 pub struct Messages {
     store: Store,
@@ -23,6 +26,7 @@ pub struct Messages {
     pushes: Arc<Pushes>,
     max_take_messages: u64,
     max_take_bytes: u64,
+    redelivery_interval: std::time::Duration,
 }
 
 /// What a take asks for; absent limits mean the server's maximum.
@@ -48,6 +52,7 @@ impl Messages {
             pushes,
             max_take_messages: settings.max_take_messages,
             max_take_bytes: settings.max_take_bytes,
+            redelivery_interval: settings.redelivery_interval(),
         }
     }
 
@@ -69,11 +74,14 @@ impl Messages {
         let NewMessage { id, body, .. } = message;
         if let Some(live) = live? {
             self.live
-                .deliver(Delivered {
-                    connection_id,
-                    live,
-                    message_id: id.clone(),
-                    body,
+                .deliver(Delivery {
+                    connection_id: connection_id.to_string(),
+                    bound: live.bound,
+                    messages: vec![DeliveredMessage {
+                        id: id.clone(),
+                        deadline: live.deadline,
+                        body,
+                    }],
                 })
                 .await;
         } else if push_token.is_some() {
@@ -122,45 +130,119 @@ impl Messages {
         if cold_ids.is_empty() {
             return Ok(bodies(taken, HashMap::new()));
         }
-        let read = match cold {
-            Some(cold) => cold.bodies(&cold_ids).await.map_err(|e| e.to_string()),
+        let Some(found) = self
+            .cold_bodies(connection_id, taken.deadline, &cold_ids, take.delete)
+            .await?
+        else {
+            metrics::counter!(telemetry::COLD_DEGRADED, "method" => "takeFromQueue").increment(1);
+            self.store
+                .settle_cold(connection_id, taken.deadline, &cold_ids, Settle::Release)
+                .await?;
+            return Ok(bodies(taken, HashMap::new()));
+        };
+        Ok(bodies(taken, found))
+    }
+
+    /// Reads the bodies of cold messages in flight with `deadline` from MongoDB. A document
+    /// gone from MongoDB (its TTL index, or a hand) is a message gone: it is deleted, as are
+    /// all of them with `delete`. None when MongoDB cannot be read (they stay in flight).
+    async fn cold_bodies(
+        &self,
+        connection_id: &str,
+        deadline: i64,
+        ids: &[&str],
+        delete: bool,
+    ) -> StoreResult<Option<HashMap<String, String>>> {
+        let read = match &self.cold {
+            Some(cold) => cold.bodies(ids).await.map_err(|e| e.to_string()),
             None => Err("MONGODB_URI is not set".to_owned()),
         };
         let found = match read {
             Ok(found) => found,
             Err(error) => {
-                tracing::warn!(connection_id = &**connection_id, %error, "cold messages not read; serving what Redis holds");
-                metrics::counter!(telemetry::COLD_DEGRADED, "method" => "takeFromQueue")
-                    .increment(1);
-                self.store
-                    .settle_cold(connection_id, taken.deadline, &cold_ids, Settle::Release)
-                    .await?;
-                return Ok(bodies(taken, HashMap::new()));
+                tracing::warn!(%connection_id, %error, "cold messages not read; serving what Redis holds");
+                return Ok(None);
             }
         };
-        // A document gone from MongoDB (its TTL index, or a hand) is a message gone.
-        let missing: Vec<&str> = cold_ids
+        let missing: Vec<&str> = ids
             .iter()
             .copied()
             .filter(|id| !found.contains_key(*id))
             .collect();
         if !missing.is_empty() {
             metrics::counter!(telemetry::COLD_MISSING).increment(missing.len() as u64);
-            tracing::warn!(
-                connection_id = &**connection_id,
-                ?missing,
-                "cold messages without a document; removed"
-            );
+            tracing::warn!(%connection_id, ?missing, "cold messages without a document; removed");
         }
-        let to_delete: Vec<&str> = if take.delete { cold_ids } else { missing };
+        let to_delete: &[&str] = if delete { ids } else { &missing };
         if !to_delete.is_empty() {
             let trashed = self
                 .store
-                .settle_cold(connection_id, taken.deadline, &to_delete, Settle::Delete)
+                .settle_cold(connection_id, deadline, to_delete, Settle::Delete)
                 .await?;
             self.discard(connection_id, trashed);
         }
-        Ok(bodies(taken, found))
+        Ok(Some(found))
+    }
+
+    /// Binds the connection's live session to a socket; what was pushed under the binding it
+    /// replaces (a mediator that hung or went) goes to this socket at once.
+    pub async fn open_session(
+        &self,
+        socket: &Arc<LocalSocket>,
+        connection_id: &ConnectionId,
+        session_id: &str,
+    ) -> StoreResult<()> {
+        let step = self.live.bind(socket, connection_id, session_id).await?;
+        self.hand_over(connection_id, step).await
+    }
+
+    /// Hands what a re-delivery step put in flight to the live session's peer, reading cold
+    /// bodies from MongoDB (those it cannot read stay in flight and come back at their
+    /// deadline), and wakes the phone for what it put back to pending.
+    async fn hand_over(&self, connection_id: &str, step: Step) -> StoreResult<()> {
+        self.live.wake_for(connection_id, &step);
+        let Some(redelivery) = step.redelivery else {
+            return Ok(());
+        };
+        let cold_ids: Vec<&str> = redelivery
+            .messages
+            .iter()
+            .filter(|message| message.body.is_none())
+            .map(|message| message.id.as_str())
+            .collect();
+        let mut found = HashMap::new();
+        if !cold_ids.is_empty()
+            && let Some(bodies) = self
+                .cold_bodies(connection_id, redelivery.deadline, &cold_ids, false)
+                .await?
+        {
+            found = bodies;
+        }
+        let deadline = redelivery.deadline;
+        let messages: Vec<DeliveredMessage> = redelivery
+            .messages
+            .into_iter()
+            .filter_map(|message| {
+                let body = message.body.or_else(|| found.remove(&message.id))?;
+                Some(DeliveredMessage {
+                    id: message.id,
+                    deadline,
+                    body,
+                })
+            })
+            .collect();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!(telemetry::REDELIVERED).increment(messages.len() as u64);
+        self.live
+            .deliver(Delivery {
+                connection_id: connection_id.to_owned(),
+                bound: redelivery.bound,
+                messages,
+            })
+            .await;
+        Ok(())
     }
 
     /// Pending messages (in flight ones are not available), in both tiers; never reads MongoDB.
