@@ -51,7 +51,7 @@ pub async fn run(config: &Config, args: &MigrateArgs) -> anyhow::Result<Report> 
     let visit_after = visits.first_after();
     let mut redis = config.redis.clone();
     redis.redis_timeout_ms = TIMEOUT.as_millis() as u64;
-    let store = Store::open(&redis, config.queue.visibility_timeout(), visits).await?;
+    let store = Store::open(&redis, &config.queue, visits).await?;
     store.prepare().await?;
     let mut report = Report::default();
     let node_url = args

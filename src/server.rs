@@ -46,7 +46,7 @@ impl Server {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = telemetry::metrics()?;
         let visits = Visits::from(&config.cold);
-        let store = Store::open(&config.redis, config.queue.visibility_timeout(), visits)
+        let store = Store::open(&config.redis, &config.queue, visits)
             .await
             .context("REDIS_URL")?;
         match store.prepare().await {

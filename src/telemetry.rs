@@ -16,6 +16,7 @@ pub const EVENTS_PUSHED: &str = "mpr_events_pushed_total";
 pub const EVENTS_UNDELIVERABLE: &str = "mpr_events_undeliverable_total";
 pub const EVENTS_PUBLISH_FAILED: &str = "mpr_events_publish_failed_total";
 pub const REDELIVERED: &str = "mpr_redelivered_total";
+pub const QUEUE_FULL: &str = "mpr_queue_full_total";
 pub const REDELIVERY_RELEASED: &str = "mpr_redelivery_released_total";
 pub const REDELIVERY_FAILURES: &str = "mpr_redelivery_failures_total";
 pub const INSTANCES_REAPED: &str = "mpr_instances_reaped_total";
@@ -76,6 +77,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "JSON-RPC calls by method and outcome (ok, invalid, error)"
     );
     metrics::describe_histogram!(CALL_DURATION, "JSON-RPC call latency by method");
+    metrics::describe_counter!(
+        QUEUE_FULL,
+        "addMessage calls refused because the connection held QUEUE_MAX_MESSAGES"
+    );
     metrics::describe_counter!(
         REDELIVERED,
         "Messages pushed again to a live session: their peer went or their visibility timeout passed"

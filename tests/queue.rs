@@ -433,3 +433,37 @@ async fn remove_all_for_one_of_several_dids_works_in_batches_and_spares_the_othe
         .await;
     assert_eq!(texts(&rest), ["b0", "b500", "b1000", "b1500", "b2000"]);
 }
+
+#[tokio::test]
+async fn a_connection_at_its_quota_is_refused_and_left_as_it_is() {
+    let (_redis, server, mut client) = setup(&[("QUEUE_MAX_MESSAGES", "3")]).await;
+    let (full, other) = (unique_id("c"), unique_id("c"));
+    for i in 0..3 {
+        client.add(&full, DID_A, &format!("{i}")).await;
+    }
+    let refused = client
+        .call_err(
+            "addMessage",
+            json!({"connectionId": full, "recipientDids": [DID_A], "payload": payload("over")}),
+        )
+        .await;
+    assert_eq!(refused["code"], -32002, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("QUEUE_MAX_MESSAGES"),
+        "{refused}"
+    );
+    assert_eq!(client.count(&full).await, 3, "nothing added");
+    assert_eq!(server.metric("mpr_queue_full_total", "").await, 1.0);
+    // Other connections are not affected, and room made is room to add.
+    client.add(&other, DID_A, "elsewhere").await;
+    let taken = client
+        .take(json!({"connectionId": full, "limit": 1, "deleteMessages": true}))
+        .await;
+    assert_eq!(texts(&taken), ["0"]);
+    client.add(&full, DID_A, "after").await;
+    let rest = client.take(json!({"connectionId": full})).await;
+    assert_eq!(texts(&rest), ["1", "2", "after"]);
+}

@@ -96,13 +96,14 @@ pub fn visits_key(prefix: &str, connection_id: &str) -> String {
     Keys::new(prefix).visits_of(connection_id)
 }
 
-/// ARGV of an add_message call for one message, as a server without a mover makes it (visit
-/// marker lifetime 0): the record tail last.
+/// ARGV of an add_message call for one message, as a server without a mover or a quota makes
+/// it (visit marker lifetime 0, no message quota): the record tail last.
 fn add_argv(id: &str, tail: String) -> Vec<String> {
     vec![
         id.to_owned(),
         unix_ms().to_string(),
         VISIBILITY_MS.to_string(),
+        "0".to_owned(),
         "0".to_owned(),
         DID.to_owned(),
         tail,

@@ -13,7 +13,7 @@ use crate::config::QueueSettings;
 use crate::live::{DeliveredMessage, Delivery, Live, LocalSocket};
 use crate::model::{ConnectionId, Did, MessageId, NewMessage};
 use crate::push::{PushToken, Pushes};
-use crate::store::{Settle, Step, Store, StoreResult, Take, Taken};
+use crate::store::{Settle, Step, Store, StoreError, StoreResult, Take, Taken};
 use crate::telemetry;
 
 mod redelivery;
@@ -71,8 +71,13 @@ impl Messages {
             self.pushes
                 .remember_token(connection_id, push_token.as_ref()),
         );
+        let live = live.inspect_err(|error| {
+            if matches!(error, StoreError::QueueFull(_)) {
+                metrics::counter!(telemetry::QUEUE_FULL).increment(1);
+            }
+        })?;
         let NewMessage { id, body, .. } = message;
-        if let Some(live) = live? {
+        if let Some(live) = live {
             self.live
                 .deliver(Delivery {
                     connection_id: connection_id.to_string(),

@@ -10,6 +10,8 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 /// Redis failed or timed out: nothing was acknowledged, the call may be retried.
 pub const STORAGE_UNAVAILABLE: i64 = -32000;
+/// The connection's queue holds QUEUE_MAX_MESSAGES: nothing was added.
+pub const QUEUE_FULL: i64 = -32002;
 
 #[derive(Debug, Serialize)]
 pub struct RpcError {
@@ -67,6 +69,14 @@ impl RpcError {
 
 impl From<StoreError> for RpcError {
     fn from(error: StoreError) -> Self {
-        Self::storage(error)
+        match error {
+            StoreError::QueueFull(limit) => Self::new(
+                QUEUE_FULL,
+                format!(
+                    "Queue full: the connection holds {limit} messages (QUEUE_MAX_MESSAGES); nothing was added"
+                ),
+            ),
+            error => Self::storage(error),
+        }
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use redis::{Cmd, FromRedisValue, RedisError};
 
-use crate::config::RedisSettings;
+use crate::config::{QueueSettings, RedisSettings};
 use connection::{RedisClient, RedisConnection};
 use functions::{Function, LIBRARY};
 
@@ -45,6 +45,8 @@ pub enum StoreError {
     NotStored(RedisError),
     /// Redis answered, but cannot run this server (too old).
     Unsupported(String),
+    /// The connection holds QUEUE_MAX_MESSAGES messages: nothing was added.
+    QueueFull(u64),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -78,6 +80,7 @@ impl std::fmt::Display for StoreError {
             Self::Redis(error) => error.fmt(f),
             Self::NotStored(error) => write!(f, "{error}; the message was not stored"),
             Self::Unsupported(why) => f.write_str(why),
+            Self::QueueFull(limit) => write!(f, "the connection holds {limit} messages"),
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct Store {
     conn: RedisConnection,
     keys: Keys,
     visibility_ms: u64,
+    /// Most messages one connection may hold (0: no quota).
+    max_messages: u64,
     /// How soon after its first message a connection is visited by the mover (0: never).
     visit_after_ms: u64,
     /// How long an add whose reply was lost tries to learn its outcome (`queue::settle_add`).
@@ -108,7 +113,7 @@ impl Store {
     /// away. Commands fail after `REDIS_TIMEOUT_MS`.
     pub async fn open(
         settings: &RedisSettings,
-        visibility: Duration,
+        queue: &QueueSettings,
         visits: Visits,
     ) -> StoreResult<Self> {
         let client = RedisClient::new(settings)?;
@@ -117,7 +122,8 @@ impl Store {
             client,
             conn,
             keys: Keys::new(&settings.redis_prefix),
-            visibility_ms: visibility.as_millis() as u64,
+            visibility_ms: queue.visibility_timeout().as_millis() as u64,
+            max_messages: queue.queue_max_messages,
             visit_after_ms: visits
                 .first_after()
                 .map_or(0, |after| after.as_millis().max(1) as u64),

@@ -91,6 +91,7 @@ impl Store {
             .arg(crate::model::now_ms())
             .arg(self.visibility_ms)
             .arg(self.visit_after_ms)
+            .arg(self.max_messages)
             .arg(&dids)
             .arg(record_tail(
                 message.size,
@@ -102,6 +103,9 @@ impl Store {
             Ok(reply) => reply,
             Err(error) if error.outcome_unknown() => {
                 return self.settle_add(connection_id, &message.id, error).await;
+            }
+            Err(StoreError::Redis(error)) if error.code() == Some("QUOTA") => {
+                return Err(StoreError::QueueFull(self.max_messages));
             }
             Err(error) => return Err(error),
         };

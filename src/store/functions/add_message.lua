@@ -2,14 +2,19 @@
 -- HMGET of the connection's hash reads the live binding, when the connection is next due in
 -- the visit index, and whether each recipient DID is known already.
 -- ARGV: 1 id, 2 now (ms, this instance's clock), 3 visibility timeout ms, 4 visit marker lifetime
--- ms (0: no mover or retention runs), 5..n-1 dids, n the record tail
--- "<size>\t<received ms>[\t<did>...]\n<body>".
+-- ms (0: no mover or retention runs), 5 most messages the connection may hold (0: no quota),
+-- 6..n-1 dids, n the record tail "<size>\t<received ms>[\t<did>...]\n<body>".
+-- Fails with QUOTA, touching nothing, when the connection holds its quota.
 -- Returns {visit} when queued as pending, or {visit, kind, peer, deadline, due} when the
 -- connection has a live session: the message is then in flight to that peer, pushed under the
 -- binding's generation. visit is 1 when the caller must (re)enter the connection in the visit
 -- index, due 1 when it must enter it in the deadline index at `deadline`.
 local id, now, visibility, visit_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local last_did, tail = #ARGV - 1, ARGV[#ARGV]
+local max_messages, last_did, tail = tonumber(ARGV[5]), #ARGV - 1, ARGV[#ARGV]
+
+if max_messages > 0 and redis.call("HLEN", k_msg) >= max_messages then
+  return redis.error_reply("QUOTA " .. max_messages)
+end
 
 -- (A duplicate id burns a sequence number: harmless, order is all it gives.)
 local seq = redis.call("INCR", k_seq)
@@ -18,7 +23,7 @@ if redis.call("HSETNX", k_msg, id, seq .. "\t" .. tail) == 0 then
 end
 
 local fields = {"kind", "peer", "visit", "gen", "due"}
-for i = 5, last_did do fields[#fields + 1] = "d:" .. ARGV[i] end
+for i = 6, last_did do fields[#fields + 1] = "d:" .. ARGV[i] end
 local conn = redis.call("HMGET", k_conn, unpack(fields))
 -- The marker is a time, so an index entry lost to a crash is re-made by an add after it.
 local visit = 0
@@ -26,8 +31,8 @@ if visit_ttl > 0 and (not conn[3] or tonumber(conn[3]) < now) then
   redis.call("HSET", k_conn, "visit", now + visit_ttl)
   visit = 1
 end
-for i = 5, last_did do
-  if not conn[i + 1] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
+for i = 6, last_did do
+  if not conn[i] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
 end
 
 -- Each DID's keys are declared after the `fixed_keys` ones: its pending, then its inflight lane.
@@ -35,7 +40,7 @@ if conn[1] and conn[2] then
   local redis_now = now_ms()
   local deadline = redis_now + visibility
   redis.call("ZADD", k_inflight, deadline, id)
-  for i = 5, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 4)], deadline, id) end
+  for i = 6, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 5)], deadline, id) end
   redis.call("ZADD", k_pushed, tonumber(conn[4]) or 0, id)
   -- (note_due, inlined: the hash was read above)
   local due, index = tonumber(conn[5]), 0
@@ -46,5 +51,5 @@ if conn[1] and conn[2] then
   return {visit, conn[1], conn[2], deadline, index}
 end
 redis.call("ZADD", k_pending, seq, id)
-for i = 5, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 4) - 1], seq, id) end
+for i = 6, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 5) - 1], seq, id) end
 return {visit}
