@@ -126,8 +126,11 @@ impl Live {
         if self.serves(&peer).await? {
             return Ok(true);
         }
-        // A binding left by a dead instance or a vanished socket: clear it while here.
-        self.store.unbind(connection_id, &bound).await?;
+        // A binding left by a dead instance or a vanished socket: clear it while here (what
+        // was pushed to it is pending again).
+        if let Some(step) = self.store.unbind(connection_id, &bound).await? {
+            self.wake_for(connection_id, &step);
+        }
         Ok(false)
     }
 
