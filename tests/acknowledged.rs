@@ -123,23 +123,30 @@ async fn every_acknowledged_message_is_delivered_once_and_no_refused_one_is() {
         writers.push((connection, format!("w{w}"), task));
     }
     let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-    pause(800).await;
-    // Frozen past the call timeout: the adds in flight time out, their outcome hidden.
-    let pid = redis.pid();
-    signal(pid, "-STOP");
-    pause(1500).await;
-    signal(pid, "-CONT");
-    pause(800).await;
-    // Connections broken under the calls.
-    for _ in 0..3 {
-        redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
-        pause(150).await;
+    // One round in the suite; MPR_RECONCILE_ROUNDS=50 for a long run (docs/performance.md).
+    let rounds: usize = std::env::var("MPR_RECONCILE_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(1);
+    for _ in 0..rounds {
+        pause(800).await;
+        // Frozen past the call timeout: the adds in flight time out, their outcome hidden.
+        let pid = redis.pid();
+        signal(pid, "-STOP");
+        pause(1500).await;
+        signal(pid, "-CONT");
+        pause(800).await;
+        // Connections broken under the calls.
+        for _ in 0..3 {
+            redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+            pause(150).await;
+        }
+        pause(600).await;
+        // Redis dies; what it acknowledged is on disk.
+        redis.kill();
+        pause(500).await;
+        redis.restart();
     }
-    pause(600).await;
-    // Redis dies; what it acknowledged is on disk.
-    redis.kill();
-    pause(500).await;
-    redis.restart();
     pause(800).await;
     doomed.kill();
     pause(1500).await;
