@@ -69,6 +69,14 @@ pub struct ServerSettings {
     #[arg(long, env = "WS_MAX_CALLS_PER_SOCKET", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub ws_max_calls_per_socket: u64,
 
+    /// Interval between the pings the server sends on every WebSocket, in ms.
+    #[arg(long, env = "WS_PING_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub ws_ping_interval_ms: u64,
+
+    /// Ping intervals in a row without any frame from the peer after which its socket is closed.
+    #[arg(long, env = "WS_PING_MISSES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub ws_ping_misses: u32,
+
     /// Threads running sockets and calls (default: one per CPU). Where Redis shares a small
     /// machine, fewer threads than CPUs leave it room.
     #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -304,6 +312,10 @@ fn millis(ms: u64) -> Duration {
 impl ServerSettings {
     pub fn shutdown_timeout(&self) -> Duration {
         millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn ws_ping_interval(&self) -> Duration {
+        millis(self.ws_ping_interval_ms)
     }
 }
 

@@ -47,6 +47,11 @@ pub async fn run(
     let mut calls: FuturesUnordered<BoxFuture<'static, Option<String>>> = FuturesUnordered::new();
     let mut close: Option<CloseFrame> = None;
     let mut draining = false;
+    // One timer per socket, in the task itself (no allocation); reset after every ping.
+    let ping = tokio::time::sleep(limits.ping_interval);
+    tokio::pin!(ping);
+    // Ping intervals since the last frame of any kind came from the peer.
+    let mut silent_intervals = 0;
     loop {
         tokio::select! {
             Some(reply) = calls.next(), if !calls.is_empty() => {
@@ -62,7 +67,21 @@ pub async fn run(
                     break;
                 }
             }
+            () = &mut ping, if !draining => {
+                silent_intervals += 1;
+                if silent_intervals >= limits.ping_misses {
+                    // A hung peer would not read a close frame either: just drop it.
+                    tracing::info!(silent_intervals, "no frame from the peer; dropping socket");
+                    metrics::counter!(telemetry::SOCKETS_DROPPED, "reason" => "ping_timeout").increment(1);
+                    break;
+                }
+                ping.as_mut().reset(tokio::time::Instant::now() + limits.ping_interval);
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
             frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
+                silent_intervals = 0;
                 match frame {
                     Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
                     // rpc-websockets servers parse binary frames as text too.

@@ -1,0 +1,136 @@
+//! Bounds on what one peer can hold of the server: pings drop hung peers, handshakes and HTTP
+//! headers have a deadline, the number of sockets and each socket's outbox are bounded, and an
+//! oversized frame closes with 1009. Real sockets against a real server; every test also checks
+//! that the other sockets were not affected.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::{Client, Redis, Server, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Completes a WebSocket upgrade by hand; returns the stream and the response's status code.
+/// The stream then answers nothing (no pong), as a hung peer would.
+async fn upgrade_by_hand(port: u16) -> (TcpStream, u16) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Byte by byte: nothing past the response's head is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        let read = stream.read(&mut byte).await.unwrap();
+        assert_eq!(read, 1, "connection closed during the upgrade: {head:?}");
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("an HTTP status line");
+    (stream, status)
+}
+
+/// Reads until the server closes the connection; false if it is still open after `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = vec![0u8; 64 * 1024];
+    tokio::time::timeout(within, async {
+        // A reset is a close too.
+        while let Ok(read) = stream.read(&mut buffer).await
+            && read > 0
+        {}
+    })
+    .await
+    .is_ok()
+}
+
+/// Reads (tungstenite answers every ping with a pong as it reads) until `pings` pings came.
+async fn answer_pings(socket: &mut WebSocket, pings: usize) {
+    let mut seen = 0;
+    while seen < pings {
+        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("the server keeps pinging");
+        match frame {
+            Some(Ok(Message::Ping(_))) => seen += 1,
+            Some(Ok(_)) => {}
+            other => panic!("socket ended after {seen} pings: {other:?}"),
+        }
+    }
+}
+
+/// A `ping` call on a raw socket answers `"pong"`.
+async fn assert_answers(socket: &mut WebSocket) {
+    let call = json!({"jsonrpc": "2.0", "method": "ping", "id": 1});
+    socket.send(Message::text(call.to_string())).await.unwrap();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a reply to ping");
+        if let Some(Ok(Message::Text(text))) = frame {
+            let reply: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(reply["result"], "pong");
+            return;
+        }
+        assert!(matches!(frame, Some(Ok(_))), "socket ended: {frame:?}");
+    }
+}
+
+async fn dropped(server: &Server, reason: &str) -> f64 {
+    server
+        .metric("mpr_sockets_dropped_total", &format!("reason=\"{reason}\""))
+        .await
+}
+
+#[tokio::test]
+async fn a_peer_that_answers_no_ping_is_dropped_and_one_that_does_stays_open() {
+    let redis = Redis::start();
+    let server = Server::start(
+        &redis.url(),
+        &[("WS_PING_INTERVAL_MS", "200"), ("WS_PING_MISSES", "3")],
+    )
+    .await;
+    let (mut answering, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    let (mut silent, status) = upgrade_by_hand(server.ws_port).await;
+    assert_eq!(status, 101);
+    let started = Instant::now();
+
+    // 20 pings: many times the 600 ms after which a silent peer is dropped.
+    let keep_answering = async {
+        answer_pings(&mut answering, 20).await;
+        assert_answers(&mut answering).await;
+    };
+    // The silent peer reads nothing until the server has dropped it.
+    let wait_for_drop = async {
+        eventually(Duration::from_secs(10), async || {
+            dropped(&server, "ping_timeout").await == 1.0
+        })
+        .await;
+        println!("silent peer dropped after {:?}", started.elapsed());
+        assert!(
+            closed_within(&mut silent, Duration::from_secs(5)).await,
+            "the silent peer's connection is closed"
+        );
+    };
+    tokio::join!(keep_answering, wait_for_drop);
+    assert_eq!(
+        dropped(&server, "ping_timeout").await,
+        1.0,
+        "only the silent one"
+    );
+    assert_eq!(server.metric("mpr_open_sockets", "").await, 1.0);
+    let mut other = Client::connect(&server.url()).await;
+    assert_eq!(other.call("ping", Value::Null).await, "pong");
+}
