@@ -69,6 +69,14 @@ pub struct ServerSettings {
     #[arg(long, env = "WS_MAX_CALLS_PER_SOCKET", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub ws_max_calls_per_socket: u64,
 
+    /// Time a new WebSocket connection has to complete its upgrade, in ms; then it is dropped.
+    #[arg(long, env = "WS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub ws_handshake_timeout_ms: u64,
+
+    /// Time an HTTP connection has to send a request's headers, in ms; then it is closed.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub http_header_read_timeout_ms: u64,
+
     /// Interval between the pings the server sends on every WebSocket, in ms.
     #[arg(long, env = "WS_PING_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub ws_ping_interval_ms: u64,
@@ -312,6 +320,14 @@ fn millis(ms: u64) -> Duration {
 impl ServerSettings {
     pub fn shutdown_timeout(&self) -> Duration {
         millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn ws_handshake_timeout(&self) -> Duration {
+        millis(self.ws_handshake_timeout_ms)
+    }
+
+    pub fn http_header_read_timeout(&self) -> Duration {
+        millis(self.http_header_read_timeout_ms)
     }
 
     pub fn ws_ping_interval(&self) -> Duration {

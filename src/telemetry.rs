@@ -71,7 +71,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!(OPEN_SOCKETS, "WebSocket connections open on this instance");
     metrics::describe_counter!(
         SOCKETS_DROPPED,
-        "Connections the server ended by reason (ping_timeout, ...)"
+        "Connections the server ended by reason (handshake_timeout, ping_timeout, ...)"
     );
     metrics::describe_counter!(
         CALLS,

@@ -134,3 +134,58 @@ async fn a_peer_that_answers_no_ping_is_dropped_and_one_that_does_stays_open() {
     let mut other = Client::connect(&server.url()).await;
     assert_eq!(other.call("ping", Value::Null).await, "pong");
 }
+
+#[tokio::test]
+async fn connections_that_never_finish_their_upgrade_or_headers_block_nothing_and_are_closed() {
+    let redis = Redis::start();
+    let server = Server::start(
+        &redis.url(),
+        &[
+            ("WS_HANDSHAKE_TIMEOUT_MS", "5000"),
+            ("HTTP_HEADER_READ_TIMEOUT_MS", "5000"),
+        ],
+    )
+    .await;
+    // Half of them send nothing, the others a request cut short.
+    let mut half_open = Vec::new();
+    for (i, port) in (0..1100)
+        .map(|_| server.ws_port)
+        .chain((0..100).map(|_| server.app_port))
+        .enumerate()
+    {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        if i % 2 == 0 {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        half_open.push(stream);
+    }
+
+    let mut client = Client::connect(&server.url()).await;
+    assert_eq!(client.call("ping", Value::Null).await, "pong");
+    assert_eq!(server.http_get("/health").await, (200, "ok".to_owned()));
+    assert_eq!(
+        dropped(&server, "handshake_timeout").await,
+        0.0,
+        "the half-open connections were still open"
+    );
+
+    let started = Instant::now();
+    let closes = half_open
+        .iter_mut()
+        .map(|stream| closed_within(stream, Duration::from_secs(60)));
+    let closed = futures_util::future::join_all(closes).await;
+    println!(
+        "1200 half-open connections closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        closed.iter().all(|&closed| closed),
+        "every half-open connection is closed"
+    );
+    assert_eq!(dropped(&server, "handshake_timeout").await, 1100.0);
+    assert_eq!(client.call("ping", Value::Null).await, "pong");
+    assert_eq!(server.metric("mpr_open_sockets", "").await, 1.0);
+}

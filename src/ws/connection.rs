@@ -28,14 +28,20 @@ pub async fn run(
     let config = limits.websocket_config();
     // Rare, large futures are boxed: the task of every idle socket is as large as its
     // largest await point.
-    let handshake = Box::pin(tokio_tungstenite::accept_async_with_config(
-        stream,
-        Some(config),
+    let handshake = Box::pin(tokio::time::timeout(
+        limits.handshake_timeout,
+        tokio_tungstenite::accept_async_with_config(stream, Some(config)),
     ));
     let socket = match handshake.await {
-        Ok(socket) => socket,
-        Err(error) => {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => {
             tracing::debug!(%error, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("WebSocket handshake timed out");
+            metrics::counter!(telemetry::SOCKETS_DROPPED, "reason" => "handshake_timeout")
+                .increment(1);
             return;
         }
     };

@@ -18,6 +18,8 @@ use crate::rpc::Context;
 pub struct Limits {
     pub max_message_bytes: usize,
     pub max_calls: usize,
+    /// A connection that has not completed its upgrade by then is dropped.
+    pub handshake_timeout: Duration,
     /// A ping goes out every `ping_interval`; a peer silent for `ping_misses` of them is dropped.
     pub ping_interval: Duration,
     pub ping_misses: u32,
