@@ -69,6 +69,10 @@ pub struct ServerSettings {
     #[arg(long, env = "WS_MAX_CALLS_PER_SOCKET", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub ws_max_calls_per_socket: u64,
 
+    /// Most WebSockets open at once on this instance; past it, upgrades are answered 503.
+    #[arg(long, env = "MAX_SOCKETS", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_sockets: u64,
+
     /// Time a new WebSocket connection has to complete its upgrade, in ms; then it is dropped.
     #[arg(long, env = "WS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub ws_handshake_timeout_ms: u64,

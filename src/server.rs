@@ -119,6 +119,7 @@ impl Server {
         let limits = ws::Limits {
             max_message_bytes: settings.ws_max_message_bytes as usize,
             max_calls: settings.ws_max_calls_per_socket as usize,
+            max_sockets: settings.max_sockets as usize,
             handshake_timeout: settings.ws_handshake_timeout(),
             ping_interval: settings.ws_ping_interval(),
             ping_misses: settings.ws_ping_misses,

@@ -189,3 +189,31 @@ async fn connections_that_never_finish_their_upgrade_or_headers_block_nothing_an
     assert_eq!(client.call("ping", Value::Null).await, "pong");
     assert_eq!(server.metric("mpr_open_sockets", "").await, 1.0);
 }
+
+#[tokio::test]
+async fn an_upgrade_past_max_sockets_is_refused_with_503_and_the_open_sockets_keep_working() {
+    let redis = Redis::start();
+    let server = Server::start(&redis.url(), &[("MAX_SOCKETS", "3")]).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Client::connect(&server.url()).await);
+    }
+
+    let (_, status) = upgrade_by_hand(server.ws_port).await;
+    assert_eq!(status, 503);
+    assert_eq!(server.metric("mpr_sockets_refused_total", "").await, 1.0);
+    for client in &mut open {
+        assert_eq!(client.call("ping", Value::Null).await, "pong");
+    }
+    assert_eq!(server.metric("mpr_open_sockets", "").await, 3.0);
+
+    // A closed socket gives its place back.
+    drop(open.pop());
+    eventually(Duration::from_secs(10), async || {
+        server.metric("mpr_open_sockets", "").await == 2.0
+    })
+    .await;
+    let mut replacement = Client::connect(&server.url()).await;
+    assert_eq!(replacement.call("ping", Value::Null).await, "pong");
+    assert_eq!(server.metric("mpr_sockets_refused_total", "").await, 1.0);
+}

@@ -8,12 +8,14 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use super::Limits;
+use super::{Limits, SocketSlots};
 use crate::live::LocalSocket;
 use crate::rpc::{self, Caller, Context};
 use crate::telemetry;
@@ -22,15 +24,30 @@ pub async fn run(
     stream: TcpStream,
     context: Arc<Context>,
     limits: Limits,
+    slots: Arc<SocketSlots>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let config = limits.websocket_config();
     // Rare, large futures are boxed: the task of every idle socket is as large as its
     // largest await point.
+    let mut slot = None;
+    // Runs once the upgrade request is read: past MAX_SOCKETS it is answered 503. The large
+    // error type is tungstenite's callback signature.
+    #[allow(clippy::result_large_err)]
+    let take_slot = |_: &Request, response: Response| match slots.take() {
+        Some(taken) => {
+            slot = Some(taken);
+            Ok(response)
+        }
+        None => {
+            metrics::counter!(telemetry::SOCKETS_REFUSED).increment(1);
+            Err(too_many_sockets())
+        }
+    };
     let handshake = Box::pin(tokio::time::timeout(
         limits.handshake_timeout,
-        tokio_tungstenite::accept_async_with_config(stream, Some(config)),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, take_slot, Some(config)),
     ));
     let socket = match handshake.await {
         Ok(Ok(socket)) => socket,
@@ -45,6 +62,7 @@ pub async fn run(
             return;
         }
     };
+    let _slot = slot.expect("an accepted upgrade took a slot");
     let state = context.live.new_socket();
     metrics::gauge!(telemetry::OPEN_SOCKETS).increment(1);
     let (mut sink, mut frames) = socket.split();
@@ -183,6 +201,12 @@ where
         metrics::counter!(telemetry::EVENTS_PUSHED).increment(delivery.messages.len() as u64);
     }
     sink.flush().await.is_ok()
+}
+
+fn too_many_sockets() -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some("too many sockets open on this instance".into()));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
