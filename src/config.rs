@@ -89,6 +89,15 @@ pub struct ServerSettings {
     #[arg(long, env = "WS_PING_MISSES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub ws_ping_misses: u32,
 
+    /// Time a write to a WebSocket may make no progress, in ms; then the socket is dropped.
+    #[arg(long, env = "WS_WRITE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub ws_write_timeout_ms: u64,
+
+    /// Bytes of live-session messages one socket may hold unwritten; past it the socket is
+    /// closed with 1013 and its sessions' messages go back to pending.
+    #[arg(long, env = "WS_OUTBOX_MAX_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
+    pub ws_outbox_max_bytes: u64,
+
     /// Threads running sockets and calls (default: one per CPU). Where Redis shares a small
     /// machine, fewer threads than CPUs leave it room.
     #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -332,6 +341,10 @@ impl ServerSettings {
 
     pub fn http_header_read_timeout(&self) -> Duration {
         millis(self.http_header_read_timeout_ms)
+    }
+
+    pub fn ws_write_timeout(&self) -> Duration {
+        millis(self.ws_write_timeout_ms)
     }
 
     pub fn ws_ping_interval(&self) -> Duration {

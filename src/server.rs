@@ -123,6 +123,8 @@ impl Server {
             handshake_timeout: settings.ws_handshake_timeout(),
             ping_interval: settings.ws_ping_interval(),
             ping_misses: settings.ws_ping_misses,
+            write_timeout: settings.ws_write_timeout(),
+            outbox_max_bytes: settings.ws_outbox_max_bytes as usize,
         };
         background.spawn(ws::accept(
             self.ws_listener,

@@ -185,7 +185,11 @@ async fn connections_that_never_finish_their_upgrade_or_headers_block_nothing_an
         closed.iter().all(|&closed| closed),
         "every half-open connection is closed"
     );
-    assert_eq!(dropped(&server, "handshake_timeout").await, 1100.0);
+    // Counted just after the connection is closed.
+    eventually(Duration::from_secs(10), async || {
+        dropped(&server, "handshake_timeout").await == 1100.0
+    })
+    .await;
     assert_eq!(client.call("ping", Value::Null).await, "pong");
     assert_eq!(server.metric("mpr_open_sockets", "").await, 1.0);
 }
@@ -216,4 +220,123 @@ async fn an_upgrade_past_max_sockets_is_refused_with_503_and_the_open_sockets_ke
     let mut replacement = Client::connect(&server.url()).await;
     assert_eq!(replacement.call("ping", Value::Null).await, "pong");
     assert_eq!(server.metric("mpr_sockets_refused_total", "").await, 1.0);
+}
+
+/// VmRSS and VmHWM (peak) of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A live session whose socket stops reading while 400 messages of 64 KiB are added for it:
+/// the server drops the socket for `reason`, no message is lost, other sockets keep working.
+async fn a_socket_that_stops_reading_is_dropped(env: &[(&str, &str)], reason: &str) {
+    const MESSAGES: usize = 400;
+    let redis = Redis::start();
+    let mut env = env.to_vec();
+    // Messages written to the stalled socket are in flight until this passes.
+    env.extend([
+        ("VISIBILITY_TIMEOUT_MS", "3000"),
+        ("WS_PING_INTERVAL_MS", "600000"),
+    ]);
+    let server = Server::start(&redis.url(), &env).await;
+    let connection = support::unique_id("stalled");
+    let (mut stalled, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    let bind = json!({"jsonrpc": "2.0", "method": "addLiveSession", "id": 1,
+        "params": {"connectionId": connection, "sessionId": "s"}});
+    stalled.send(Message::text(bind.to_string())).await.unwrap();
+    let reply = stalled.next().await.unwrap().unwrap();
+    assert!(
+        reply.to_text().unwrap().contains("\"result\":true"),
+        "{reply}"
+    );
+    // From here on `stalled` is never read again.
+
+    let mut bystander = Client::connect(&server.url()).await;
+    let other_connection = support::unique_id("bystander");
+    bystander.add_live_session(&other_connection, "b").await;
+    let mut sender = Client::connect(&server.url()).await;
+    let (rss_before, _) = memory_kib(server.pid());
+
+    let body = "m".repeat(64 * 1024);
+    let mut added = Vec::new();
+    for _ in 0..MESSAGES {
+        added.push(sender.add(&connection, "did:key:z6MkBounds", &body).await);
+    }
+    eventually(Duration::from_secs(30), async || {
+        dropped(&server, reason).await == 1.0
+    })
+    .await;
+    eventually(Duration::from_secs(10), async || {
+        server.metric("mpr_open_sockets", "").await == 2.0
+    })
+    .await;
+    let (rss_after, rss_peak) = memory_kib(server.pid());
+    println!(
+        "{reason}: server VmRSS {rss_before} KiB before, peak (VmHWM) {rss_peak} KiB, \
+         {rss_after} KiB after the close ({MESSAGES} x 64 KiB added)"
+    );
+    assert!(rss_peak < 200 * 1024, "peak RSS {rss_peak} KiB");
+
+    // None lost: the ones never written are pending at once, the ones written to the stalled
+    // socket's buffers once their visibility timeout passes.
+    eventually(Duration::from_secs(30), async || {
+        sender.count(&connection).await == MESSAGES as u64
+    })
+    .await;
+    let mut taken = Vec::new();
+    while taken.len() < MESSAGES {
+        let batch = sender
+            .take(json!({"connectionId": connection, "limit": 50, "deleteMessages": true}))
+            .await;
+        assert!(!batch.is_empty(), "{} of {MESSAGES} taken", taken.len());
+        taken.extend(support::ids(&batch));
+    }
+    taken.sort();
+    added.sort();
+    assert_eq!(taken, added);
+
+    // The other sockets were not affected.
+    assert_eq!(sender.call("ping", Value::Null).await, "pong");
+    let id = sender
+        .add(&other_connection, "did:key:z6MkBounds", "hi")
+        .await;
+    let push = bystander
+        .next_push(Duration::from_secs(10))
+        .await
+        .expect("the bystander's live session still gets pushes");
+    assert_eq!(push["messages"][0]["id"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_socket_whose_outbox_passes_its_byte_bound_is_closed_and_its_messages_kept() {
+    a_socket_that_stops_reading_is_dropped(
+        &[
+            ("WS_OUTBOX_MAX_BYTES", "2097152"),
+            ("WS_WRITE_TIMEOUT_MS", "600000"),
+        ],
+        "outbox_full",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_socket_whose_write_stalls_past_the_write_timeout_is_closed_and_its_messages_kept() {
+    a_socket_that_stops_reading_is_dropped(
+        &[
+            ("WS_OUTBOX_MAX_BYTES", "4294967296"),
+            ("WS_WRITE_TIMEOUT_MS", "1000"),
+        ],
+        "write_timeout",
+    )
+    .await;
 }

@@ -2,6 +2,7 @@
 //! matched by id), writes the deliveries of its live sessions, and closes cleanly.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -29,8 +30,6 @@ pub async fn run(
 ) {
     let _ = stream.set_nodelay(true);
     let config = limits.websocket_config();
-    // Rare, large futures are boxed: the task of every idle socket is as large as its
-    // largest await point.
     let mut slot = None;
     // Runs once the upgrade request is read: past MAX_SOCKETS it is answered 503. The large
     // error type is tungstenite's callback signature.
@@ -45,6 +44,8 @@ pub async fn run(
             Err(too_many_sockets())
         }
     };
+    // Rare, large futures are boxed: the task of every idle socket is as large as its
+    // largest await point.
     let handshake = Box::pin(tokio::time::timeout(
         limits.handshake_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, take_slot, Some(config)),
@@ -64,8 +65,10 @@ pub async fn run(
     };
     let _slot = slot.expect("an accepted upgrade took a slot");
     let state = context.live.new_socket();
+    state.bound_outbox(limits.outbox_max_bytes);
     metrics::gauge!(telemetry::OPEN_SOCKETS).increment(1);
     let (mut sink, mut frames) = socket.split();
+    let write_timeout = limits.write_timeout;
     // Calls are boxed: FuturesUnordered allocates a stub task the size of its future type up
     // front, and a call's future (any method's state) is kilobytes: every idle socket paid it.
     let mut calls: FuturesUnordered<BoxFuture<'static, Option<String>>> = FuturesUnordered::new();
@@ -76,88 +79,128 @@ pub async fn run(
     tokio::pin!(ping);
     // Ping intervals since the last frame of any kind came from the peer.
     let mut silent_intervals = 0;
-    loop {
-        tokio::select! {
-            Some(reply) = calls.next(), if !calls.is_empty() => {
-                let reply: Option<String> = reply;
-                if let Some(reply) = reply
-                    && sink.send(Message::text(reply)).await.is_err()
-                {
-                    break;
+    let ended: Result<(), Stop> = async {
+        loop {
+            tokio::select! {
+                Some(reply) = calls.next(), if !calls.is_empty() => {
+                    let reply: Option<String> = reply;
+                    if let Some(reply) = reply {
+                        within(write_timeout, sink.send(Message::text(reply))).await?;
+                    }
                 }
-            }
-            () = state.deliveries_waiting() => {
-                if !Box::pin(write_deliveries(&mut sink, &context, &state)).await {
-                    break;
+                () = state.deliveries_waiting() => {
+                    Box::pin(write_deliveries(&mut sink, &context, &state, write_timeout)).await?;
                 }
-            }
-            () = &mut ping, if !draining => {
-                silent_intervals += 1;
-                if silent_intervals >= limits.ping_misses {
-                    // A hung peer would not read a close frame either: just drop it.
-                    tracing::info!(silent_intervals, "no frame from the peer; dropping socket");
-                    metrics::counter!(telemetry::SOCKETS_DROPPED, "reason" => "ping_timeout").increment(1);
-                    break;
+                () = &mut ping, if !draining => {
+                    silent_intervals += 1;
+                    if silent_intervals >= limits.ping_misses {
+                        return Err(Stop::Silent);
+                    }
+                    ping.as_mut().reset(tokio::time::Instant::now() + limits.ping_interval);
+                    within(write_timeout, sink.send(Message::Ping(Default::default()))).await?;
                 }
-                ping.as_mut().reset(tokio::time::Instant::now() + limits.ping_interval);
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
-                }
-            }
-            frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
-                silent_intervals = 0;
-                match frame {
-                    Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
-                    // rpc-websockets servers parse binary frames as text too.
-                    Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                        Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
-                        Err(_) => {
-                            if sink.send(Message::text(rpc::parse_error_reply())).await.is_err() {
-                                break;
+                frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
+                    silent_intervals = 0;
+                    match frame {
+                        Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
+                        // rpc-websockets servers parse binary frames as text too.
+                        Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
+                            Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
+                            Err(_) => {
+                                within(write_timeout, sink.send(Message::text(rpc::parse_error_reply()))).await?;
                             }
+                        },
+                        // Sends the pong tungstenite queued.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                            within(write_timeout, sink.flush()).await?;
                         }
-                    },
-                    // Sends the pong tungstenite queued.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        if sink.flush().await.is_err() {
-                            break;
+                        Some(Ok(Message::Close(_))) | None => return Ok(()),
+                        Some(Err(Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                            tracing::info!(size, max_size, "message too big; closing socket");
+                            close = Some(close_frame(CloseCode::Size, "message too big"));
+                            draining = true;
                         }
-                    }
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        tracing::info!(size, max_size, "message too big; closing socket");
-                        close = Some(close_frame(CloseCode::Size, "message too big"));
-                        draining = true;
-                    }
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "socket read failed");
-                        break;
+                        Some(Err(error)) => {
+                            tracing::debug!(%error, "socket read failed");
+                            return Ok(());
+                        }
                     }
                 }
+                () = shutdown.cancelled(), if !draining => {
+                    close = Some(close_frame(CloseCode::Away, "server shutting down"));
+                    draining = true;
+                }
             }
-            () = shutdown.cancelled(), if !draining => {
-                close = Some(close_frame(CloseCode::Away, "server shutting down"));
-                draining = true;
+            if draining && calls.is_empty() {
+                Box::pin(close_gracefully(&mut sink, &mut frames, close.take())).await;
+                return Ok(());
             }
         }
-        if draining && calls.is_empty() {
-            let _ = sink.send(Message::Close(close.take())).await;
-            linger(&mut frames).await;
-            break;
+    }
+    .await;
+    match ended {
+        Ok(()) | Err(Stop::Broken) => {}
+        Err(Stop::Silent) => {
+            // A hung peer would not read a close frame either: just drop it.
+            tracing::info!(silent_intervals, "no frame from the peer; dropping socket");
+            metrics::counter!(telemetry::SOCKETS_DROPPED, "reason" => "ping_timeout").increment(1);
+        }
+        Err(Stop::Stalled) => {
+            tracing::info!(?write_timeout, "write stalled; dropping socket");
+            metrics::counter!(telemetry::SOCKETS_DROPPED, "reason" => "write_timeout").increment(1);
+        }
+        Err(Stop::OutboxFull) => {
+            // The peer reads, too slowly: it may still see why it is closed.
+            tracing::info!(
+                max_bytes = limits.outbox_max_bytes,
+                "outbox full; closing socket"
+            );
+            metrics::counter!(telemetry::SOCKETS_DROPPED, "reason" => "outbox_full").increment(1);
+            let reason = close_frame(CloseCode::Again, "outbox full: socket reads too slowly");
+            Box::pin(close_gracefully(&mut sink, &mut frames, Some(reason))).await;
         }
     }
     Box::pin(context.live.socket_closed(&state)).await;
     metrics::gauge!(telemetry::OPEN_SOCKETS).decrement(1);
 }
 
-/// After our close frame, reads (and drops) what the peer still sends until it closes too, for
-/// at most a second: closing with unread input would reset the connection and the peer would
-/// never see the close code.
-async fn linger<S>(frames: &mut S)
+/// Why a socket's task stopped before the peer or the server closed it.
+enum Stop {
+    /// A write failed: the connection is gone.
+    Broken,
+    /// A write made no progress within the write timeout.
+    Stalled,
+    /// Deliveries came faster than the socket took them (see `LocalSocket::outbox_overflow`).
+    OutboxFull,
+    /// No frame came from the peer for `ping_misses` ping intervals.
+    Silent,
+}
+
+/// Awaits a write to the socket, for at most `timeout`.
+async fn within(
+    timeout: Duration,
+    write: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Stop> {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop::Broken),
+        Err(_) => Err(Stop::Stalled),
+    }
+}
+
+/// Sends our close frame, then reads (and drops) what the peer still sends until it closes
+/// too, all within a second (the peer may not be reading at all): closing with unread input
+/// would reset the connection and the peer would never see the close code.
+async fn close_gracefully<W, R>(sink: &mut W, frames: &mut R, frame: Option<CloseFrame>)
 where
-    S: futures_util::Stream<Item = Result<Message, Error>> + Unpin,
+    W: futures_util::Sink<Message, Error = Error> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, Error>> + Unpin,
 {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let sent = tokio::time::timeout_at(deadline, sink.send(Message::Close(frame))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
     while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, frames.next()).await {
         if matches!(
             frame,
@@ -181,26 +224,52 @@ async fn handle(
     rpc::handle_frame(caller, frame.as_str()).await
 }
 
-/// Writes queued deliveries as `messagesReceived` frames; returns false when the socket is
-/// broken. Deliveries that could not be written go back to pending.
-async fn write_deliveries<S>(sink: &mut S, context: &Context, state: &LocalSocket) -> bool
+/// Writes the outbox as `messagesReceived` frames until it is empty (`outbox_overflow` takes
+/// the wake-ups of deliveries that come meanwhile). A write waiting for a stalled peer is given
+/// up on when the outbox overflows. Deliveries that could not be written go back to pending.
+async fn write_deliveries<S>(
+    sink: &mut S,
+    context: &Context,
+    state: &LocalSocket,
+    write_timeout: Duration,
+) -> Result<(), Stop>
 where
-    S: futures_util::Sink<Message> + Unpin,
+    S: futures_util::Sink<Message, Error = Error> + Unpin,
 {
-    let mut deliveries = state.take_deliveries().into_iter();
-    while let Some(delivery) = deliveries.next() {
-        let frame = rpc::notifications::messages_received(&delivery);
-        if sink.feed(Message::text(frame)).await.is_err() {
-            // This delivery and the rest never left: release them now.
-            context
-                .live
-                .release_unsent(std::iter::once(delivery).chain(deliveries))
-                .await;
-            return false;
+    loop {
+        if state.overflowed() {
+            return Err(Stop::OutboxFull);
         }
-        metrics::counter!(telemetry::EVENTS_PUSHED).increment(delivery.messages.len() as u64);
+        let mut deliveries = state.take_deliveries().into_iter();
+        if deliveries.len() == 0 {
+            return unless_overflow(state, within(write_timeout, sink.flush())).await;
+        }
+        while let Some(delivery) = deliveries.next() {
+            let frame = Message::text(rpc::notifications::messages_received(&delivery));
+            let written = unless_overflow(state, within(write_timeout, sink.feed(frame))).await;
+            if let Err(stop) = written {
+                // This delivery and the rest never left: release them now.
+                context
+                    .live
+                    .release_unsent(std::iter::once(delivery).chain(deliveries))
+                    .await;
+                return Err(stop);
+            }
+            state.written(&delivery);
+            metrics::counter!(telemetry::EVENTS_PUSHED).increment(delivery.messages.len() as u64);
+        }
     }
-    sink.flush().await.is_ok()
+}
+
+/// A write, given up on when the outbox overflows meanwhile.
+async fn unless_overflow(
+    state: &LocalSocket,
+    write: impl Future<Output = Result<(), Stop>>,
+) -> Result<(), Stop> {
+    tokio::select! {
+        written = write => written,
+        () = state.outbox_overflow() => Err(Stop::OutboxFull),
+    }
 }
 
 fn too_many_sockets() -> ErrorResponse {

@@ -26,6 +26,10 @@ pub struct Limits {
     /// A ping goes out every `ping_interval`; a peer silent for `ping_misses` of them is dropped.
     pub ping_interval: Duration,
     pub ping_misses: u32,
+    /// A write to the socket making no progress for this long drops it.
+    pub write_timeout: Duration,
+    /// Bytes of deliveries a socket may hold unwritten; past it, it is closed with 1013.
+    pub outbox_max_bytes: usize,
 }
 
 impl Limits {
