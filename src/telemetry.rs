@@ -76,7 +76,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_counter!(
         SOCKETS_DROPPED,
-        "Connections the server ended by reason (handshake_timeout, ping_timeout, write_timeout, outbox_full)"
+        "Connections the server ended by reason (handshake_timeout, ping_timeout, write_timeout, outbox_full, message_too_big)"
     );
     metrics::describe_counter!(
         CALLS,

@@ -340,3 +340,30 @@ async fn a_socket_whose_write_stalls_past_the_write_timeout_is_closed_and_its_me
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_frame_far_over_the_limit_closes_with_1009_while_the_client_is_still_sending_it() {
+    let redis = Redis::start();
+    let server = Server::start(&redis.url(), &[("WS_MAX_MESSAGE_BYTES", "65536")]).await;
+    let mut bystander = Client::connect(&server.url()).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+
+    // 8 MiB: most of it is still on its way when the server has read the frame's header.
+    let huge = Message::binary(vec![b'x'; 8 << 20]);
+    socket.send(huge).await.expect("the whole frame is sent");
+    let close = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server closes");
+        match frame {
+            Some(Ok(Message::Close(close))) => break close,
+            Some(Ok(_)) => {}
+            other => panic!("no close frame, the connection ended: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|close| u16::from(close.code)), Some(1009));
+    assert_eq!(dropped(&server, "message_too_big").await, 1.0);
+    assert_eq!(bystander.call("ping", Value::Null).await, "pong");
+}

@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -74,6 +76,8 @@ pub async fn run(
     let mut calls: FuturesUnordered<BoxFuture<'static, Option<String>>> = FuturesUnordered::new();
     let mut close: Option<CloseFrame> = None;
     let mut draining = false;
+    // A message over the size limit was announced: its rest is unread input.
+    let mut too_big = false;
     // One timer per socket, in the task itself (no allocation); reset after every ping.
     let ping = tokio::time::sleep(limits.ping_interval);
     tokio::pin!(ping);
@@ -117,7 +121,7 @@ pub async fn run(
                         Some(Ok(Message::Close(_))) | None => return Ok(()),
                         Some(Err(Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                             tracing::info!(size, max_size, "message too big; closing socket");
-                            close = Some(close_frame(CloseCode::Size, "message too big"));
+                            too_big = true;
                             draining = true;
                         }
                         Some(Err(error)) => {
@@ -132,6 +136,9 @@ pub async fn run(
                 }
             }
             if draining && calls.is_empty() {
+                if too_big {
+                    return Err(Stop::TooBig);
+                }
                 Box::pin(close_gracefully(&mut sink, &mut frames, close.take())).await;
                 return Ok(());
             }
@@ -148,6 +155,12 @@ pub async fn run(
         Err(Stop::Stalled) => {
             tracing::info!(?write_timeout, "write stalled; dropping socket");
             metrics::counter!(telemetry::SOCKETS_DROPPED, "reason" => "write_timeout").increment(1);
+        }
+        Err(Stop::TooBig) => {
+            metrics::counter!(telemetry::SOCKETS_DROPPED, "reason" => "message_too_big")
+                .increment(1);
+            let socket = sink.reunite(frames).expect("the halves of one socket");
+            Box::pin(close_under_unread_input(socket)).await;
         }
         Err(Stop::OutboxFull) => {
             // The peer reads, too slowly: it may still see why it is closed.
@@ -174,6 +187,8 @@ enum Stop {
     OutboxFull,
     /// No frame came from the peer for `ping_misses` ping intervals.
     Silent,
+    /// The peer sent a message over the size limit; the calls before it have finished.
+    TooBig,
 }
 
 /// Awaits a write to the socket, for at most `timeout`.
@@ -208,6 +223,31 @@ where
                 | Err(Error::ConnectionClosed | Error::AlreadyClosed | Error::Io(_))
         ) {
             break;
+        }
+    }
+}
+
+/// Closes with 1009 while the rest of a message too big to read may still be coming: it cannot
+/// be read as frames, so after our close frame the raw input is read and dropped until the
+/// peer closes or goes quiet (it has sent everything, read our close and answered it), for at
+/// most 5 s. Closing with unread input would reset the connection, and a peer still sending
+/// would see the reset instead of 1009.
+async fn close_under_unread_input(mut socket: WebSocketStream<TcpStream>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let close = Message::Close(Some(close_frame(CloseCode::Size, "message too big")));
+    if !matches!(
+        tokio::time::timeout_at(deadline, socket.send(close)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let stream = socket.get_mut();
+    let mut input = vec![0u8; 16 * 1024];
+    loop {
+        let quiet = (tokio::time::Instant::now() + Duration::from_millis(500)).min(deadline);
+        match tokio::time::timeout_at(quiet, stream.read(&mut input)).await {
+            Ok(Ok(read)) if read > 0 => {}
+            _ => return,
         }
     }
 }
