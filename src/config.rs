@@ -69,6 +69,35 @@ pub struct ServerSettings {
     #[arg(long, env = "WS_MAX_CALLS_PER_SOCKET", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub ws_max_calls_per_socket: u64,
 
+    /// Most WebSockets open at once on this instance; past it, upgrades are answered 503.
+    #[arg(long, env = "MAX_SOCKETS", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_sockets: u64,
+
+    /// Time a new WebSocket connection has to complete its upgrade, in ms; then it is dropped.
+    #[arg(long, env = "WS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub ws_handshake_timeout_ms: u64,
+
+    /// Time an HTTP connection has to send a request's headers, in ms; then it is closed.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub http_header_read_timeout_ms: u64,
+
+    /// Interval between the pings the server sends on every WebSocket, in ms.
+    #[arg(long, env = "WS_PING_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub ws_ping_interval_ms: u64,
+
+    /// Ping intervals in a row without any frame from the peer after which its socket is closed.
+    #[arg(long, env = "WS_PING_MISSES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub ws_ping_misses: u32,
+
+    /// Time a write to a WebSocket may make no progress, in ms; then the socket is dropped.
+    #[arg(long, env = "WS_WRITE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub ws_write_timeout_ms: u64,
+
+    /// Bytes of live-session messages one socket may hold unwritten; past it the socket is
+    /// closed with 1013 and its sessions' messages go back to pending.
+    #[arg(long, env = "WS_OUTBOX_MAX_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
+    pub ws_outbox_max_bytes: u64,
+
     /// Threads running sockets and calls (default: one per CPU). Where Redis shares a small
     /// machine, fewer threads than CPUs leave it room.
     #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -319,6 +348,22 @@ fn millis(ms: u64) -> Duration {
 impl ServerSettings {
     pub fn shutdown_timeout(&self) -> Duration {
         millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn ws_handshake_timeout(&self) -> Duration {
+        millis(self.ws_handshake_timeout_ms)
+    }
+
+    pub fn http_header_read_timeout(&self) -> Duration {
+        millis(self.http_header_read_timeout_ms)
+    }
+
+    pub fn ws_write_timeout(&self) -> Duration {
+        millis(self.ws_write_timeout_ms)
+    }
+
+    pub fn ws_ping_interval(&self) -> Duration {
+        millis(self.ws_ping_interval_ms)
     }
 }
 

@@ -2,12 +2,18 @@
 //! configured), `/metrics` (Prometheus text).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::cold::Cold;
 use crate::store::Store;
@@ -45,4 +51,43 @@ async fn ready(State(probes): State<Probes>) -> (StatusCode, String) {
 
 async fn render_metrics(State(probes): State<Probes>) -> String {
     probes.metrics.render()
+}
+
+/// Serves the probes until `stop`, then waits for the requests in progress. A connection that
+/// has not sent a request's headers within `header_read_timeout` is closed (axum::serve has no
+/// such bound: idle half-open connections would hold their task and buffers forever).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connections = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = connections.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    connections.shutdown().await;
 }

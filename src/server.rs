@@ -119,6 +119,12 @@ impl Server {
         let limits = ws::Limits {
             max_message_bytes: settings.ws_max_message_bytes as usize,
             max_calls: settings.ws_max_calls_per_socket as usize,
+            max_sockets: settings.max_sockets as usize,
+            handshake_timeout: settings.ws_handshake_timeout(),
+            ping_interval: settings.ws_ping_interval(),
+            ping_misses: settings.ws_ping_misses,
+            write_timeout: settings.ws_write_timeout(),
+            outbox_max_bytes: settings.ws_outbox_max_bytes as usize,
         };
         background.spawn(
             self.context
@@ -146,11 +152,12 @@ impl Server {
         }
         let http_stop = background_stop.clone();
         let router = http::router(self.store, self.cold, self.metrics);
-        let http = tokio::spawn(async move {
-            axum::serve(self.http_listener, router)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-        });
+        let http = tokio::spawn(http::serve(
+            self.http_listener,
+            router,
+            settings.http_header_read_timeout(),
+            http_stop,
+        ));
 
         shutdown.await;
         tracing::info!("shutting down");
@@ -169,7 +176,7 @@ impl Server {
         self.pushes
             .stop(stop_by.saturating_duration_since(tokio::time::Instant::now()))
             .await;
-        http.await.context("HTTP task")?.context("HTTP server")?;
+        http.await.context("HTTP task")?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 use crate::config::{LogFormat, LogSettings};
 
 pub const OPEN_SOCKETS: &str = "mpr_open_sockets";
+pub const SOCKETS_DROPPED: &str = "mpr_sockets_dropped_total";
+pub const SOCKETS_REFUSED: &str = "mpr_sockets_refused_total";
 pub const CALLS: &str = "mpr_calls_total";
 pub const CALL_DURATION: &str = "mpr_call_duration_seconds";
 pub const LIVE_SESSIONS: &str = "mpr_live_sessions";
@@ -72,6 +74,14 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     metrics::describe_gauge!(OPEN_SOCKETS, "WebSocket connections open on this instance");
+    metrics::describe_counter!(
+        SOCKETS_REFUSED,
+        "WebSocket upgrades answered 503 because MAX_SOCKETS sockets were open"
+    );
+    metrics::describe_counter!(
+        SOCKETS_DROPPED,
+        "Connections the server ended by reason (handshake_timeout, ping_timeout, write_timeout, outbox_full, message_too_big)"
+    );
     metrics::describe_counter!(
         CALLS,
         "JSON-RPC calls by method and outcome (ok, invalid, error)"

@@ -33,6 +33,13 @@ fn bad_values_are_refused_by_name() {
         ("MONGODB_TIMEOUT_MS", "forever"),
         ("MOVER_BATCH_SIZE", "0"),
         ("MOVER_MAX_RATE", "-1"),
+        ("WS_PING_INTERVAL_MS", "0"),
+        ("WS_PING_MISSES", "0"),
+        ("WS_HANDSHAKE_TIMEOUT_MS", "soon"),
+        ("HTTP_HEADER_READ_TIMEOUT_MS", "0"),
+        ("MAX_SOCKETS", "0"),
+        ("WS_WRITE_TIMEOUT_MS", "-1"),
+        ("WS_OUTBOX_MAX_BYTES", "10"),
     ];
     for (name, value) in cases {
         let (code, stderr) = start_with(&[(name, value)]);

@@ -28,6 +28,14 @@ pub struct DeliveredMessage {
 }
 
 impl Delivery {
+    /// What it holds of a socket's outbox: the bytes of its messages.
+    pub fn bytes(&self) -> usize {
+        self.messages
+            .iter()
+            .map(|message| message.id.len() + message.body.len())
+            .sum()
+    }
+
     /// Message ids with the deadlines they were given, as a release takes them.
     pub fn in_flight(&self) -> Vec<(String, i64)> {
         self.messages
@@ -66,7 +74,13 @@ pub struct LocalSocket {
 #[derive(Default)]
 struct Outbox {
     deliveries: VecDeque<Delivery>,
+    /// Bytes of the deliveries accepted and not yet written: queued here or being written.
+    bytes: usize,
+    max_bytes: usize,
     closed: bool,
+    /// Closed because a delivery would have taken `bytes` past `max_bytes`: the socket does
+    /// not keep up, its connection task closes it.
+    overflowed: bool,
 }
 
 impl LocalSocket {
@@ -75,9 +89,17 @@ impl LocalSocket {
             id,
             subscribed: AtomicBool::new(false),
             sessions: Mutex::default(),
-            outbox: Mutex::default(),
+            outbox: Mutex::new(Outbox {
+                max_bytes: usize::MAX,
+                ..Outbox::default()
+            }),
             wake: Notify::new(),
         }
+    }
+
+    /// Bounds the bytes the outbox may hold (set by the connection task before any binding).
+    pub fn bound_outbox(&self, max_bytes: usize) {
+        self.outbox.lock().expect("outbox lock").max_bytes = max_bytes;
     }
 
     /// `rpc.on` / `rpc.off`; returns false when nothing changed.
@@ -115,8 +137,25 @@ impl LocalSocket {
         self.wake.notified().await
     }
 
+    /// The deliveries to write; each counts against the outbox's bound until `written`.
     pub fn take_deliveries(&self) -> VecDeque<Delivery> {
         std::mem::take(&mut self.outbox.lock().expect("outbox lock").deliveries)
+    }
+
+    pub fn written(&self, delivery: &Delivery) {
+        self.outbox.lock().expect("outbox lock").bytes -= delivery.bytes();
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.outbox.lock().expect("outbox lock").overflowed
+    }
+
+    /// Resolves when the outbox overflows. It takes the wake-ups of new deliveries meanwhile:
+    /// whoever waits on it must look at the outbox again before waiting for deliveries.
+    pub async fn outbox_overflow(&self) {
+        while !self.overflowed() {
+            self.wake.notified().await;
+        }
     }
 
     /// Refuses further deliveries and returns the ones never written.
@@ -133,6 +172,17 @@ impl Peer for LocalSocket {
         if outbox.closed || outbox.deliveries.len() >= OUTBOX_LIMIT {
             return Offer::Refused(delivery, "socket_busy_or_closed");
         }
+        let bytes = delivery.bytes();
+        // An empty outbox takes any delivery: a message larger than the bound still reaches
+        // a socket that keeps up.
+        if outbox.bytes > 0 && outbox.bytes + bytes > outbox.max_bytes {
+            outbox.closed = true;
+            outbox.overflowed = true;
+            drop(outbox);
+            self.wake.notify_one();
+            return Offer::Refused(delivery, "socket_outbox_full");
+        }
+        outbox.bytes += bytes;
         outbox.deliveries.push_back(delivery);
         drop(outbox);
         self.wake.notify_one();

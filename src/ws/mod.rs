@@ -4,6 +4,7 @@
 mod connection;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,6 +19,17 @@ use crate::rpc::Context;
 pub struct Limits {
     pub max_message_bytes: usize,
     pub max_calls: usize,
+    /// Upgrades past this many open sockets are refused with 503.
+    pub max_sockets: usize,
+    /// A connection that has not completed its upgrade by then is dropped.
+    pub handshake_timeout: Duration,
+    /// A ping goes out every `ping_interval`; a peer silent for `ping_misses` of them is dropped.
+    pub ping_interval: Duration,
+    pub ping_misses: u32,
+    /// A write to the socket making no progress for this long drops it.
+    pub write_timeout: Duration,
+    /// Bytes of deliveries a socket may hold unwritten; past it, it is closed with 1013.
+    pub outbox_max_bytes: usize,
 }
 
 impl Limits {
@@ -32,6 +44,33 @@ impl Limits {
     }
 }
 
+/// The open sockets of this instance, counted against `Limits::max_sockets`.
+struct SocketSlots {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl SocketSlots {
+    /// A slot for one more socket, unless `max` are open.
+    fn take(self: &Arc<Self>) -> Option<SocketSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()?;
+        Some(SocketSlot(self.clone()))
+    }
+}
+
+/// One open socket's place in the count, given back when dropped.
+struct SocketSlot(Arc<SocketSlots>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accepts until `shutdown`; each connection task is tracked so shutdown can wait for it.
 pub async fn accept(
     listener: TcpListener,
@@ -40,6 +79,10 @@ pub async fn accept(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let slots = Arc::new(SocketSlots {
+        open: AtomicUsize::new(0),
+        max: limits.max_sockets,
+    });
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -51,6 +94,7 @@ pub async fn accept(
                     stream,
                     context.clone(),
                     limits,
+                    slots.clone(),
                     shutdown.clone(),
                 ));
             }
