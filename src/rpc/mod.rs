@@ -5,6 +5,7 @@
 pub mod error;
 pub mod methods;
 pub mod notifications;
+pub mod order;
 pub mod params;
 
 use std::borrow::Cow;

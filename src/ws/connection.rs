@@ -47,6 +47,7 @@ pub async fn run(
     let mut calls: FuturesUnordered<BoxFuture<'static, Option<String>>> = FuturesUnordered::new();
     let mut close: Option<CloseFrame> = None;
     let mut draining = false;
+    let order = rpc::order::Sequencer::default();
     loop {
         tokio::select! {
             Some(reply) = calls.next(), if !calls.is_empty() => {
@@ -64,10 +65,10 @@ pub async fn run(
             }
             frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
                 match frame {
-                    Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
+                    Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), order.turn(&text), text))),
                     // rpc-websockets servers parse binary frames as text too.
                     Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                        Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
+                        Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), order.turn(&text), text))),
                         Err(_) => {
                             if sink.send(Message::text(rpc::parse_error_reply())).await.is_err() {
                                 break;
@@ -129,8 +130,10 @@ where
 async fn handle(
     context: Arc<Context>,
     socket: Arc<LocalSocket>,
+    mut turn: rpc::order::Turn,
     frame: Utf8Bytes,
 ) -> Option<String> {
+    turn.ready().await;
     let caller = Caller {
         context: &context,
         socket: &socket,
