@@ -30,6 +30,9 @@ pub struct Config {
     pub queue: QueueSettings,
 
     #[command(flatten)]
+    pub calls: CallSettings,
+
+    #[command(flatten)]
     pub live: LiveSettings,
 
     #[command(flatten)]
@@ -164,6 +167,31 @@ pub struct QueueSettings {
     /// timeout passed are pushed to their connection's live session at most this late.
     #[arg(long, env = "REDELIVERY_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub redelivery_interval_ms: u64,
+}
+
+/// What one frame or one call may hold.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Calls")]
+pub struct CallSettings {
+    /// Most calls in one batch frame; a larger batch is refused, each request with an error.
+    #[arg(long, env = "BATCH_MAX_CALLS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch_max_calls: u64,
+
+    /// Most bytes of one batch's reply: its takes share this budget, and once it is spent the
+    /// remaining calls are not run and get an error.
+    #[arg(long, env = "BATCH_MAX_REPLY_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
+    pub batch_max_reply_bytes: u64,
+
+    /// Deepest nesting of arrays and objects in an addMessage payload (the payload itself is
+    /// depth 1); MongoDB stores at most 100 levels in a document.
+    #[arg(long, env = "MAX_PAYLOAD_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_payload_depth: u64,
+
+    /// Largest addMessage payload in its MongoDB (BSON) form, bounded from its JSON. The default
+    /// leaves room in MongoDB's 16 MiB document for the rest of a message's document; a larger
+    /// value lets in messages the cold tier cannot store (they stay in Redis).
+    #[arg(long, env = "MAX_PAYLOAD_BSON_BYTES", default_value_t = (16 << 20) - (128 << 10), value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
+    pub max_payload_bson_bytes: u64,
 }
 
 /// Live sessions across instances.

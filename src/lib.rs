@@ -5,7 +5,7 @@
 //! ([`messages`]); the service uses [`store`], the only module that talks to Redis, and [`cold`]
 //! (MongoDB). Messages for live sessions flow from [`store`] through [`live`] to whichever peer
 //! holds the session. [`tiering`] moves old messages to MongoDB and applies retention;
-//! [`migrate`] imports a Node MPR's data. [`config`] and [`model`] are leaves.
+//! [`migrate`] imports a Node MPR's data. [`config`], [`model`] and [`payload`] are leaves.
 
 pub mod cold;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod live;
 pub mod messages;
 pub mod migrate;
 pub mod model;
+pub mod payload;
 pub mod push;
 pub mod rpc;
 pub mod server;

@@ -69,6 +69,7 @@ impl Server {
         let context = Arc::new(Context {
             messages: Arc::new(messages),
             live: live.clone(),
+            calls: config.calls.clone(),
         });
         let server = &config.server;
         let ws_address = SocketAddr::new(server.bind_address, server.ws_port);

@@ -26,6 +26,7 @@ pub const COLD_AVAILABLE: &str = "mpr_cold_available";
 pub const COLD_MOVED: &str = "mpr_cold_moved_total";
 pub const COLD_DEGRADED: &str = "mpr_cold_degraded_total";
 pub const COLD_MISSING: &str = "mpr_cold_missing_total";
+pub const COLD_UNMOVABLE: &str = "mpr_cold_unmovable_total";
 pub const COLD_DELETE_DEFERRED: &str = "mpr_cold_delete_deferred_total";
 pub const MOVER_FAILURES: &str = "mpr_mover_failures_total";
 pub const MOVER_FENCED: &str = "mpr_mover_fenced_total";
@@ -131,6 +132,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(
         COLD_DEGRADED,
         "Calls by method that served only what Redis holds because MongoDB was unavailable"
+    );
+    metrics::describe_counter!(
+        COLD_UNMOVABLE,
+        "Attempts to move a message MongoDB cannot store (too large, too deep); it stays in Redis"
     );
     metrics::describe_counter!(
         COLD_MISSING,

@@ -774,3 +774,74 @@ fn migrate(redis: &Redis, mongo_url: &str) -> String {
     );
     String::from_utf8(output.stdout).unwrap()
 }
+
+/// Messages MongoDB cannot store (too large as BSON, too deep) stay in Redis, counted, while
+/// the rest of their batch and other connections move; MongoDB is not taken for down.
+#[tokio::test]
+async fn messages_mongodb_cannot_store_stay_in_redis_and_the_rest_moves() {
+    let redis = Redis::start();
+    let mongo = Mongo::shared();
+    let database = unique_id("db");
+    // Limits far above the defaults let addMessage queue what the cold tier cannot store, as
+    // an older version (or a server configured so) would have.
+    let env = [
+        ("MAX_PAYLOAD_DEPTH", "1000"),
+        ("MAX_PAYLOAD_BSON_BYTES", "4294967296"),
+        ("WS_MAX_MESSAGE_BYTES", "33554432"),
+    ];
+    let server = cold_server(&redis, &mongo.url(&database), &env).await;
+    let mut client = Client::connect(&server.url()).await;
+    let (a, b) = (unique_id("a"), unique_id("b"));
+    let sent = [
+        payload("a0"),
+        // 3 MB of small numbers: some 25 MB of BSON, more than a MongoDB document holds.
+        json!({"protected": "p", "n": vec![0; 1_500_000]}),
+        payload("a1"),
+        // Deeper than serde_json converts to BSON, and deeper than MongoDB nests.
+        support::nested_payload(300),
+        payload("a2"),
+        support::nested_payload(110),
+        payload("a3"),
+    ];
+    let mut added = Vec::new();
+    for message in &sent {
+        let reply = client
+            .call(
+                "addMessage",
+                json!({"connectionId": a, "recipientDids": ["did:a"], "payload": message}),
+            )
+            .await;
+        added.push(reply["messageId"].clone());
+    }
+    add_all(&mut client, &b, "did:b", &numbered("b", 5)).await;
+
+    eventually(MOVE_WAIT, async || {
+        cold_count(&redis, &a) == 4 && cold_count(&redis, &b) == 5
+    })
+    .await;
+    eventually(MOVE_WAIT, async || {
+        server.metric("mpr_cold_unmovable_total", "").await >= 3.0
+    })
+    .await;
+    assert_eq!(documents(mongo, &database, &a).await.len(), 4);
+    assert_eq!(server.http_get("/ready").await.0, 200);
+    let (_, metrics) = server.http_get("/metrics").await;
+    assert!(!metrics.contains("mpr_cold_available 0"), "MongoDB taken for down");
+    assert_eq!(server.metric("mpr_mover_failures_total", "").await, 0.0);
+    // One queue still, in order: the unmovable ones are served from Redis (but for the 300
+    // levels, more than this test's JSON parser reads).
+    assert_eq!(client.count(&a).await, 7);
+    let params = json!({"connectionId": a, "messageIds": [added[3]]});
+    client.call("removeMessages", params).await;
+    let taken = client
+        .take(json!({"connectionId": a, "limit": 100, "deleteMessages": true}))
+        .await;
+    let payloads = taken.iter().map(|m| &m["encryptedMessage"]);
+    let expected = sent.iter().enumerate().filter(|(i, _)| *i != 3);
+    assert!(payloads.eq(expected.map(|(_, m)| m)), "order or payloads differ");
+    assert_eq!(server.metric("mpr_cold_degraded_total", "").await, 0.0);
+    let taken = client
+        .take(json!({"connectionId": b, "limit": 100, "deleteMessages": true}))
+        .await;
+    assert_eq!(texts(&taken), numbered("b", 5));
+}

@@ -262,6 +262,16 @@ async fn batches_get_an_array_of_replies() {
 }
 
 #[tokio::test]
+async fn an_array_in_a_batch_is_not_a_request() {
+    let (_redis, _server, mut client) = setup(&[]).await;
+    // Read member by member, it would be a ping with id 7.
+    client.send_raw(r#"[["2.0","ping",null,7]]"#);
+    let reply = next_json(&mut client).await;
+    assert_eq!(reply[0]["error"]["code"], -32600, "{reply}");
+    assert_eq!(reply[0]["id"], Value::Null, "{reply}");
+}
+
+#[tokio::test]
 async fn subscribe_and_unsubscribe_answer_as_rpc_websockets_does() {
     let (_redis, _server, mut client) = setup(&[]).await;
     let on = client.call("rpc.on", json!(["messagesReceived"])).await;
@@ -342,5 +352,133 @@ async fn http_endpoints_report_health_readiness_and_metrics() {
             .metric("mpr_call_duration_seconds_count", r#"method="ping""#)
             .await
             >= 1.0
+    );
+}
+
+fn batch_of(calls: &[(&str, Value)]) -> String {
+    let calls: Vec<Value> = (calls.iter().enumerate())
+        .map(|(i, (method, params))| json!({"jsonrpc": "2.0", "method": method, "params": params, "id": i + 1}))
+        .collect();
+    Value::Array(calls).to_string()
+}
+
+#[tokio::test]
+async fn a_batch_over_batch_max_calls_runs_none_and_each_request_gets_an_error() {
+    let (_redis, _server, mut client) = setup(&[("BATCH_MAX_CALLS", "5")]).await;
+    let connection = unique_id("c");
+    let add = json!({"connectionId": connection, "recipientDids": ["did:key:z6MkA"], "payload": support::payload("m")});
+    let calls = vec![("addMessage", add.clone()); 6];
+    client.send_raw(batch_of(&calls));
+    let reply = next_json(&mut client).await;
+    let replies = reply.as_array().expect("an array");
+    assert_eq!(replies.len(), 6, "{reply}");
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply["id"], i + 1);
+        assert_eq!(reply["error"]["code"], -32001, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("BATCH_MAX_CALLS") && message.contains('5'),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        client.count(&connection).await,
+        0,
+        "no call of the batch ran"
+    );
+    // At the bound it runs, and the socket kept working all along.
+    client.send_raw(batch_of(&calls[..5]));
+    let reply = next_json(&mut client).await;
+    assert!(
+        reply
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("result").is_some()),
+        "{reply}"
+    );
+    assert_eq!(client.count(&connection).await, 5);
+}
+
+#[tokio::test]
+async fn a_batch_of_takes_shares_batch_max_reply_bytes_and_then_stops_with_errors() {
+    let text = "x".repeat(10_000);
+    let size = support::payload(&text).to_string().len();
+    let budget = 3 * size + 400;
+    let (_redis, _server, mut client) =
+        setup(&[("BATCH_MAX_REPLY_BYTES", &budget.to_string())]).await;
+    let connection = unique_id("c");
+    for _ in 0..10 {
+        client.add(&connection, "did:key:z6MkA", &text).await;
+    }
+    let take = json!({"connectionId": connection, "limit": 2});
+    client.send_raw(batch_of(&vec![("takeFromQueue", take); 8]));
+    let Some(Incoming::Text(frame)) = client.next_frame(Duration::from_secs(10)).await else {
+        panic!("no batch reply");
+    };
+    let reply: Value = serde_json::from_str(&frame).unwrap();
+    let replies = reply.as_array().unwrap();
+    assert_eq!(replies.len(), 8);
+    // Within the budget but for the QueuedMessage envelopes of one take's messages.
+    let results: usize = (replies.iter())
+        .filter(|r| r.get("result").is_some())
+        .map(|r| r.to_string().len() + 1)
+        .sum();
+    assert!(results < budget + 2 * 100, "{results} > {budget}");
+    let taken: Vec<usize> = (replies.iter())
+        .filter_map(|r| r["result"].as_array().map(Vec::len))
+        .collect();
+    // The first take has the whole budget; the second only what is left, room for one.
+    assert_eq!(taken[..2], [2, 1], "{taken:?}");
+    assert!(taken[2..].iter().all(|n| *n == 0), "{taken:?}");
+    let refused = &replies[taken.len()..];
+    assert!(!refused.is_empty(), "the budget was never spent: {taken:?}");
+    for reply in refused {
+        assert_eq!(reply["error"]["code"], -32001, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains("BATCH_MAX_REPLY_BYTES"), "{message}");
+    }
+    // Only the three messages returned went in flight; the socket works on.
+    assert_eq!(client.count(&connection).await, 7);
+}
+
+#[tokio::test]
+async fn add_message_refuses_payloads_the_cold_tier_cannot_store() {
+    let (_redis, _server, mut client) = setup(&[("WS_MAX_MESSAGE_BYTES", "33554432")]).await;
+    let connection = unique_id("c");
+    let add = |payload: Value| json!({"connectionId": connection, "recipientDids": ["did:key:z6MkA"], "payload": payload});
+    client
+        .call("addMessage", add(support::nested_payload(64)))
+        .await;
+    for depth in [65, 300] {
+        let error = client
+            .call_err("addMessage", add(support::nested_payload(depth)))
+            .await;
+        assert_eq!(error["code"], -32602, "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Invalid params: payload: ")
+                && message.contains("MAX_PAYLOAD_DEPTH"),
+            "{message}"
+        );
+    }
+    // 3 MB of small numbers: some 25 MB of BSON, more than a MongoDB document holds.
+    let numbers = json!({"protected": "p", "n": vec![0; 1_500_000]});
+    let error = client.call_err("addMessage", add(numbers)).await;
+    assert_eq!(error["code"], -32602, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Invalid params: payload: ")
+            && message.contains("MAX_PAYLOAD_BSON_BYTES"),
+        "{message}"
+    );
+    // As much JSON in one string is stored.
+    client
+        .call("addMessage", add(support::payload(&"x".repeat(3_000_000))))
+        .await;
+    assert_eq!(
+        client.count(&connection).await,
+        2,
+        "only the storable ones were queued"
     );
 }

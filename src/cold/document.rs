@@ -2,7 +2,7 @@
 //! reads what the other wrote): written when the mover moves a message, read back into the
 //! QueuedMessage JSON the client receives.
 
-use bson::{Bson, DateTime, Document, doc};
+use bson::{Bson, DateTime, Document, RawDocumentBuf, doc};
 
 use crate::model::queued_message_json;
 use crate::store::Record;
@@ -39,6 +39,42 @@ pub fn moved(
         "updatedAt": now,
         "moveToken": mover,
     })
+}
+
+/// MongoDB's largest document (`maxBsonObjectSize`), less the `_id` the driver adds to it.
+const MAX_DOCUMENT_BYTES: usize = (16 << 20) - 17;
+/// MongoDB's deepest nesting of documents and arrays (the document itself is level 1).
+const MAX_DOCUMENT_DEPTH: usize = 100;
+
+/// The document as MongoDB will store it, or why MongoDB would refuse it: checked here so
+/// that one such message fails alone instead of failing the write of its whole batch.
+pub fn storable(document: &Document) -> Result<RawDocumentBuf, String> {
+    let depth = depth(document);
+    if depth > MAX_DOCUMENT_DEPTH {
+        return Err(format!(
+            "nested {depth} levels deep, more than MongoDB's {MAX_DOCUMENT_DEPTH}"
+        ));
+    }
+    let raw = RawDocumentBuf::try_from(document).map_err(|error| error.to_string())?;
+    if raw.as_bytes().len() > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "{} bytes as BSON, more than MongoDB's {MAX_DOCUMENT_BYTES}",
+            raw.as_bytes().len()
+        ));
+    }
+    Ok(raw)
+}
+
+fn depth(document: &Document) -> usize {
+    1 + document.values().map(value_depth).max().unwrap_or(0)
+}
+
+fn value_depth(value: &Bson) -> usize {
+    match value {
+        Bson::Document(document) => depth(document),
+        Bson::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// A document as the client receives it: `(messageId, QueuedMessage JSON)`.

@@ -10,7 +10,7 @@ use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bson::{Document, doc};
+use bson::{Document, RawDocumentBuf, doc};
 use futures_util::TryStreamExt;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
@@ -41,6 +41,16 @@ impl std::fmt::Display for ColdError {
 impl std::error::Error for ColdError {}
 
 pub type ColdResult<T> = Result<T, ColdError>;
+
+/// What a write of moved documents did.
+pub struct Written {
+    /// The documents MongoDB refused (by index in the batch, with its reason); the others are
+    /// written.
+    pub refused: Vec<(usize, String)>,
+    /// False if a document adopted from an earlier attempt vanished meanwhile: the batch is
+    /// then retried at a later visit.
+    pub adopted: bool,
+}
 
 /// A cheap handle to the collection (the driver pools connections and reconnects by itself).
 pub struct Cold {
@@ -170,7 +180,7 @@ impl Cold {
     ) -> ColdResult<T> {
         let result = match tokio::time::timeout(self.timeout, operation.into_future()).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) if is_reply(&error) => Err(ColdError::Mongo(error)),
+            Ok(Err(error)) if reached_mongodb(&error) => Err(ColdError::Mongo(error)),
             Ok(Err(error)) => {
                 self.set_available(false);
                 return Err(ColdError::Mongo(error));
@@ -216,43 +226,55 @@ impl Cold {
     }
 
     /// Writes the documents of messages being moved, idempotently: a document an earlier
-    /// attempt left is adopted (re-tagged with `mover`). Returns false if one of those vanished
-    /// meanwhile: the batch is then retried at a later visit.
+    /// attempt left is adopted (re-tagged with `mover`). A document MongoDB refuses for its own
+    /// sake (a write error on it) is reported, not an error: the others are written.
     pub async fn write_moved(
         &self,
-        documents: Vec<Document>,
+        documents: Vec<RawDocumentBuf>,
         ids: &[&str],
         mover: &str,
-    ) -> ColdResult<bool> {
-        let duplicates: Vec<&str> = match self
-            .run(self.collection.insert_many(documents).ordered(false))
+    ) -> ColdResult<Written> {
+        let collection = self.collection.clone_with_type::<RawDocumentBuf>();
+        let mut written = Written {
+            refused: Vec::new(),
+            adopted: true,
+        };
+        let errors = match self
+            .run(collection.insert_many(documents).ordered(false))
             .await
         {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(written),
             Err(ColdError::Mongo(error)) => match *error.kind {
                 mongodb::error::ErrorKind::InsertMany(ref failure)
-                    if failure.write_concern_error.is_none()
-                        && failure.write_errors.as_ref().is_some_and(|errors| {
-                            errors.iter().all(|e| e.code == DUPLICATE_KEY)
-                        }) =>
+                    if failure.write_concern_error.is_none() =>
                 {
-                    let errors = failure.write_errors.as_deref().unwrap_or_default();
-                    errors
-                        .iter()
-                        .filter_map(|e| ids.get(e.index).copied())
-                        .collect()
+                    failure.write_errors.clone().unwrap_or_default()
                 }
                 _ => return Err(ColdError::Mongo(error)),
             },
             Err(other) => return Err(other),
         };
-        let adopted = self
-            .run(self.collection.update_many(
-                doc! {"messageId": {"$in": &duplicates}},
-                doc! {"$set": {"moveToken": mover, "updatedAt": bson::DateTime::now()}},
-            ))
-            .await?;
-        Ok(adopted.matched_count == duplicates.len() as u64)
+        let mut duplicates = Vec::new();
+        for error in errors {
+            let Some(id) = ids.get(error.index).copied() else {
+                continue;
+            };
+            if error.code == DUPLICATE_KEY {
+                duplicates.push(id);
+            } else {
+                written.refused.push((error.index, error.message));
+            }
+        }
+        if !duplicates.is_empty() {
+            let adopted = self
+                .run(self.collection.update_many(
+                    doc! {"messageId": {"$in": &duplicates}},
+                    doc! {"$set": {"moveToken": mover, "updatedAt": bson::DateTime::now()}},
+                ))
+                .await?;
+            written.adopted = adopted.matched_count == duplicates.len() as u64;
+        }
+        Ok(written)
     }
 
     /// Documents to import from the Node MPR: those it wrote (this server's carry a
@@ -304,11 +326,18 @@ impl Cold {
     }
 }
 
-/// Errors the server answered (a write error, a bad command) say nothing about reachability.
-fn is_reply(error: &mongodb::error::Error) -> bool {
+/// Errors about the request, not the connection, say nothing about reachability: the server
+/// answered (a write error, a bad command), or the driver refused to send a document (larger
+/// than MongoDB takes, or not serialisable).
+fn reached_mongodb(error: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
     matches!(
         *error.kind,
-        ErrorKind::Command(_) | ErrorKind::Write(_) | ErrorKind::InsertMany(_)
+        ErrorKind::Command(_)
+            | ErrorKind::Write(_)
+            | ErrorKind::InsertMany(_)
+            | ErrorKind::InvalidArgument { .. }
+            | ErrorKind::BsonSerialization(_)
+            | ErrorKind::Bson(_)
     )
 }

@@ -10,6 +10,8 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 /// Redis failed or timed out: nothing was acknowledged, the call may be retried.
 pub const STORAGE_UNAVAILABLE: i64 = -32000;
+/// A batch over `BATCH_MAX_CALLS` or `BATCH_MAX_REPLY_BYTES`: the call was not run.
+pub const BATCH_LIMIT: i64 = -32001;
 /// The connection's queue holds QUEUE_MAX_MESSAGES: nothing was added.
 pub const QUEUE_FULL: i64 = -32002;
 
@@ -34,6 +36,10 @@ impl RpcError {
 
     pub fn invalid_params(why: impl std::fmt::Display) -> Self {
         Self::new(INVALID_PARAMS, format!("Invalid params: {why}"))
+    }
+
+    pub fn batch_limit(why: impl std::fmt::Display) -> Self {
+        Self::new(BATCH_LIMIT, format!("Batch limit: {why}"))
     }
 
     pub fn storage(error: StoreError) -> Self {

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod methods;
 pub mod notifications;
+pub mod order;
 pub mod params;
 
 use std::borrow::Cow;
@@ -14,15 +15,17 @@ use std::time::Instant;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::config::CallSettings;
 use crate::live::{Live, LocalSocket};
 use crate::messages::Messages;
 use crate::telemetry;
 use error::RpcError;
 
-/// What every call can reach: the message service and live sessions.
+/// What every call can reach: the message service, live sessions, and the bounds of calls.
 pub struct Context {
     pub messages: Arc<Messages>,
     pub live: Arc<Live>,
+    pub calls: CallSettings,
 }
 
 /// The socket a call arrived on.
@@ -37,24 +40,60 @@ pub async fn handle_frame(caller: Caller<'_>, frame: &str) -> Option<String> {
         return handle_batch(&caller, frame).await;
     }
     match serde_json::from_str::<Envelope>(frame) {
-        Ok(envelope) => handle_request(&caller, envelope).await,
+        Ok(envelope) => handle_request(&caller, envelope, u64::MAX).await,
         Err(error) => Some(error_reply(None, &decode_failure(&error))),
     }
 }
 
+/// Runs a batch's calls one after the other. Its reply is bounded: a batch of more than
+/// `BATCH_MAX_CALLS` runs none of them; the replies share `BATCH_MAX_REPLY_BYTES`, each take
+/// capped at what is left, and once it is spent the calls left are not run. Refused requests
+/// each get an error, so no client waits for a reply that never comes.
 async fn handle_batch(caller: &Caller<'_>, frame: &str) -> Option<String> {
     let items = match serde_json::from_str::<Vec<&RawValue>>(frame) {
         Ok(items) if !items.is_empty() => items,
         Ok(_) => return Some(error_reply(None, &RpcError::invalid_request("empty batch"))),
         Err(error) => return Some(error_reply(None, &decode_failure(&error))),
     };
+    let limits = &caller.context.calls;
+    let too_many = (items.len() as u64 > limits.batch_max_calls).then(|| {
+        RpcError::batch_limit(format!(
+            "a batch holds at most {} calls (BATCH_MAX_CALLS), this one {}; none was run",
+            limits.batch_max_calls,
+            items.len()
+        ))
+    });
+    let mut budget = limits.batch_max_reply_bytes;
     let mut replies = Vec::new();
     for item in items {
-        let reply = match serde_json::from_str::<Envelope>(item.get()) {
-            Ok(envelope) => handle_request(caller, envelope).await,
-            Err(error) => Some(error_reply(None, &decode_failure(&error))),
+        // serde would read an array as the envelope's members in order: only objects are
+        // requests.
+        let envelope = match serde_json::from_str::<Envelope>(item.get()) {
+            Ok(envelope) if item.get().starts_with('{') => envelope,
+            Ok(_) => {
+                replies.push(error_reply(None, &not_an_object()));
+                continue;
+            }
+            Err(error) => {
+                replies.push(error_reply(None, &decode_failure(&error)));
+                continue;
+            }
         };
-        replies.extend(reply);
+        let reply = match &too_many {
+            Some(error) => refuse(envelope, error),
+            None if budget == 0 => refuse(
+                envelope,
+                &RpcError::batch_limit(format!(
+                    "the batch's replies reached BATCH_MAX_REPLY_BYTES ({} bytes); this call was not run",
+                    limits.batch_max_reply_bytes
+                )),
+            ),
+            None => handle_request(caller, envelope, budget).await,
+        };
+        if let Some(reply) = reply {
+            budget = budget.saturating_sub(reply.len() as u64 + 1);
+            replies.push(reply);
+        }
     }
     // A batch of notifications only gets no reply at all.
     (!replies.is_empty()).then(|| format!("[{}]", replies.join(",")))
@@ -67,10 +106,14 @@ pub fn parse_error_reply() -> String {
 
 fn decode_failure(error: &serde_json::Error) -> RpcError {
     if error.is_data() {
-        RpcError::invalid_request("a request must be a JSON object")
+        not_an_object()
     } else {
         RpcError::parse_error()
     }
+}
+
+fn not_an_object() -> RpcError {
+    RpcError::invalid_request("a request must be a JSON object")
 }
 
 /// A request before validation; every member is kept raw so a wrong type is reported, not lost.
@@ -91,20 +134,28 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de Raw
     <&RawValue>::deserialize(deserializer).map(Some)
 }
 
-async fn handle_request(caller: &Caller<'_>, envelope: Envelope<'_>) -> Option<String> {
+/// A request that is valid JSON-RPC: its id (None: a notification) and method.
+struct Valid<'a> {
+    id: Option<&'a RawValue>,
+    method: Cow<'a, str>,
+    params: Option<&'a RawValue>,
+}
+
+/// Checks the envelope; an invalid request gets its error reply (even without an id, as
+/// JSON-RPC 2.0 section 5 says).
+fn validate(envelope: Envelope<'_>) -> Result<Valid<'_>, String> {
     let id = envelope.id;
     if let Some(id) = id {
         let valid = matches!(id.get().as_bytes()[0], b'"' | b'-' | b'0'..=b'9' | b'n');
         if !valid {
-            return Some(error_reply(
+            return Err(error_reply(
                 None,
                 &RpcError::invalid_request("id must be a string, a number or null"),
             ));
         }
     }
     if envelope.jsonrpc.map(RawValue::get) != Some(r#""2.0""#) {
-        // An invalid request is answered even without an id (JSON-RPC 2.0, section 5).
-        return Some(error_reply(
+        return Err(error_reply(
             id,
             &RpcError::invalid_request(r#"jsonrpc must be "2.0""#),
         ));
@@ -113,14 +164,40 @@ async fn handle_request(caller: &Caller<'_>, envelope: Envelope<'_>) -> Option<S
         .method
         .and_then(|m| serde_json::from_str::<Cow<str>>(m.get()).ok());
     let Some(method) = method else {
-        return Some(error_reply(
+        return Err(error_reply(
             id,
             &RpcError::invalid_request("method must be a string"),
         ));
     };
+    Ok(Valid {
+        id,
+        method,
+        params: envelope.params,
+    })
+}
+
+/// The reply to a valid request that is not run (a batch over its bounds).
+fn refuse(envelope: Envelope<'_>, error: &RpcError) -> Option<String> {
+    match validate(envelope) {
+        Ok(request) => request.id.map(|id| error_reply(Some(id), error)),
+        Err(reply) => Some(reply),
+    }
+}
+
+/// Runs a request; `reply_budget` caps the bytes a take may return (a batch's budget left).
+async fn handle_request(
+    caller: &Caller<'_>,
+    envelope: Envelope<'_>,
+    reply_budget: u64,
+) -> Option<String> {
+    let request = match validate(envelope) {
+        Ok(request) => request,
+        Err(reply) => return Some(reply),
+    };
+    let method = &request.method;
     let started = Instant::now();
-    let result = methods::dispatch(caller, &method, envelope.params).await;
-    let label = methods::metric_label(&method);
+    let result = methods::dispatch(caller, method, request.params, reply_budget).await;
+    let label = methods::metric_label(method);
     let outcome = result.as_ref().map_or_else(RpcError::outcome, |_| "ok");
     metrics::counter!(telemetry::CALLS, "method" => label, "outcome" => outcome).increment(1);
     metrics::histogram!(telemetry::CALL_DURATION, "method" => label)
@@ -130,7 +207,7 @@ async fn handle_request(caller: &Caller<'_>, envelope: Envelope<'_>) -> Option<S
     {
         tracing::warn!(method = label, error = %error.message, "call failed");
     }
-    reply_unless_notification(id, result)
+    reply_unless_notification(request.id, result)
 }
 
 fn reply_unless_notification(

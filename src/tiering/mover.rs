@@ -288,9 +288,21 @@ impl Mover {
                 return Ok(());
             }
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            if !cold.write_moved(documents, &ids, token).await? {
+            let written = cold.write_moved(documents, &ids, token).await?;
+            if !written.adopted {
                 return Ok(()); // raced with another attempt's clean-up: retried next visit
             }
+            for (index, why) in &written.refused {
+                unmovable(
+                    connection_id,
+                    ids[*index],
+                    &format!("MongoDB refused it: {why}"),
+                );
+            }
+            let ids: Vec<&str> = (ids.iter().enumerate())
+                .filter(|(i, _)| written.refused.iter().all(|(refused, _)| refused != i))
+                .map(|(_, id)| *id)
+                .collect();
             fault_point("mover_after_write").await;
             let mut outcomes = Vec::with_capacity(ids.len());
             for step in ids.chunks(SCRIPT_STEP) {
@@ -364,27 +376,35 @@ impl Mover {
 }
 
 /// The MongoDB documents of a batch read by `stale_head`, and their ids. A message whose record
-/// cannot be made into one is logged and left in Redis, served from there.
+/// cannot be made into one MongoDB stores is left in Redis, served from there.
 fn documents(
     connection_id: &str,
     head: Vec<(String, String)>,
     mover: &str,
-) -> (Vec<String>, Vec<bson::Document>) {
+) -> (Vec<String>, Vec<bson::RawDocumentBuf>) {
     let mut ids = Vec::with_capacity(head.len());
     let mut documents = Vec::with_capacity(head.len());
     for (id, record) in head {
         let built = Record::parse(&record)
             .ok_or_else(|| "unreadable record".to_owned())
-            .and_then(|record| document::moved(connection_id, &id, &record, mover));
+            .and_then(|record| document::moved(connection_id, &id, &record, mover))
+            .and_then(|document| document::storable(&document));
         match built {
             Ok(document) => {
                 documents.push(document);
                 ids.push(id);
             }
-            Err(error) => tracing::error!(%connection_id, %id, %error, "message not movable"),
+            Err(error) => unmovable(connection_id, &id, &error),
         }
     }
     (ids, documents)
+}
+
+/// A message MongoDB cannot store stays in Redis (and is tried again at later visits): counted
+/// and logged, while the rest of its batch moves.
+fn unmovable(connection_id: &str, id: &str, why: &str) {
+    metrics::counter!(telemetry::COLD_UNMOVABLE).increment(1);
+    tracing::warn!(%connection_id, %id, why, "message not movable; it stays in Redis");
 }
 
 /// Fault injection for the crash and race tests, unset in production (one comparison per

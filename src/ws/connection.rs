@@ -76,6 +76,7 @@ pub async fn run(
     let mut calls: FuturesUnordered<BoxFuture<'static, Option<String>>> = FuturesUnordered::new();
     let mut close: Option<CloseFrame> = None;
     let mut draining = false;
+    let order = rpc::order::Sequencer::default();
     // A message over the size limit was announced: its rest is unread input.
     let mut too_big = false;
     // One timer per socket, in the task itself (no allocation); reset after every ping.
@@ -106,10 +107,10 @@ pub async fn run(
                 frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
                     silent_intervals = 0;
                     match frame {
-                        Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
+                        Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), order.turn(&text), text))),
                         // rpc-websockets servers parse binary frames as text too.
                         Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                            Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), text))),
+                            Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), order.turn(&text), text))),
                             Err(_) => {
                                 within(write_timeout, sink.send(Message::text(rpc::parse_error_reply()))).await?;
                             }
@@ -255,8 +256,10 @@ async fn close_under_unread_input(mut socket: WebSocketStream<TcpStream>) {
 async fn handle(
     context: Arc<Context>,
     socket: Arc<LocalSocket>,
+    mut turn: rpc::order::Turn,
     frame: Utf8Bytes,
 ) -> Option<String> {
+    turn.ready().await;
     let caller = Caller {
         context: &context,
         socket: &socket,

@@ -362,6 +362,15 @@ pub fn payload(text: &str) -> Value {
     json!({"protected": "eyJlbmMiOiJ4Y2hhY2hhMjBwb2x5MTMwNV9pZXRmIn0", "iv": "aXY", "ciphertext": text, "tag": "dGFn"})
 }
 
+/// A payload nested `depth` levels deep (the payload itself is level 1).
+pub fn nested_payload(depth: usize) -> Value {
+    let mut value = json!(1);
+    for _ in 1..depth {
+        value = json!([value]);
+    }
+    json!({"protected": "p", "iv": "i", "ciphertext": "c", "tag": "t", "deep": value})
+}
+
 pub fn texts(messages: &[Value]) -> Vec<String> {
     messages
         .iter()

@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 
 use super::MethodResult;
 use crate::model::NewMessage;
+use crate::payload;
 use crate::push::PushTokenParam;
 use crate::rpc::Caller;
 use crate::rpc::error::RpcError;
@@ -27,6 +28,7 @@ pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
             "payload: must be an object (an encrypted message)",
         ));
     }
+    check_storable(caller, params.payload.get())?;
     let message = NewMessage::new(params.recipient_dids.0, params.payload.get());
     let token = params
         .push_notification_token
@@ -34,4 +36,24 @@ pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
     let messages = &caller.context.messages;
     let id = messages.add(&params.connection_id, message, token).await?;
     Ok(format!(r#"{{"messageId":"{id}"}}"#))
+}
+
+/// Refuses a payload the cold tier could not store: too deep for MongoDB, or too large once
+/// converted to BSON (which can be several times its JSON size).
+fn check_storable(caller: &Caller<'_>, payload: &str) -> Result<(), RpcError> {
+    let limits = &caller.context.calls;
+    let max_depth = limits.max_payload_depth as usize;
+    let shape = payload::measure(payload, max_depth);
+    if shape.depth > max_depth {
+        return Err(RpcError::invalid_params(format!(
+            "payload: nested deeper than {max_depth} levels (MAX_PAYLOAD_DEPTH)"
+        )));
+    }
+    if shape.bson_bytes > limits.max_payload_bson_bytes {
+        return Err(RpcError::invalid_params(format!(
+            "payload: up to {} bytes as a MongoDB document, more than {} (MAX_PAYLOAD_BSON_BYTES)",
+            shape.bson_bytes, limits.max_payload_bson_bytes
+        )));
+    }
+    Ok(())
 }

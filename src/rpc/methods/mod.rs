@@ -20,13 +20,15 @@ use super::params::decode;
 /// The result of a method: JSON text of the `result` member.
 pub type MethodResult = Result<String, RpcError>;
 
+/// Runs a method; `reply_budget` caps the payload bytes a take returns (see `handle_batch`).
 pub async fn dispatch(
     caller: &Caller<'_>,
     method: &str,
     params: Option<&RawValue>,
+    reply_budget: u64,
 ) -> MethodResult {
     match method {
-        "takeFromQueue" => take_from_queue::call(caller, decode(params)?).await,
+        "takeFromQueue" => take_from_queue::call(caller, decode(params)?, reply_budget).await,
         "getAvailableMessageCount" => {
             get_available_message_count::call(caller, decode(params)?).await
         }

@@ -19,11 +19,13 @@ pub struct Params {
     delete_messages: Option<bool>,
 }
 
-pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
+/// `reply_budget`: in a batch, the reply bytes left (the take returns at most that many
+/// payload bytes), else unbounded.
+pub async fn call(caller: &Caller<'_>, params: Params, reply_budget: u64) -> MethodResult {
     let request = TakeRequest {
         recipient_did: params.recipient_did.as_ref(),
         limit: params.limit,
-        limit_bytes: params.limit_bytes,
+        limit_bytes: Some(params.limit_bytes.unwrap_or(u64::MAX).min(reply_budget)),
         delete: params.delete_messages.unwrap_or(false),
     };
     let messages = &caller.context.messages;
