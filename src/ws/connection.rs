@@ -26,7 +26,7 @@ use crate::telemetry;
 pub async fn run(
     stream: TcpStream,
     context: Arc<Context>,
-    limits: Limits,
+    limits: Arc<Limits>,
     slots: Arc<SocketSlots>,
     shutdown: CancellationToken,
 ) {
@@ -84,13 +84,15 @@ pub async fn run(
     tokio::pin!(ping);
     // Ping intervals since the last frame of any kind came from the peer.
     let mut silent_intervals = 0;
+    // Writes are boxed as well: each carries the timer of its timeout, and the task would be
+    // as large as that for as long as the socket lives.
     let ended: Result<(), Stop> = async {
         loop {
             tokio::select! {
                 Some(reply) = calls.next(), if !calls.is_empty() => {
                     let reply: Option<String> = reply;
                     if let Some(reply) = reply {
-                        within(write_timeout, sink.send(Message::text(reply))).await?;
+                        Box::pin(within(write_timeout, sink.send(Message::text(reply)))).await?;
                     }
                 }
                 () = state.deliveries_waiting() => {
@@ -102,7 +104,7 @@ pub async fn run(
                         return Err(Stop::Silent);
                     }
                     ping.as_mut().reset(tokio::time::Instant::now() + limits.ping_interval);
-                    within(write_timeout, sink.send(Message::Ping(Default::default()))).await?;
+                    Box::pin(within(write_timeout, sink.send(Message::Ping(Default::default())))).await?;
                 }
                 frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
                     silent_intervals = 0;
@@ -112,12 +114,12 @@ pub async fn run(
                         Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
                             Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), order.turn(&text), text))),
                             Err(_) => {
-                                within(write_timeout, sink.send(Message::text(rpc::parse_error_reply()))).await?;
+                                Box::pin(within(write_timeout, sink.send(Message::text(rpc::parse_error_reply())))).await?;
                             }
                         },
                         // Sends the pong tungstenite queued.
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                            within(write_timeout, sink.flush()).await?;
+                            Box::pin(within(write_timeout, sink.flush())).await?;
                         }
                         Some(Ok(Message::Close(_))) | None => return Ok(()),
                         Some(Err(Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {

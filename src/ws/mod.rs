@@ -79,6 +79,8 @@ pub async fn accept(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // Shared: every socket task would otherwise carry its own copy.
+    let limits = Arc::new(limits);
     let slots = Arc::new(SocketSlots {
         open: AtomicUsize::new(0),
         max: limits.max_sockets,
@@ -93,7 +95,7 @@ pub async fn accept(
                 tracker.spawn(connection::run(
                     stream,
                     context.clone(),
-                    limits,
+                    limits.clone(),
                     slots.clone(),
                     shutdown.clone(),
                 ));
