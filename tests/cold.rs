@@ -826,7 +826,10 @@ async fn messages_mongodb_cannot_store_stay_in_redis_and_the_rest_moves() {
     assert_eq!(documents(mongo, &database, &a).await.len(), 4);
     assert_eq!(server.http_get("/ready").await.0, 200);
     let (_, metrics) = server.http_get("/metrics").await;
-    assert!(!metrics.contains("mpr_cold_available 0"), "MongoDB taken for down");
+    assert!(
+        !metrics.contains("mpr_cold_available 0"),
+        "MongoDB taken for down"
+    );
     assert_eq!(server.metric("mpr_mover_failures_total", "").await, 0.0);
     // One queue still, in order: the unmovable ones are served from Redis (but for the 300
     // levels, more than this test's JSON parser reads).
@@ -838,7 +841,10 @@ async fn messages_mongodb_cannot_store_stay_in_redis_and_the_rest_moves() {
         .await;
     let payloads = taken.iter().map(|m| &m["encryptedMessage"]);
     let expected = sent.iter().enumerate().filter(|(i, _)| *i != 3);
-    assert!(payloads.eq(expected.map(|(_, m)| m)), "order or payloads differ");
+    assert!(
+        payloads.eq(expected.map(|(_, m)| m)),
+        "order or payloads differ"
+    );
     assert_eq!(server.metric("mpr_cold_degraded_total", "").await, 0.0);
     let taken = client
         .take(json!({"connectionId": b, "limit": 100, "deleteMessages": true}))
