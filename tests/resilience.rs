@@ -88,14 +88,8 @@ async fn sigterm_finishes_calls_closes_sockets_with_1001_and_ends_sessions_at_on
     mediator.add_live_session(&connection, "s").await;
     let request = json!({"jsonrpc": "2.0", "method": "addMessage", "id": 1,
         "params": {"connectionId": unique_id("c2"), "recipientDids": [DID], "payload": support::payload("last")}});
-    // Redis pauses, so the call is surely in progress when SIGTERM arrives.
-    let port = redis.port.to_string();
-    let pause = std::thread::spawn(move || {
-        std::process::Command::new("redis-cli")
-            .args(["-p", &port, "DEBUG", "SLEEP", "0.6"])
-            .output()
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Redis freezes, so the call is surely in progress when SIGTERM arrives.
+    let thaw = redis.freeze(Duration::from_millis(600));
     mediator.send_raw(request.to_string());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
@@ -123,7 +117,7 @@ async fn sigterm_finishes_calls_closes_sockets_with_1001_and_ends_sessions_at_on
         replied,
         "the call in progress was answered before the close"
     );
-    pause.join().unwrap().unwrap();
+    thaw.join().unwrap();
     assert_eq!(close_code, Some(1001));
     let live = other
         .call("getLiveSession", json!({"connectionId": connection}))
@@ -228,4 +222,36 @@ async fn the_function_library_is_loaded_again_when_redis_loses_it() {
     let taken = client.take(json!({"connectionId": connection})).await;
     assert_eq!(texts(&taken), ["before", "after"]);
     assert!(redis.cli(&["FUNCTION", "LIST"]).contains("mpr_"));
+}
+
+#[tokio::test]
+async fn sigterm_answers_every_call_already_received() {
+    const CALLS: u64 = 40;
+    let redis = Redis::start();
+    // Four calls at a time per socket: the rest wait unread in the socket when SIGTERM comes.
+    let mut server = Server::start(&redis.url(), &[("WS_MAX_CALLS_PER_SOCKET", "4")]).await;
+    let mut client = Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    // Redis freezes for half a second, so the calls pile up.
+    let thaw = redis.freeze(Duration::from_millis(500));
+    for id in 1..=CALLS {
+        let request = json!({"jsonrpc": "2.0", "method": "addMessage", "id": id,
+            "params": {"connectionId": connection, "recipientDids": [DID], "payload": support::payload("before SIGTERM")}});
+        client.send_raw(request.to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    thaw.join().unwrap();
+
+    let mut answered = std::collections::BTreeSet::new();
+    while let Some(Incoming::Text(text)) = client.next_frame(Duration::from_secs(2)).await {
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        assert!(reply["result"]["messageId"].is_string(), "{reply}");
+        answered.insert(reply["id"].as_u64().unwrap());
+    }
+    assert_eq!(answered.len() as u64, CALLS, "answered: {answered:?}");
+    let after = Server::start(&redis.url(), &[]).await;
+    let mut check = Client::connect(&after.url()).await;
+    assert_eq!(check.count(&connection).await, CALLS);
 }

@@ -9,6 +9,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -84,6 +85,8 @@ pub async fn run(
     tokio::pin!(ping);
     // Ping intervals since the last frame of any kind came from the peer.
     let mut silent_intervals = 0;
+    // Set at shutdown: until then, frames already received are still read and answered.
+    let mut stop_by: Option<Instant> = None;
     // Writes are boxed as well: each carries the timer of its timeout, and the task would be
     // as large as that for as long as the socket lives.
     let ended: Result<(), Stop> = async {
@@ -99,15 +102,28 @@ pub async fn run(
                     Box::pin(write_deliveries(&mut sink, &context, &state, write_timeout)).await?;
                 }
                 () = &mut ping, if !draining => {
-                    silent_intervals += 1;
-                    if silent_intervals >= limits.ping_misses {
-                        return Err(Stop::Silent);
+                    // While shutting down the timer measures quiet: no call in progress, and no
+                    // frame for DRAIN_QUIET, means everything received has been read.
+                    if let Some(by) = stop_by {
+                        if calls.is_empty() || Instant::now() >= by {
+                            draining = true;
+                        } else {
+                            ping.as_mut().reset(drain_quiet_until(by));
+                        }
+                    } else {
+                        silent_intervals += 1;
+                        if silent_intervals >= limits.ping_misses {
+                            return Err(Stop::Silent);
+                        }
+                        ping.as_mut().reset(Instant::now() + limits.ping_interval);
+                        Box::pin(within(write_timeout, sink.send(Message::Ping(Default::default())))).await?;
                     }
-                    ping.as_mut().reset(tokio::time::Instant::now() + limits.ping_interval);
-                    Box::pin(within(write_timeout, sink.send(Message::Ping(Default::default())))).await?;
                 }
                 frame = frames.next(), if !draining && calls.len() < limits.max_calls => {
                     silent_intervals = 0;
+                    if let Some(stop_by) = stop_by {
+                        ping.as_mut().reset(drain_quiet_until(stop_by));
+                    }
                     match frame {
                         Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), order.turn(&text), text))),
                         // rpc-websockets servers parse binary frames as text too.
@@ -133,9 +149,11 @@ pub async fn run(
                         }
                     }
                 }
-                () = shutdown.cancelled(), if !draining => {
+                () = shutdown.cancelled(), if !draining && stop_by.is_none() => {
                     close = Some(close_frame(CloseCode::Away, "server shutting down"));
-                    draining = true;
+                    let by = Instant::now() + DRAIN_MAX;
+                    stop_by = Some(by);
+                    ping.as_mut().reset(drain_quiet_until(by));
                 }
             }
             if draining && calls.is_empty() {
@@ -178,6 +196,17 @@ pub async fn run(
     }
     Box::pin(context.live.socket_closed(&state)).await;
     metrics::gauge!(telemetry::OPEN_SOCKETS).decrement(1);
+}
+
+/// At shutdown a socket keeps reading until no call is in progress and its peer has sent
+/// nothing for `DRAIN_QUIET`, for at most `DRAIN_MAX`: every call already received (read, or
+/// waiting in the socket behind WS_MAX_CALLS_PER_SOCKET) is answered before the close frame,
+/// after which nothing may be sent. SHUTDOWN_TIMEOUT_MS bounds it all.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+const DRAIN_MAX: Duration = Duration::from_secs(5);
+
+fn drain_quiet_until(stop_by: Instant) -> Instant {
+    (Instant::now() + DRAIN_QUIET).min(stop_by)
 }
 
 /// Why a socket's task stopped before the peer or the server closed it.

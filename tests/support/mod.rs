@@ -61,6 +61,24 @@ impl Redis {
         self.server.pid().expect("redis-server runs")
     }
 
+    /// Freezes it (SIGSTOP) now and thaws it (SIGCONT) after `duration`, from a thread the
+    /// caller joins.
+    pub fn freeze(&self, duration: Duration) -> std::thread::JoinHandle<()> {
+        let pid = self.pid().to_string();
+        let signal = move |signal: &str| {
+            let status = Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill {signal}");
+        };
+        signal("-STOP");
+        std::thread::spawn(move || {
+            std::thread::sleep(duration);
+            signal("-CONT");
+        })
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
