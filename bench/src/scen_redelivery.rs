@@ -125,13 +125,19 @@ async fn push_one(pair: &mut Pair, connection: String) -> Result<Pushed> {
     })
 }
 
-/// One trial of `part`; returns what it times. `polls` gets the close part's count round trips.
+/// Trial `i` of `part`; returns what it times. `polls` gets the close part's count round trips.
 async fn trial(
     part: Part,
+    i: usize,
     pair: &mut Pair,
     connection: String,
     polls: &mut Histogram<u64>,
 ) -> Result<Duration> {
+    if let Part::Expiry = part {
+        // A trial starting right after the previous re-push would start in step with the sweep
+        // that made it: spread the starts over the sweep interval (golden-ratio steps).
+        tokio::time::sleep(SWEEP_INTERVAL.mul_f64((i as f64 * 0.618_034).fract())).await;
+    }
     let mut p = push_one(pair, connection).await?;
     match part {
         Part::Rebind => {
@@ -218,7 +224,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
             for i in 0..s.trials {
                 let connection = format!("redeliver-{}-{run}-{i}", part.name());
                 out.trials += 1;
-                match trial(part, pair, connection, &mut polls).await {
+                match trial(part, i, pair, connection, &mut polls).await {
                     Ok(took) => {
                         hist.record(took.as_nanos().max(1) as u64).ok();
                     }
@@ -273,8 +279,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
          without a WebSocket close handshake; the sender polls getAvailableMessageCount every {} ms \
          (a poll's round trip: p50 {}, p99 {}), so these figures are late by up to about a millisecond \
          and a round trip. expiry: a second pair of instances on the same Redis (own REDIS_PREFIX) with \
-         VISIBILITY_TIMEOUT_MS={}; both sweep every REDELIVERY_INTERVAL_MS ({} ms, the default); the \
-         figure is the sweep's lateness (it reads slightly low: the deadline starts when the server \
+         VISIBILITY_TIMEOUT_MS={}; both sweep every REDELIVERY_INTERVAL_MS ({} ms, the default), and each \
+         trial starts at another phase of that interval; the figure is the sweep's lateness (it reads slightly low: the deadline starts when the server \
          hands the message out, before A reads the push). Medians over runs of p50 and p99; max of all runs.\n\n{}",
         s.trials,
         POLL.as_millis(),
