@@ -13,8 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 pub type Ws = WebSocketStream<TcpStream>;
@@ -138,8 +138,8 @@ pub async fn connect_ws(port: u16) -> Result<Ws> {
 pub struct Client {
     pub ws: Ws,
     next_id: u64,
-    /// Pushes that arrived while waiting for a reply (raw frame text).
-    pub pushes: VecDeque<String>,
+    /// Pushes that arrived while waiting for a reply: when each was read, and its frame text.
+    pub pushes: VecDeque<(Instant, String)>,
     pub timeout: Duration,
 }
 
@@ -163,18 +163,10 @@ impl Client {
             .await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .map_err(|_| anyhow!("{method}: no reply within {:?}", self.timeout))?
-                .ok_or_else(|| anyhow!("{method}: socket closed"))??;
-            let text = match msg {
-                Message::Text(t) => t,
-                Message::Close(c) => bail!("{method}: socket closed by server: {c:?}"),
-                _ => continue,
-            };
+            let (at, text) = self.next_text(deadline, self.timeout, method).await?;
             let frame = Frame::parse(text.as_str())?;
             if frame.is_push() {
-                self.pushes.push_back(text.as_str().to_owned());
+                self.pushes.push_back((at, text.as_str().to_owned()));
                 continue;
             }
             if frame.id_num() != Some(id) {
@@ -187,6 +179,41 @@ impl Client {
                 bail!("{method}: JSON-RPC error {}", err.get());
             }
             return Ok(frame.result.map(|r| r.get().to_owned()).unwrap_or_default());
+        }
+    }
+
+    /// The next push, set aside by a call or read now, with the time it was read.
+    pub async fn next_push(&mut self, within: Duration) -> Result<(Instant, String)> {
+        if let Some(push) = self.pushes.pop_front() {
+            return Ok(push);
+        }
+        let (at, text) = self
+            .next_text(tokio::time::Instant::now() + within, within, "push")
+            .await?;
+        if !Frame::parse(text.as_str())?.is_push() {
+            bail!("push: got another frame: {}", clip(text.as_str()));
+        }
+        Ok((at, text.as_str().to_owned()))
+    }
+
+    /// The next text frame and the time it was read; fails at `deadline` (`within` of the
+    /// start of the wait) or when the socket closes.
+    async fn next_text(
+        &mut self,
+        deadline: tokio::time::Instant,
+        within: Duration,
+        what: &str,
+    ) -> Result<(Instant, Utf8Bytes)> {
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("{what}: nothing within {within:?}"))?
+                .ok_or_else(|| anyhow!("{what}: socket closed"))??;
+            match msg {
+                Message::Text(t) => return Ok((Instant::now(), t)),
+                Message::Close(c) => bail!("{what}: socket closed by server: {c:?}"),
+                _ => {}
+            }
         }
     }
 
@@ -212,6 +239,20 @@ pub fn queued_messages(result: &str) -> Result<Vec<Queued>> {
 /// Ids of the messages in a takeFromQueue result.
 pub fn message_ids(result: &str) -> Result<Vec<String>> {
     Ok(queued_messages(result)?.into_iter().map(|q| q.id).collect())
+}
+
+/// Ids of the messages in a `messagesReceived` push (its frame text).
+pub fn pushed_ids(text: &str) -> Result<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Params {
+        messages: Vec<Queued>,
+    }
+    let params = Frame::parse(text)?
+        .params
+        .with_context(|| format!("push without params: {}", clip(text)))?;
+    let params: Params = serde_json::from_str(params.get())
+        .with_context(|| format!("messagesReceived params: {}", clip(text)))?;
+    Ok(params.messages.into_iter().map(|q| q.id).collect())
 }
 
 pub fn ids_json(ids: &[String]) -> String {

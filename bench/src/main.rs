@@ -14,6 +14,7 @@ mod scen_live;
 mod scen_memory;
 mod scen_push;
 mod scen_queue;
+mod scen_redelivery;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,8 @@ enum Scenario {
     Cold,
     /// addMessage throughput with push notifications (to a local FCM stand-in) vs without.
     Push,
+    /// Live-mode re-delivery: after a rebind, a socket close, a visibility timeout.
+    Redelivery,
     /// Everything above, in that order.
     All,
 }
@@ -130,6 +133,10 @@ struct Cli {
     #[arg(long)]
     cycles: Option<usize>,
 
+    /// redelivery: trials per part and run [default: 100, quick: 10].
+    #[arg(long)]
+    trials: Option<usize>,
+
     /// cold: messages moved to the cold tier on one connection [default: 100000, quick: 5000].
     #[arg(long)]
     cold_messages: Option<usize>,
@@ -170,6 +177,7 @@ pub struct Settings {
     pub quiet_wait: Duration,
     pub sizes: Vec<usize>,
     pub cycles: usize,
+    pub trials: usize,
     pub cold_messages: usize,
     pub mover_batch: usize,
     pub mover_max_rate: Option<u64>,
@@ -209,6 +217,7 @@ impl Settings {
                 }
             }),
             cycles: cli.cycles.unwrap_or(if q { 30 } else { 200 }).max(1),
+            trials: cli.trials.unwrap_or(if q { 10 } else { 100 }).max(1),
             cold_messages: cli
                 .cold_messages
                 .unwrap_or(if q { 5000 } else { 100_000 })
@@ -362,6 +371,9 @@ async fn run(cli: Cli) -> Result<Report> {
     }
     if all || cli.scenario == Scenario::Push {
         scen_push::run(&settings, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Redelivery {
+        scen_redelivery::run(&settings, &mut report).await?;
     }
     report.section(report.summary());
     Ok(report)
