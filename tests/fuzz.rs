@@ -16,19 +16,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Map, Value, json};
 use support::{Client, Incoming, Redis, Server};
 
-const METHODS: [&str; 11] = [
-    "takeFromQueue",
-    "getAvailableMessageCount",
-    "addMessage",
-    "removeMessages",
-    "removeAllMessages",
-    "getLiveSession",
-    "addLiveSession",
-    "removeLiveSession",
-    "ping",
-    "rpc.on",
-    "rpc.off",
-];
+use mpr::rpc::methods::METHODS;
 
 /// Every member any method's params has.
 const FIELDS: [&str; 10] = [

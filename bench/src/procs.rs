@@ -247,6 +247,19 @@ impl Mpr {
         rss_kib(self.pid)
     }
 
+    /// A report line with the first lines of this server's log, or nothing when it is empty.
+    pub fn log_note(&self) -> String {
+        let log = self.log_excerpt(5);
+        if log.is_empty() {
+            return String::new();
+        }
+        format!(
+            "\n- server {} log (first lines): `{}`",
+            self.name,
+            log.join(" / ")
+        )
+    }
+
     /// Lines of the server log at warn level or above (for the report).
     pub fn log_excerpt(&self, max_lines: usize) -> Vec<String> {
         std::fs::read_to_string(&self.log)

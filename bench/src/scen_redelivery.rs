@@ -291,14 +291,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         table.render()
     );
     for m in [&live.one, &live.two, &expiring.one, &expiring.two] {
-        let log = m.log_excerpt(5);
-        if !log.is_empty() {
-            text.push_str(&format!(
-                "\n- server {} log (first lines): `{}`",
-                m.name,
-                log.join(" / ")
-            ));
-        }
+        text.push_str(&m.log_note());
     }
     text.push('\n');
     report.section(text);

@@ -46,7 +46,7 @@ pub async fn dispatch(
 }
 
 /// Every method name, for metrics labels.
-const METHODS: [&str; 11] = [
+pub const METHODS: [&str; 11] = [
     "takeFromQueue",
     "getAvailableMessageCount",
     "addMessage",
