@@ -13,7 +13,7 @@ use crate::config::QueueSettings;
 use crate::live::{DeliveredMessage, Delivery, Live, LocalSocket};
 use crate::model::{ConnectionId, Did, MessageId, NewMessage};
 use crate::push::{PushToken, Pushes};
-use crate::store::{Settle, Step, Store, StoreError, StoreResult, Take, Taken};
+use crate::store::{Settle, Step, Store, StoreError, StoreResult, Take, Taken, TakenMessage};
 use crate::telemetry;
 
 mod redelivery;
@@ -126,12 +126,7 @@ impl Messages {
             metrics::counter!(telemetry::COLD_DEGRADED, "method" => "takeFromQueue").increment(1);
         }
         let taken = self.store.take(connection_id, &take).await?;
-        let cold_ids: Vec<&str> = taken
-            .messages
-            .iter()
-            .filter(|message| message.body.is_none())
-            .map(|message| message.id.as_str())
-            .collect();
+        let cold_ids = cold_ids(&taken.messages);
         if cold_ids.is_empty() {
             return Ok(bodies(taken, HashMap::new()));
         }
@@ -209,12 +204,7 @@ impl Messages {
         let Some(redelivery) = step.redelivery else {
             return Ok(());
         };
-        let cold_ids: Vec<&str> = redelivery
-            .messages
-            .iter()
-            .filter(|message| message.body.is_none())
-            .map(|message| message.id.as_str())
-            .collect();
+        let cold_ids = cold_ids(&redelivery.messages);
         let mut found = HashMap::new();
         if !cold_ids.is_empty()
             && let Some(bodies) = self
@@ -331,6 +321,15 @@ impl Messages {
             }
         });
     }
+}
+
+/// The ids of the messages whose body is in MongoDB.
+fn cold_ids(messages: &[TakenMessage]) -> Vec<&str> {
+    messages
+        .iter()
+        .filter(|message| message.body.is_none())
+        .map(|message| message.id.as_str())
+        .collect()
 }
 
 /// The bodies of the messages taken, in the order taken; a cold one without a document is

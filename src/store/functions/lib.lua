@@ -178,9 +178,10 @@ local function redeliver(Q, visibility)
   local bound = conn[1] and conn[2]
   local gen = tonumber(conn[3]) or 0
   local deadline = now + visibility
-  local chosen, bytes, more, released, last = {}, 0, false, 0, ""
+  -- count: messages taken out of flight by this step (re-pushed or released).
+  local chosen, count, bytes, more, released, last = {}, 0, 0, false, 0, ""
   local function step(key, max)
-    local limit = REDELIVER_COUNT - #chosen
+    local limit = REDELIVER_COUNT - count
     local ids = redis.call("ZRANGE", key, "-inf", max, "BYSCORE", "LIMIT", 0, limit)
     for _, id in ipairs(ids) do
       local record = redis.call("HGET", Q.msg, id)
@@ -189,11 +190,11 @@ local function redeliver(Q, visibility)
         redis.call("ZREM", Q.pushed, id)
       else
         local seq, size, _, dids, cold, body = parse(record)
-        if #chosen > 0 and bytes + size > REDELIVER_BYTES then
+        if count > 0 and bytes + size > REDELIVER_BYTES then
           more = true
           return
         end
-        bytes = bytes + size
+        bytes, count = bytes + size, count + 1
         if bound then
           from_inflight(Q, id, dids)
           to_inflight(Q, id, deadline, dids)
@@ -202,7 +203,6 @@ local function redeliver(Q, visibility)
           chosen[#chosen + 1] = {seq, id, body}
         else
           release(Q, id, record)
-          chosen[#chosen + 1] = false
           released, last = released + 1, id
         end
       end
