@@ -163,6 +163,12 @@ pub struct QueueSettings {
     #[arg(long, env = "QUEUE_MAX_MESSAGES", default_value_t = 0)]
     pub queue_max_messages: u64,
 
+    /// Most bytes of encryptedMessage one connection may hold, pending and in flight, in Redis
+    /// and in MongoDB (0: no quota); an addMessage that would pass it is refused and the queue
+    /// left as it is.
+    #[arg(long, env = "QUEUE_MAX_BYTES", default_value_t = 0)]
+    pub queue_max_bytes: u64,
+
     /// How often each instance sweeps the deadline index: in-flight messages whose visibility
     /// timeout passed are pushed to their connection's live session at most this late.
     #[arg(long, env = "REDELIVERY_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]

@@ -90,7 +90,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_histogram!(CALL_DURATION, "JSON-RPC call latency by method");
     metrics::describe_counter!(
         QUEUE_FULL,
-        "addMessage calls refused because the connection held QUEUE_MAX_MESSAGES"
+        "addMessage calls refused by a per-connection quota (quota: messages, bytes)"
     );
     metrics::describe_counter!(
         REDELIVERED,

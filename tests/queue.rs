@@ -467,3 +467,60 @@ async fn a_connection_at_its_quota_is_refused_and_left_as_it_is() {
     let rest = client.take(json!({"connectionId": full})).await;
     assert_eq!(texts(&rest), ["1", "2", "after"]);
 }
+
+#[tokio::test]
+async fn a_connection_at_its_byte_quota_is_refused_until_room_is_made() {
+    // Every message below is the same size: two fit under the quota, a third does not.
+    let size = serde_json::to_string(&payload("m0")).unwrap().len();
+    let quota = (size * 5 / 2).to_string();
+    let (_redis, server, mut client) = setup(&[("QUEUE_MAX_BYTES", &quota)]).await;
+    let connection = unique_id("c");
+    let refused = async |client: &mut Client, text: &str| {
+        let error = client
+            .call_err(
+                "addMessage",
+                json!({"connectionId": connection, "recipientDids": [DID_A], "payload": payload(text)}),
+            )
+            .await;
+        assert_eq!(error["code"], -32002, "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("QUEUE_MAX_BYTES"), "{error}");
+    };
+    client.add(&connection, DID_A, "m0").await;
+    client.add(&connection, DID_A, "m1").await;
+    refused(&mut client, "m2").await;
+    assert_eq!(client.count(&connection).await, 2, "nothing added");
+    // One too big for the quota on its own is refused on any queue.
+    refused(&mut client, &"x".repeat(size * 3)).await;
+    assert_eq!(
+        server
+            .metric("mpr_queue_full_total", "quota=\"bytes\"")
+            .await,
+        2.0
+    );
+
+    // Each way of removing a message gives its bytes back: removeMessages after a take...
+    let taken = client
+        .take(json!({"connectionId": connection, "limit": 1}))
+        .await;
+    let id = taken[0]["id"].clone();
+    let removed = json!({"connectionId": connection, "messageIds": [id]});
+    client.call("removeMessages", removed).await;
+    client.add(&connection, DID_A, "m2").await;
+    refused(&mut client, "m3").await;
+    // ...a take that deletes...
+    let taken = client
+        .take(json!({"connectionId": connection, "limit": 1, "deleteMessages": true}))
+        .await;
+    assert_eq!(texts(&taken), ["m1"]);
+    client.add(&connection, DID_A, "m3").await;
+    refused(&mut client, "m4").await;
+    // ...and removeAllMessages.
+    let all = json!({"connectionId": connection});
+    client.call("removeAllMessages", all).await;
+    client.add(&connection, DID_A, "m4").await;
+    client.add(&connection, DID_A, "m5").await;
+    refused(&mut client, "m6").await;
+    let rest = client.take(json!({"connectionId": connection})).await;
+    assert_eq!(texts(&rest), ["m4", "m5"]);
+}

@@ -97,12 +97,13 @@ pub fn visits_key(prefix: &str, connection_id: &str) -> String {
 }
 
 /// ARGV of an add_message call for one message, as a server without a mover or a quota makes
-/// it (visit marker lifetime 0, no message quota): the record tail last.
+/// it (visit marker lifetime 0, no quotas): the record tail last.
 fn add_argv(id: &str, tail: String) -> Vec<String> {
     vec![
         id.to_owned(),
         unix_ms().to_string(),
         VISIBILITY_MS.to_string(),
+        "0".to_owned(),
         "0".to_owned(),
         "0".to_owned(),
         DID.to_owned(),

@@ -13,7 +13,9 @@ use crate::config::QueueSettings;
 use crate::live::{DeliveredMessage, Delivery, Live, LocalSocket};
 use crate::model::{ConnectionId, Did, MessageId, NewMessage};
 use crate::push::{PushToken, Pushes};
-use crate::store::{Settle, Step, Store, StoreError, StoreResult, Take, Taken, TakenMessage};
+use crate::store::{
+    Quota, Settle, Step, Store, StoreError, StoreResult, Take, Taken, TakenMessage,
+};
 use crate::telemetry;
 
 mod redelivery;
@@ -72,8 +74,12 @@ impl Messages {
                 .remember_token(connection_id, push_token.as_ref()),
         );
         let live = live.inspect_err(|error| {
-            if matches!(error, StoreError::QueueFull(_)) {
-                metrics::counter!(telemetry::QUEUE_FULL).increment(1);
+            if let StoreError::QueueFull(quota) = error {
+                let label = match quota {
+                    Quota::Messages(_) => "messages",
+                    Quota::Bytes(_) => "bytes",
+                };
+                metrics::counter!(telemetry::QUEUE_FULL, "quota" => label).increment(1);
             }
         })?;
         let NewMessage { id, body, .. } = message;

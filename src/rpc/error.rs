@@ -12,7 +12,8 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const STORAGE_UNAVAILABLE: i64 = -32000;
 /// A batch over `BATCH_MAX_CALLS` or `BATCH_MAX_REPLY_BYTES`: the call was not run.
 pub const BATCH_LIMIT: i64 = -32001;
-/// The connection's queue holds QUEUE_MAX_MESSAGES: nothing was added.
+/// The message would take the connection past QUEUE_MAX_MESSAGES or QUEUE_MAX_BYTES: nothing
+/// was added.
 pub const QUEUE_FULL: i64 = -32002;
 
 #[derive(Debug, Serialize)]
@@ -76,11 +77,9 @@ impl RpcError {
 impl From<StoreError> for RpcError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::QueueFull(limit) => Self::new(
+            StoreError::QueueFull(quota) => Self::new(
                 QUEUE_FULL,
-                format!(
-                    "Queue full: the connection holds {limit} messages (QUEUE_MAX_MESSAGES); nothing was added"
-                ),
+                format!("Queue full: {quota}; nothing was added"),
             ),
             error => Self::storage(error),
         }

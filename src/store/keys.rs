@@ -9,7 +9,7 @@
 //! | `<p>:{<c>}:inflight` | ZSET | in-flight message ids, scored by visibility deadline (ms) |
 //! | `<p>:{<c>}:pushed` | ZSET | in-flight ids pushed to a live session, scored by the binding generation they went under |
 //! | `<p>:{<c>}:seq` | STRING | arrival sequence counter |
-//! | `<p>:{<c>}:conn` | HASH | live binding (`kind`, `peer`, `session`) and its generation `gen`, `visit` (when the connection is next due to re-enter the visit index), `due` (its time in the deadline index), `d:<did>` per recipient DID with keys below |
+//! | `<p>:{<c>}:conn` | HASH | live binding (`kind`, `peer`, `session`) and its generation `gen`, `visit` (when the connection is next due to re-enter the visit index), `due` (its time in the deadline index), `bytes` (of encryptedMessage it holds), `d:<did>` per recipient DID with keys below |
 //! | `<p>:{<c>}:d:<did>:pending` / `:cold` / `:inflight` | ZSET | the same three indexes for one recipient DID |
 //! | `<p>:{<c>}:trash` | SET | ids whose MongoDB documents are still to be deleted |
 //! | `<p>:{<c>}:mover` | STRING | lease of the instance moving the connection's messages |

@@ -45,8 +45,32 @@ pub enum StoreError {
     NotStored(RedisError),
     /// Redis answered, but cannot run this server (too old).
     Unsupported(String),
-    /// The connection holds QUEUE_MAX_MESSAGES messages: nothing was added.
-    QueueFull(u64),
+    /// The message would take the connection past a quota: nothing was added.
+    QueueFull(Quota),
+}
+
+/// A per-connection quota and its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// QUEUE_MAX_MESSAGES
+    Messages(u64),
+    /// QUEUE_MAX_BYTES
+    Bytes(u64),
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Messages(limit) => write!(
+                f,
+                "the connection holds {limit} messages (QUEUE_MAX_MESSAGES)"
+            ),
+            Self::Bytes(limit) => write!(
+                f,
+                "the message would take the connection past {limit} bytes (QUEUE_MAX_BYTES)"
+            ),
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -80,7 +104,7 @@ impl std::fmt::Display for StoreError {
             Self::Redis(error) => error.fmt(f),
             Self::NotStored(error) => write!(f, "{error}; the message was not stored"),
             Self::Unsupported(why) => f.write_str(why),
-            Self::QueueFull(limit) => write!(f, "the connection holds {limit} messages"),
+            Self::QueueFull(quota) => quota.fmt(f),
         }
     }
 }
@@ -100,8 +124,9 @@ pub struct Store {
     conn: RedisConnection,
     keys: Keys,
     visibility_ms: u64,
-    /// Most messages one connection may hold (0: no quota).
+    /// Most messages, and bytes of them, one connection may hold (0: no quota).
     max_messages: u64,
+    max_bytes: u64,
     /// How soon after its first message a connection is visited by the mover (0: never).
     visit_after_ms: u64,
     /// How long an add whose reply was lost tries to learn its outcome (`queue::settle_add`).
@@ -124,6 +149,7 @@ impl Store {
             keys: Keys::new(&settings.redis_prefix),
             visibility_ms: queue.visibility_timeout().as_millis() as u64,
             max_messages: queue.queue_max_messages,
+            max_bytes: queue.queue_max_bytes,
             visit_after_ms: visits
                 .first_after()
                 .map_or(0, |after| after.as_millis().max(1) as u64),

@@ -9,7 +9,7 @@ use super::functions::{
 use super::live::Bound;
 use super::record::record_tail;
 use super::redelivery::{Step, StepReply};
-use super::{Store, StoreError, StoreResult, flag};
+use super::{Quota, Store, StoreError, StoreResult, flag};
 use crate::model::NewMessage;
 
 /// Messages one call deletes one by one (~10 µs each in Redis) before yielding to other clients.
@@ -92,6 +92,7 @@ impl Store {
             .arg(self.visibility_ms)
             .arg(self.visit_after_ms)
             .arg(self.max_messages)
+            .arg(self.max_bytes)
             .arg(&dids)
             .arg(record_tail(
                 message.size,
@@ -105,7 +106,15 @@ impl Store {
                 return self.settle_add(connection_id, &message.id, error).await;
             }
             Err(StoreError::Redis(error)) if error.code() == Some("QUOTA") => {
-                return Err(StoreError::QueueFull(self.max_messages));
+                let quota = if error
+                    .detail()
+                    .is_some_and(|detail| detail.starts_with("bytes"))
+                {
+                    Quota::Bytes(self.max_bytes)
+                } else {
+                    Quota::Messages(self.max_messages)
+                };
+                return Err(StoreError::QueueFull(quota));
             }
             Err(error) => return Err(error),
         };

@@ -1,19 +1,27 @@
 -- The hot path, written with plain locals and as few commands as a message needs: the one
 -- HMGET of the connection's hash reads the live binding, when the connection is next due in
--- the visit index, and whether each recipient DID is known already.
+-- the visit index, the bytes it holds and whether each recipient DID is known already.
 -- ARGV: 1 id, 2 now (ms, this instance's clock), 3 visibility timeout ms, 4 visit marker lifetime
--- ms (0: no mover or retention runs), 5 most messages the connection may hold (0: no quota),
--- 6..n-1 dids, n the record tail "<size>\t<received ms>[\t<did>...]\n<body>".
--- Fails with QUOTA, touching nothing, when the connection holds its quota.
+-- ms (0: no mover or retention runs), 5 most messages the connection may hold, 6 most bytes of
+-- them (0: no quota), 7..n-1 dids, n the record tail "<size>\t<received ms>[\t<did>...]\n<body>".
+-- Fails with "QUOTA messages|bytes <limit>", touching nothing, when the message would take the
+-- connection past a quota.
 -- Returns {visit} when queued as pending, or {visit, kind, peer, deadline, due} when the
 -- connection has a live session: the message is then in flight to that peer, pushed under the
 -- binding's generation. visit is 1 when the caller must (re)enter the connection in the visit
 -- index, due 1 when it must enter it in the deadline index at `deadline`.
 local id, now, visibility, visit_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local max_messages, last_did, tail = tonumber(ARGV[5]), #ARGV - 1, ARGV[#ARGV]
+local max_messages, max_bytes, last_did, tail = tonumber(ARGV[5]), tonumber(ARGV[6]), #ARGV - 1, ARGV[#ARGV]
+local size = tonumber(string.match(tail, "^%d+"))
 
+local fields = {"kind", "peer", "visit", "gen", "due", "bytes"}
+for i = 7, last_did do fields[#fields + 1] = "d:" .. ARGV[i] end
+local conn = redis.call("HMGET", k_conn, unpack(fields))
 if max_messages > 0 and redis.call("HLEN", k_msg) >= max_messages then
-  return redis.error_reply("QUOTA " .. max_messages)
+  return redis.error_reply("QUOTA messages " .. max_messages)
+end
+if max_bytes > 0 and (tonumber(conn[6]) or 0) + size > max_bytes then
+  return redis.error_reply("QUOTA bytes " .. max_bytes)
 end
 
 -- (A duplicate id burns a sequence number: harmless, order is all it gives.)
@@ -21,17 +29,16 @@ local seq = redis.call("INCR", k_seq)
 if redis.call("HSETNX", k_msg, id, seq .. "\t" .. tail) == 0 then
   return redis.error_reply("DUPLICATE message id " .. id)
 end
+-- Kept whether or not a quota is set, so that setting one later finds the truth.
+redis.call("HINCRBY", k_conn, "bytes", size)
 
-local fields = {"kind", "peer", "visit", "gen", "due"}
-for i = 6, last_did do fields[#fields + 1] = "d:" .. ARGV[i] end
-local conn = redis.call("HMGET", k_conn, unpack(fields))
 -- The marker is a time, so an index entry lost to a crash is re-made by an add after it.
 local visit = 0
 if visit_ttl > 0 and (not conn[3] or tonumber(conn[3]) < now) then
   redis.call("HSET", k_conn, "visit", now + visit_ttl)
   visit = 1
 end
-for i = 6, last_did do
+for i = 7, last_did do
   if not conn[i] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
 end
 
@@ -40,7 +47,7 @@ if conn[1] and conn[2] then
   local redis_now = now_ms()
   local deadline = redis_now + visibility
   redis.call("ZADD", k_inflight, deadline, id)
-  for i = 6, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 5)], deadline, id) end
+  for i = 7, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 6)], deadline, id) end
   redis.call("ZADD", k_pushed, tonumber(conn[4]) or 0, id)
   -- (note_due, inlined: the hash was read above)
   local due, index = tonumber(conn[5]), 0
@@ -51,5 +58,5 @@ if conn[1] and conn[2] then
   return {visit, conn[1], conn[2], deadline, index}
 end
 redis.call("ZADD", k_pending, seq, id)
-for i = 6, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 5) - 1], seq, id) end
+for i = 7, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 6) - 1], seq, id) end
 return {visit}

@@ -8,7 +8,8 @@ if redis.call("SISMEMBER", Q.imported, id) == 1 or redis.call("HEXISTS", Q.msg, 
 end
 local record = seq .. "\t" .. tail
 redis.call("HSET", Q.msg, id, record)
-local _, _, _, dids, cold = parse(record)
+local _, size, _, dids, cold = parse(record)
+count_bytes(Q, size)
 for _, did in ipairs(dids) do redis.call("HSET", Q.conn, "d:" .. did, 1) end
 to_pending(Q, id, tonumber(seq), dids, cold)
 redis.call("SADD", Q.imported, id)

@@ -95,6 +95,14 @@ local function requeue_expired(Q, now)
   end
 end
 
+-- The bytes of encryptedMessage a connection holds (`bytes` in its hash, for QUEUE_MAX_BYTES),
+-- kept as messages come and go; never below 0 (messages stored before it was counted).
+local function count_bytes(Q, delta)
+  if delta ~= 0 and redis.call("HINCRBY", Q.conn, "bytes", delta) < 0 then
+    redis.call("HSET", Q.conn, "bytes", 0)
+  end
+end
+
 -- Deletes a message from every index. A cold one's id goes to the trash (its MongoDB document
 -- is the caller's to delete) and to Q.trashed, which the caller gets back.
 local function delete(Q, id)
@@ -105,8 +113,9 @@ local function delete(Q, id)
     redis.call("HDEL", Q.msg, id)
     return 0
   end
-  local _, _, _, dids, cold = parse(record)
+  local _, size, _, dids, cold = parse(record)
   redis.call("HDEL", Q.msg, id)
+  count_bytes(Q, -size)
   from_pending(Q, id, dids, cold)
   from_inflight(Q, id, dids)
   if cold then
@@ -134,10 +143,11 @@ local function forget_dids(Q, dids)
 end
 
 -- An empty queue leaves no keys behind (the counter restarts: order only matters among
--- messages that coexist).
+-- messages that coexist), and holds 0 bytes whatever the count said.
 local function forget_if_empty(Q)
   if redis.call("HLEN", Q.msg) == 0 then
     redis.call("DEL", Q.seq)
+    redis.call("HDEL", Q.conn, "bytes")
     forget_dids(Q, dids_of(Q))
   end
 end

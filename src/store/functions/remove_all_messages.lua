@@ -17,6 +17,7 @@ local function remove_everything()
   end
   redis.call("UNLINK", unpack(keys))
   forget_dids(Q, dids)
+  redis.call("HDEL", Q.conn, "bytes")
   local cutoff = 0
   if had_cold then cutoff = now_ms() end
   return {removed, 0, cutoff, {}}

@@ -15,7 +15,7 @@ local deadline = now + visibility
 local hot = redis.call("ZRANGE", lane(Q, did, false), 0, limit - 1, "WITHSCORES")
 local cold = {}
 if not hot_only then cold = redis.call("ZRANGE", lane(Q, did, true), 0, limit - 1, "WITHSCORES") end
-local taken, count, bytes, h, c, in_flight = {}, 0, 0, 1, 1, false
+local taken, count, bytes, deleted_bytes, h, c, in_flight = {}, 0, 0, 0, 1, 1, false
 while count < limit do
   local id
   if h < #hot and (c >= #cold or tonumber(hot[h + 1]) <= tonumber(cold[c + 1])) then
@@ -36,6 +36,7 @@ while count < limit do
     from_pending(Q, id, dids, is_cold)
     if delete_taken and not is_cold then
       redis.call("HDEL", Q.msg, id)
+      deleted_bytes = deleted_bytes + size
     else
       to_inflight(Q, id, deadline, dids)
       in_flight = true
@@ -47,7 +48,10 @@ while count < limit do
     redis.call("ZREM", lane(Q, did, true), id)
   end
 end
-if delete_taken then forget_if_empty(Q) end
+if delete_taken then
+  count_bytes(Q, -deleted_bytes)
+  forget_if_empty(Q)
+end
 local due = 0
 if in_flight then due = note_due(Q, deadline, now) end
 return {deadline, taken, due}
