@@ -373,6 +373,64 @@ export async function callError(client, method, params, timeoutMs = 3000) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// live sessions
+
+/**
+ * Resolves when one of `waiters` is called or at `deadline`; the timer is cleared on wake-up, so
+ * that a finished wait does not keep the test process alive.
+ */
+export function wakeOrTimeout(waiters, deadline) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, Math.max(1, deadline - Date.now()));
+    waiters.push(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** Collects messagesReceived pushes on a Client. */
+export function collectPushes(client) {
+  const pushes = [];
+  const waiters = [];
+  client.on('messagesReceived', (params) => {
+    pushes.push(params);
+    for (const w of waiters.splice(0)) w();
+  });
+  return {
+    pushes,
+    messages: () => pushes.flatMap((p) => p?.messages ?? []),
+    /** Waits until `n` messages in total have been pushed (or timeoutMs passes). */
+    async waitMessages(n, timeoutMs = 3000) {
+      const deadline = Date.now() + timeoutMs;
+      while (pushes.flatMap((p) => p?.messages ?? []).length < n && Date.now() < deadline) {
+        await wakeOrTimeout(waiters, deadline);
+      }
+      return pushes.flatMap((p) => p?.messages ?? []);
+    },
+  };
+}
+
+/** A Client that subscribed to messagesReceived and holds a live session for `connectionId`. */
+export async function liveSocket(server, connectionId) {
+  const client = await connect(server.url);
+  const collector = collectPushes(client);
+  assert.deepEqual(await client.subscribe('messagesReceived'), { messagesReceived: 'ok' });
+  assert.equal(await call(client, 'addLiveSession', { connectionId, sessionId: uuid() }), true);
+  return { client, ...collector };
+}
+
+/** Asserts one messagesReceived params object: exactly {connectionId, id: '', messages: [≥ 1]}. */
+export function assertPush(push, connectionId) {
+  assert.equal(typeof push, 'object');
+  assert.notEqual(push, null);
+  assert.deepEqual(Object.keys(push).sort(), ['connectionId', 'id', 'messages'], `push params: ${JSON.stringify(push)}`);
+  assert.equal(push.connectionId, connectionId);
+  assert.equal(push.id, '');
+  assert.ok(Array.isArray(push.messages) && push.messages.length >= 1);
+}
+
+// ---------------------------------------------------------------------------------------------
 // raw sockets (the `ws` package rpc-websockets depends on)
 
 const rawSockets = new Set();

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import {
   startRedis, startServer, stopAll, uniquePrefix, withLogs, connect, closeClient, closeAllClients, call,
   rawConnect, sleep, uuid, didKey, payload, add, take, count, assertTaken, assertQueuedMessage, pollUntil,
+  liveSocket, assertPush,
 } from './harness.mjs';
 
 const VISIBILITY_MS = 1500;
@@ -19,46 +20,6 @@ let K; // the instance that gets SIGKILLed
 const extra = [];
 const logs = () => [A, B, K, ...extra];
 const test = (name, fn) => it(name, { timeout: 30_000 }, withLogs(logs, fn));
-
-/** Collects messagesReceived pushes on a Client. */
-function collectPushes(client) {
-  const pushes = [];
-  const waiters = [];
-  client.on('messagesReceived', (params) => {
-    pushes.push(params);
-    for (const w of waiters.splice(0)) w();
-  });
-  return {
-    pushes,
-    messages: () => pushes.flatMap((p) => p?.messages ?? []),
-    /** Waits until `n` messages in total have been pushed (or timeoutMs passes). */
-    async waitMessages(n, timeoutMs = 3000) {
-      const deadline = Date.now() + timeoutMs;
-      while (pushes.flatMap((p) => p?.messages ?? []).length < n && Date.now() < deadline) {
-        await Promise.race([new Promise((r) => waiters.push(r)), sleep(Math.max(1, deadline - Date.now()))]);
-      }
-      return pushes.flatMap((p) => p?.messages ?? []);
-    },
-  };
-}
-
-/** A Client that subscribed to messagesReceived and holds a live session for `connectionId`. */
-async function liveSocket(server, connectionId) {
-  const client = await connect(server.url);
-  const collector = collectPushes(client);
-  assert.deepEqual(await client.subscribe('messagesReceived'), { messagesReceived: 'ok' });
-  assert.equal(await call(client, 'addLiveSession', { connectionId, sessionId: uuid() }), true);
-  return { client, ...collector };
-}
-
-function assertPush(push, connectionId) {
-  assert.equal(typeof push, 'object');
-  assert.notEqual(push, null);
-  assert.deepEqual(Object.keys(push).sort(), ['connectionId', 'id', 'messages'], `push params: ${JSON.stringify(push)}`);
-  assert.equal(push.connectionId, connectionId);
-  assert.equal(push.id, '');
-  assert.ok(Array.isArray(push.messages) && push.messages.length >= 1);
-}
 
 describe('live sessions (instances A, B, K on one Redis)', { concurrency: true }, () => {
   before(async () => {
