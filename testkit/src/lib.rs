@@ -1,6 +1,6 @@
 //! Child processes for the mpr integration tests and the benchmark tool, written once: a
-//! redis-server, a SecantusDB (a MongoDB-wire server) and `mpr` instances, each on free
-//! 127.0.0.1 ports, started, awaited until they answer, and stopped.
+//! redis-server, a SecantusDB (a MongoDB-wire server), a SocketDock and `mpr` instances, each
+//! on free 127.0.0.1 ports, started, awaited until they answer, and stopped.
 //!
 //! Everything is fallible (`anyhow::Result`); the tests wrap it with `expect`. Waits are async;
 //! [`block_on`] serves synchronous callers, even from inside a runtime.
@@ -9,6 +9,7 @@ mod mpr;
 mod proc;
 mod redis;
 mod secantus;
+mod socketdock;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use mpr::{MprOpts, MprServer};
 pub use proc::{Log, Proc, Spawn, die_with_parent, kill_all, running, stop};
 pub use redis::{RedisOpts, RedisServer};
 pub use secantus::{Secantus, SecantusOpts};
+pub use socketdock::{SocketDock, SocketDockOpts};
 
 /// A 127.0.0.1 port nobody listens on right now (never 6379).
 pub fn free_port() -> Result<u16> {

@@ -60,10 +60,15 @@ impl Log {
     /// "; log:\n<what the child wrote>" when it writes to a file, for error messages.
     pub fn excerpt(&self) -> String {
         match self {
-            Log::File(path) => format!(
-                "; log:\n{}",
-                std::fs::read_to_string(path).unwrap_or_default()
-            ),
+            Log::File(_) => format!("; log:\n{}", self.contents()),
+            _ => String::new(),
+        }
+    }
+
+    /// What the child wrote so far when it writes to a file; empty otherwise.
+    pub fn contents(&self) -> String {
+        match self {
+            Log::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
             _ => String::new(),
         }
     }

@@ -1,9 +1,11 @@
 //! Test harness: a real redis-server on a free 127.0.0.1 port, `mpr` instances and SecantusDB as
 //! child processes (started, awaited and stopped by `testkit`), and a small JSON-RPC WebSocket
-//! client. Everything is killed on drop.
+//! client. Everything is killed on drop. `push_standins`: push services; `socketdock`: the real
+//! SocketDock with agents, a mediator stand-in and a callback recorder.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod push_standins;
+pub mod socketdock;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
