@@ -45,6 +45,9 @@ pub struct Config {
     pub push: PushSettings,
 
     #[command(flatten)]
+    pub socketdock: SocketDockSettings,
+
+    #[command(flatten)]
     pub log: LogSettings,
 }
 
@@ -138,7 +141,7 @@ pub struct RedisSettings {
     /// How long an addMessage whose Redis reply was lost (timeout, broken connection) keeps
     /// asking Redis whether it was stored before answering "outcome unknown", in ms. Keep
     /// REDIS_TIMEOUT_MS plus this under the clients' call timeout (2 s for the MPR client).
-    #[arg(long, env = "ADD_SETTLE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    #[arg(long, env = "ADD_SETTLE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub add_settle_timeout_ms: u64,
 }
 
@@ -207,6 +210,48 @@ pub struct LiveSettings {
     /// Bound on how long the live sessions of a dead instance keep counting as live, in ms.
     #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
     pub liveness_timeout_ms: u64,
+}
+
+/// The SocketDock adapter: agents' WebSockets held by SocketDock, frames forwarded to the
+/// mediator over HTTP, messages delivered to the sockets. Off without MEDIATOR_URL.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "SocketDock adapter")]
+pub struct SocketDockSettings {
+    /// The mediator's HTTP inbound endpoint: every frame an agent sends through SocketDock is
+    /// POSTed there. Unset: the adapter is off and /socketdock/* answers 404.
+    #[arg(long, env = "MEDIATOR_URL")]
+    pub mediator_url: Option<String>,
+
+    /// Shared secret SocketDock's callback URLs carry (`?secret=`); required with MEDIATOR_URL.
+    #[arg(long, env = "SOCKETDOCK_SECRET", hide_env_values = true)]
+    pub socketdock_secret: Option<String>,
+
+    /// Base URLs of the SocketDock instances (their --endpoint), comma-separated; a socket's
+    /// send and disconnect URLs must be under one of them. Required with MEDIATOR_URL.
+    #[arg(long, env = "SOCKETDOCK_ENDPOINTS", value_delimiter = ',')]
+    pub socketdock_endpoints: Vec<String>,
+
+    /// How long a POST to SocketDock may take, in ms; a message is in flight to a socket for
+    /// twice this at most (a dead deliverer's message is back in its place then).
+    #[arg(long, env = "SOCKETDOCK_SEND_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub socketdock_send_timeout_ms: u64,
+
+    /// How long the mediator may take to answer a forwarded frame, in ms.
+    #[arg(long, env = "MEDIATOR_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub mediator_timeout_ms: u64,
+
+    /// How long a socket is remembered without a frame or a delivery, in ms (its disconnect
+    /// callback is often lost).
+    #[arg(long, env = "SOCKETDOCK_SOCKET_TTL_MS", default_value_t = 86_400_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub socketdock_socket_ttl_ms: u64,
+
+    /// Most DIDComm connections one socket may be bound to.
+    #[arg(long, env = "SOCKETDOCK_MAX_CONNECTIONS_PER_SOCKET", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub socketdock_max_connections_per_socket: u64,
+
+    /// Most bytes of a callback body, and of a mediator's reply.
+    #[arg(long, env = "SOCKETDOCK_MAX_BODY_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..=(256 << 20)))]
+    pub socketdock_max_body_bytes: u64,
 }
 
 /// The cold tier (MongoDB) and retention.
@@ -421,6 +466,44 @@ impl QueueSettings {
     }
 }
 
+impl SocketDockSettings {
+    pub fn send_timeout(&self) -> Duration {
+        millis(self.socketdock_send_timeout_ms)
+    }
+
+    pub fn mediator_timeout(&self) -> Duration {
+        millis(self.mediator_timeout_ms)
+    }
+
+    pub fn socket_ttl(&self) -> Duration {
+        millis(self.socketdock_socket_ttl_ms)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let Some(mediator) = &self.mediator_url else {
+            return Ok(());
+        };
+        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !http(mediator) {
+            return Err(format!(
+                "MEDIATOR_URL must be an http(s) URL, got {mediator:?}"
+            ));
+        }
+        if self.socketdock_secret.as_deref().is_none_or(str::is_empty) {
+            return Err("SOCKETDOCK_SECRET is required with MEDIATOR_URL: SocketDock's callbacks must carry it".into());
+        }
+        if self.socketdock_endpoints.is_empty() {
+            return Err("SOCKETDOCK_ENDPOINTS is required with MEDIATOR_URL: the SocketDock base URLs deliveries may go to".into());
+        }
+        if let Some(bad) = self.socketdock_endpoints.iter().find(|url| !http(url)) {
+            return Err(format!(
+                "SOCKETDOCK_ENDPOINTS: {bad:?} is not an http(s) URL"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl LiveSettings {
     pub fn liveness_timeout(&self) -> Duration {
         millis(self.liveness_timeout_ms)
@@ -463,6 +546,7 @@ impl MoverSettings {
 impl Config {
     /// Settings that parse but cannot run together.
     pub fn check(&self) -> Result<(), String> {
+        self.socketdock.check()?;
         let redis = &self.redis;
         if redis.redis_type == RedisType::Cluster {
             return Err(

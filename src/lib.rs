@@ -5,7 +5,8 @@
 //! ([`messages`]); the service uses [`store`], the only module that talks to Redis, and [`cold`]
 //! (MongoDB). Messages for live sessions flow from [`store`] through [`live`] to whichever peer
 //! holds the session. [`tiering`] moves old messages to MongoDB and applies retention;
-//! [`migrate`] imports a Node MPR's data. [`config`], [`model`] and [`payload`] are leaves.
+//! [`migrate`] imports a Node MPR's data; [`socketdock`] serves agents whose
+//! sockets SocketDock holds. [`config`], [`model`] and [`payload`] are leaves.
 
 pub mod cold;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod payload;
 pub mod push;
 pub mod rpc;
 pub mod server;
+pub mod socketdock;
 pub mod store;
 pub mod telemetry;
 pub mod tiering;

@@ -18,6 +18,7 @@ use crate::live::Live;
 use crate::messages::Messages;
 use crate::push::Pushes;
 use crate::rpc::Context;
+use crate::socketdock::SocketDock;
 use crate::store::{Store, StoreError, Visits};
 use crate::tiering::Mover;
 use crate::{http, telemetry, ws};
@@ -29,6 +30,7 @@ pub struct Server {
     live: Arc<Live>,
     pushes: Arc<Pushes>,
     context: Arc<Context>,
+    socketdock: Option<Arc<SocketDock>>,
     metrics: PrometheusHandle,
     ws_listener: TcpListener,
     http_listener: TcpListener,
@@ -66,9 +68,17 @@ impl Server {
             pushes.clone(),
             &config.queue,
         );
+        let messages = Arc::new(messages);
+        let socketdock = SocketDock::new(
+            &config.socketdock,
+            store.clone(),
+            live.clone(),
+            messages.clone(),
+        );
         let context = Arc::new(Context {
-            messages: Arc::new(messages),
+            messages,
             live: live.clone(),
+            socketdock: socketdock.clone(),
             calls: config.calls.clone(),
         });
         let server = &config.server;
@@ -88,6 +98,7 @@ impl Server {
             live,
             pushes,
             context,
+            socketdock,
             metrics,
             ws_listener,
             http_listener,
@@ -141,6 +152,9 @@ impl Server {
             sockets.clone(),
         ));
         self.live.spawn_tasks(&background, &background_stop);
+        if let Some(socketdock) = &self.socketdock {
+            socketdock.spawn_tasks(&background, &background_stop);
+        }
         let visits = Visits::from(&self.config.cold);
         if visits.first_after().is_some() {
             let mover = Mover::new(
@@ -152,7 +166,8 @@ impl Server {
             background.spawn(mover.run(background_stop.clone()));
         }
         let http_stop = background_stop.clone();
-        let router = http::router(self.store, self.cold, self.metrics);
+        let router = http::router(self.store, self.cold, self.metrics)
+            .merge(crate::socketdock::router(self.socketdock));
         let http = tokio::spawn(http::serve(
             self.http_listener,
             router,

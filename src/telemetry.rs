@@ -37,6 +37,12 @@ pub const PUSHES_RETRIED: &str = "mpr_pushes_retried_total";
 pub const PUSHES_DEDUPLICATED: &str = "mpr_pushes_deduplicated_total";
 pub const PUSHES_DROPPED: &str = "mpr_pushes_dropped_total";
 pub const PUSH_DURATION: &str = "mpr_push_duration_seconds";
+pub const SOCKETDOCK_FRAMES: &str = "mpr_socketdock_frames_total";
+pub const SOCKETDOCK_DELIVERIES: &str = "mpr_socketdock_deliveries_total";
+pub const SOCKETDOCK_SEND_SECONDS: &str = "mpr_socketdock_send_seconds";
+pub const SOCKETDOCK_BINDS: &str = "mpr_socketdock_binds_total";
+pub const SOCKETDOCK_SOCKETS_GONE: &str = "mpr_socketdock_sockets_gone_total";
+pub const SOCKETDOCK_CALLBACKS_REFUSED: &str = "mpr_socketdock_callbacks_refused_total";
 
 pub fn init_logging(config: &LogSettings) {
     let filter = std::env::var("RUST_LOG")
@@ -88,6 +94,30 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "JSON-RPC calls by method and outcome (ok, invalid, error)"
     );
     metrics::describe_histogram!(CALL_DURATION, "JSON-RPC call latency by method");
+    metrics::describe_counter!(
+        SOCKETDOCK_FRAMES,
+        "Frames from SocketDock sockets, by outcome (forwarded, mediator_status, mediator_timeout, mediator_unreachable, mediator_reply_too_large)"
+    );
+    metrics::describe_counter!(
+        SOCKETDOCK_DELIVERIES,
+        "Messages POSTed to SocketDock sockets, by outcome (ok, failed)"
+    );
+    metrics::describe_histogram!(
+        SOCKETDOCK_SEND_SECONDS,
+        "Latency of POSTs to SocketDock send URLs"
+    );
+    metrics::describe_counter!(
+        SOCKETDOCK_BINDS,
+        "Connections bound to SocketDock sockets, by outcome (bound, unknown_socket, socket_full)"
+    );
+    metrics::describe_counter!(
+        SOCKETDOCK_SOCKETS_GONE,
+        "SocketDock sockets ended, by reason (disconnect_callback, send_failed)"
+    );
+    metrics::describe_counter!(
+        SOCKETDOCK_CALLBACKS_REFUSED,
+        "SocketDock callbacks refused, by route and reason (secret, body, foreign_url)"
+    );
     metrics::describe_counter!(
         QUEUE_FULL,
         "addMessage calls refused by a per-connection quota (quota: messages, bytes)"

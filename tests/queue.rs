@@ -524,3 +524,33 @@ async fn a_connection_at_its_byte_quota_is_refused_until_room_is_made() {
     let rest = client.take(json!({"connectionId": connection})).await;
     assert_eq!(texts(&rest), ["m4", "m5"]);
 }
+
+/// What `settle_add` (run when an add's reply was lost) answers for a message id.
+fn settle(redis: &Redis, connection: &str, id: &str) -> String {
+    let keys = mpr::store::Keys::new("mpr");
+    let mut args = mpr::store::functions::SETTLE_ADD.call_args(&keys, connection, &[]);
+    args.insert(0, "FCALL".into());
+    args.push(id.into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    redis.cli(&args)
+}
+
+#[tokio::test]
+async fn an_add_whose_reply_was_lost_is_known_stored_even_once_removed() {
+    let (redis, _server, mut client) = setup(&[]).await;
+    let connection = unique_id("c");
+    let kept = client.add(&connection, DID_A, "kept").await;
+    let removed = client.add(&connection, DID_A, "removed").await;
+    let remove = json!({"connectionId": connection, "messageIds": [removed]});
+    client.call("removeMessages", remove).await;
+    // A client may remove a message before the settle of its add runs: it was stored.
+    assert_eq!(settle(&redis, &connection, &kept), "1");
+    assert_eq!(settle(&redis, &connection, &removed), "1");
+    // Never added: not stored, and never to be (a late add fails as a duplicate).
+    assert_eq!(settle(&redis, &connection, "0123456789abcdef01234567"), "0");
+    // After the whole queue went at once, nobody can tell.
+    client
+        .call("removeAllMessages", json!({"connectionId": connection}))
+        .await;
+    assert_eq!(settle(&redis, &connection, "76543210fedcba9876543210"), "2");
+}

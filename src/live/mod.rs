@@ -10,6 +10,7 @@ mod events;
 mod membership;
 mod peer;
 mod registry;
+mod relay;
 mod router;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use peer::{DeliveredMessage, Delivery, LocalSocket};
+pub use relay::Kicks;
 
 use crate::config::LiveSettings;
 use crate::push::Pushes;
@@ -32,6 +34,8 @@ pub struct Live {
     registry: Registry,
     /// Wakes the phone when a delivery finds no peer.
     pushes: Arc<Pushes>,
+    /// Connections bound to a SocketDock socket that have work for its delivery loop.
+    kicks: Kicks,
 }
 
 impl Live {
@@ -43,6 +47,7 @@ impl Live {
             store,
             registry: Registry::default(),
             pushes,
+            kicks: Kicks::default(),
         })
     }
 
@@ -58,6 +63,10 @@ impl Live {
     ) {
         tracker.spawn(membership::heartbeat(self.clone(), shutdown.clone()));
         tracker.spawn(events::consume(self.clone(), shutdown.clone()));
+    }
+
+    pub fn kicks(&self) -> &Kicks {
+        &self.kicks
     }
 
     pub fn new_socket(&self) -> Arc<LocalSocket> {
@@ -92,6 +101,50 @@ impl Live {
         Ok(step)
     }
 
+    /// Binds the connection's live session to a SocketDock socket (its delivery loop is kicked:
+    /// the backlog goes first). The socket must be recorded.
+    pub async fn bind_relay(
+        &self,
+        connection_id: &str,
+        socket_id: &str,
+        session_id: &str,
+    ) -> StoreResult<()> {
+        let peer = PeerAddress::Relay {
+            socket: socket_id.to_owned(),
+        };
+        let step = self.store.bind(connection_id, &peer, session_id).await?;
+        self.wake_for(connection_id, &step);
+        Ok(())
+    }
+
+    /// A SocketDock socket is gone: every connection still bound to it loses its binding, and
+    /// the phones are woken for what waits. Returns how many bindings ended.
+    /// `also` names a connection to end even if the socket's list lost it.
+    pub async fn relay_gone(&self, socket_id: &str, also: Option<&str>) -> StoreResult<usize> {
+        let bound = PeerAddress::Relay {
+            socket: socket_id.to_owned(),
+        }
+        .bound();
+        let mut connections = self.store.forget_socket(socket_id).await?;
+        if let Some(also) = also
+            && !connections.iter().any(|c| c == also)
+        {
+            connections.push(also.to_owned());
+        }
+        let mut ended = 0;
+        for connection_id in connections {
+            if let Some(step) = self.store.unbind(&connection_id, &bound).await? {
+                ended += 1;
+                self.wake_for(&connection_id, &step);
+                // The relay's messages were pending, not in flight: the step woke nobody.
+                if let Some(waiting) = self.store.oldest_pending(&connection_id).await? {
+                    self.pushes.request(&connection_id, None, &waiting);
+                }
+            }
+        }
+        Ok(ended)
+    }
+
     /// Ends the session if this socket holds it; returns whether it did. What was pushed to it
     /// is pending again, and the phone is woken for it.
     pub async fn unbind(&self, socket: &LocalSocket, connection_id: &str) -> StoreResult<bool> {
@@ -106,9 +159,13 @@ impl Live {
         Ok(step.is_some())
     }
 
-    /// Asks for a push when a step put messages back to pending with no live session.
+    /// Asks for a push when a step put messages back to pending with no live session; for a
+    /// connection bound to a SocketDock socket, runs its delivery loop instead (also when
+    /// nothing was put back: a step comes when its lease holder may have died).
     pub fn wake_for(&self, connection_id: &str, step: &Step) {
-        if let Some(message_id) = &step.last_released {
+        if step.relay.is_some() {
+            self.kicks.kick(connection_id);
+        } else if let Some(message_id) = &step.last_released {
             metrics::counter!(telemetry::REDELIVERY_RELEASED).increment(step.released);
             self.pushes.request(connection_id, None, message_id);
         }
@@ -142,6 +199,9 @@ impl Live {
             }
             PeerAddress::Socket { instance, .. } => {
                 self.membership.is_alive(&self.store, instance).await
+            }
+            PeerAddress::Relay { socket } => {
+                Ok(self.store.socket_send_url(socket).await?.is_some())
             }
         }
     }

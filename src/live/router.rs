@@ -56,6 +56,20 @@ impl Live {
                     Offer::Refused(delivery, "instance_gone")
                 }
             }
+            // Only a relay's own delivery loop puts messages in flight to it (the store keeps
+            // them pending for it); anything addressed to one is given back to that loop.
+            Some(PeerAddress::Relay { .. }) => {
+                let messages = delivery.in_flight();
+                if let Err(error) = self
+                    .store
+                    .release(&delivery.connection_id, None, &messages)
+                    .await
+                {
+                    tracing::warn!(connection_id = %delivery.connection_id, %error, "relay delivery not released; back at its deadline");
+                }
+                self.kicks.kick(&delivery.connection_id);
+                return;
+            }
         };
         if let Offer::Refused(delivery, reason) = offer {
             self.undeliverable(delivery, reason).await;

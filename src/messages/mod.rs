@@ -14,7 +14,7 @@ use crate::live::{DeliveredMessage, Delivery, Live, LocalSocket};
 use crate::model::{ConnectionId, Did, MessageId, NewMessage};
 use crate::push::{PushToken, Pushes};
 use crate::store::{
-    Quota, Settle, Step, Store, StoreError, StoreResult, Take, Taken, TakenMessage,
+    Added, Quota, Settle, Step, Store, StoreError, StoreResult, Take, Taken, TakenMessage,
 };
 use crate::telemetry;
 
@@ -29,6 +29,15 @@ pub struct Messages {
     max_take_messages: u64,
     max_take_bytes: u64,
     redelivery_interval: std::time::Duration,
+}
+
+/// A cold message's body, as MongoDB gave it.
+pub enum ColdBody {
+    Found(String),
+    /// No document: the message is removed.
+    Gone,
+    /// MongoDB cannot be read: the message stays in flight and comes back at its deadline.
+    Unreadable,
 }
 
 /// What a take asks for; absent limits mean the server's maximum.
@@ -83,20 +92,25 @@ impl Messages {
             }
         })?;
         let NewMessage { id, body, .. } = message;
-        if let Some(live) = live {
-            self.live
-                .deliver(Delivery {
-                    connection_id: connection_id.to_string(),
-                    bound: live.bound,
-                    messages: vec![DeliveredMessage {
-                        id: id.clone(),
-                        deadline: live.deadline,
-                        body,
-                    }],
-                })
-                .await;
-        } else if push_token.is_some() {
-            self.pushes.request(connection_id, push_token.as_ref(), &id);
+        match live {
+            Added::Pushed(live) => {
+                self.live
+                    .deliver(Delivery {
+                        connection_id: connection_id.to_string(),
+                        bound: live.bound,
+                        messages: vec![DeliveredMessage {
+                            id: id.clone(),
+                            deadline: live.deadline,
+                            body,
+                        }],
+                    })
+                    .await;
+            }
+            Added::Relayed { .. } => self.live.kicks().kick(connection_id),
+            Added::Pending if push_token.is_some() => {
+                self.pushes.request(connection_id, push_token.as_ref(), &id);
+            }
+            Added::Pending => {}
         }
         Ok(id)
     }
@@ -188,6 +202,29 @@ impl Messages {
             self.discard(connection_id, trashed);
         }
         Ok(Some(found))
+    }
+
+    /// Whether cold messages can be read now (MongoDB configured and available).
+    pub fn cold_readable(&self) -> bool {
+        self.cold.as_ref().is_some_and(|cold| cold.is_available())
+    }
+
+    /// The body of one cold message in flight with `deadline`, read from MongoDB.
+    pub async fn cold_body(
+        &self,
+        connection_id: &str,
+        id: &str,
+        deadline: i64,
+    ) -> StoreResult<ColdBody> {
+        Ok(
+            match self
+                .cold_bodies(connection_id, deadline, &[id], false)
+                .await?
+            {
+                Some(mut found) => found.remove(id).map_or(ColdBody::Gone, ColdBody::Found),
+                None => ColdBody::Unreadable,
+            },
+        )
     }
 
     /// Binds the connection's live session to a socket; what was pushed under the binding it

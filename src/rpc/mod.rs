@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use crate::config::CallSettings;
 use crate::live::{Live, LocalSocket};
 use crate::messages::Messages;
+use crate::socketdock::SocketDock;
 use crate::telemetry;
 use error::RpcError;
 
@@ -25,6 +26,8 @@ use error::RpcError;
 pub struct Context {
     pub messages: Arc<Messages>,
     pub live: Arc<Live>,
+    /// The SocketDock adapter, when MEDIATOR_URL is set.
+    pub socketdock: Option<Arc<SocketDock>>,
     pub calls: CallSettings,
 }
 

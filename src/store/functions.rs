@@ -22,6 +22,8 @@ pub enum Scope {
     Instances,
     /// One shard of the deadline index.
     Deadlines,
+    /// One SocketDock socket: its keys share the hash tag `{<socket id>}`.
+    Socket,
 }
 
 pub struct Function {
@@ -61,7 +63,11 @@ macro_rules! function {
 
 /// The keys of every function that deletes messages (and may empty the queue).
 const DELETING: &[&str] = &[
-    "msg", "pending", "cold", "inflight", "trash", "seq", "conn", "pushed",
+    "msg", "pending", "cold", "inflight", "trash", "seq", "conn", "pushed", "removed",
+];
+/// The keys of a SocketDock delivery loop's step: it deletes, and holds the relay lease.
+const RELAYING: &[&str] = &[
+    "msg", "pending", "cold", "inflight", "trash", "seq", "conn", "pushed", "removed", "relay",
 ];
 /// The keys of every function that moves messages in or out of flight to a live session.
 const REDELIVERING: &[&str] = &["msg", "pending", "cold", "inflight", "conn", "pushed"];
@@ -70,7 +76,7 @@ const REDELIVERING: &[&str] = &["msg", "pending", "cold", "inflight", "conn", "p
 mod table {
     use super::*;
     function!(ADD_MESSAGE, "add_message", CONNECTION, &["msg", "seq", "conn", "pending", "inflight", "pushed"], &["pending", "inflight"], true);
-    function!(SETTLE_ADD, "settle_add", CONNECTION, &["msg"], &[]);
+    function!(SETTLE_ADD, "settle_add", CONNECTION, &["msg", "removed", "conn"], &[]);
     function!(TAKE_FROM_QUEUE, "take_from_queue", CONNECTION, DELETING, &["pending", "cold", "inflight"]);
     function!(COUNT_PENDING, "count_pending", CONNECTION, &["msg", "pending", "cold", "inflight", "pushed"], &["pending", "cold"]);
     function!(REMOVE_MESSAGES, "remove_messages", CONNECTION, DELETING, &[]);
@@ -91,11 +97,16 @@ mod table {
     function!(INSTANCE_ALIVE, "instance_alive", Scope::Instances, &["instances"], &[]);
     function!(CLAIM_DUE, "claim_due", Scope::Deadlines, &["deadlines"], &[]);
     function!(RESCHEDULE, "reschedule", Scope::Deadlines, &["deadlines"], &[]);
+    function!(RELAY_LEASE, "relay_lease", CONNECTION, &["relay", "conn"], &[]);
+    function!(RELAY_NEXT, "relay_next", CONNECTION, RELAYING, &[]);
+    function!(SOCKET_RECORD, "socket_record", Scope::Socket, &["socket", "bound"], &[]);
+    function!(SOCKET_ATTACH, "socket_attach", Scope::Socket, &["socket", "bound"], &[]);
+    function!(SOCKET_FORGET, "socket_forget", Scope::Socket, &["socket", "bound"], &[]);
 }
 pub use table::*;
 
 /// Every function of the library.
-pub static FUNCTIONS: [&Function; 22] = [
+pub static FUNCTIONS: [&Function; 27] = [
     &ADD_MESSAGE,
     &SETTLE_ADD,
     &TAKE_FROM_QUEUE,
@@ -118,6 +129,11 @@ pub static FUNCTIONS: [&Function; 22] = [
     &INSTANCE_ALIVE,
     &CLAIM_DUE,
     &RESCHEDULE,
+    &RELAY_LEASE,
+    &RELAY_NEXT,
+    &SOCKET_RECORD,
+    &SOCKET_ATTACH,
+    &SOCKET_FORGET,
 ];
 
 const HELPERS: &str = include_str!("functions/lib.lua");
@@ -200,7 +216,7 @@ impl Function {
                     "  Q.did_base = string.sub(KEYS[1], 1, #KEYS[1] - {}) .. \"d:\"\n",
                     self.keys[0].len()
                 ),
-                Scope::Instances | Scope::Deadlines => String::new(),
+                Scope::Instances | Scope::Deadlines | Scope::Socket => String::new(),
             };
             format!("  local Q = {{trashed = {{}}{fields}}}\n{did_base}")
         };
@@ -223,6 +239,7 @@ mod tests {
                 Scope::Connection => &super::super::keys::CONNECTION_KEYS,
                 Scope::Instances => &["instances"],
                 Scope::Deadlines => &["deadlines"],
+                Scope::Socket => &["socket", "bound"],
             };
             for key in function.keys.iter().chain(function.did_keys) {
                 assert!(known.contains(key), "{}: unknown key {key}", function.name);

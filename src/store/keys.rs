@@ -9,13 +9,17 @@
 //! | `<p>:{<c>}:inflight` | ZSET | in-flight message ids, scored by visibility deadline (ms) |
 //! | `<p>:{<c>}:pushed` | ZSET | in-flight ids pushed to a live session, scored by the binding generation they went under |
 //! | `<p>:{<c>}:seq` | STRING | arrival sequence counter |
-//! | `<p>:{<c>}:conn` | HASH | live binding (`kind`, `peer`, `session`) and its generation `gen`, `visit` (when the connection is next due to re-enter the visit index), `due` (its time in the deadline index), `bytes` (of encryptedMessage it holds), `d:<did>` per recipient DID with keys below |
+//! | `<p>:{<c>}:conn` | HASH | live binding (`kind`, `peer`, `session`) and its generation `gen`, `visit` (when the connection is next due to re-enter the visit index), `due` (its time in the deadline index), `bytes` (of encryptedMessage it holds), `cleared` (when the whole queue was last removed), `d:<did>` per recipient DID with keys below |
 //! | `<p>:{<c>}:d:<did>:pending` / `:cold` / `:inflight` | ZSET | the same three indexes for one recipient DID |
 //! | `<p>:{<c>}:trash` | SET | ids whose MongoDB documents are still to be deleted |
 //! | `<p>:{<c>}:mover` | STRING | lease of the instance moving the connection's messages |
 //! | `<p>:{<c>}:imported` | SET | ids imported from the Node MPR (so a re-run skips them) |
 //! | `<p>:{<c>}:moving` | SET | ids a mover has read to move and not yet settled (journal) |
 //! | `<p>:{<c>}:push` | STRING | the connection's latest push token (30-day TTL) |
+//! | `<p>:{<c>}:removed` | ZSET | ids of recently received messages removed in the last 2 minutes, scored by removal time (an add whose reply was lost is settled against it) |
+//! | `<p>:{<c>}:relay` | STRING | lease of the instance delivering the connection's messages to its SocketDock socket |
+//! | `<p>:sd:{<s>}` | HASH | SocketDock socket `<s>`: its `send` and `disconnect` URLs (TTL: SOCKETDOCK_SOCKET_TTL_MS) |
+//! | `<p>:sd:{<s>}:bound` | SET | connection ids bound to socket `<s>` (bounded; same TTL) |
 //! | `<p>:visits:{<n>}` | ZSET | connection id, scored by when the mover should look at it (16 shards) |
 //! | `<p>:deadlines:{<n>}` | ZSET | connection id, scored by its earliest in-flight deadline (16 shards) |
 //! | `<p>:instances` | ZSET | instance id, scored by last heartbeat (ms) |
@@ -25,9 +29,9 @@
 
 /// The names of a connection's keys (`<p>:{<c>}:<name>`), as the function table uses them;
 /// per-DID keys are `<p>:{<c>}:d:<did>:<name>` with `pending`, `cold` or `inflight`.
-pub const CONNECTION_KEYS: [&str; 11] = [
+pub const CONNECTION_KEYS: [&str; 13] = [
     "msg", "pending", "cold", "inflight", "pushed", "seq", "conn", "trash", "mover", "imported",
-    "moving",
+    "moving", "relay", "removed",
 ];
 
 /// Shards of the visit index, and of the deadline index.
@@ -108,6 +112,13 @@ impl Keys {
     /// Lock held by the survivor that takes over a dead instance's events.
     pub fn reaper(&self, instance: &str) -> String {
         format!("{}:instance:{{{}}}:reaper", self.prefix, instance)
+    }
+
+    /// A SocketDock socket's record, and the connections bound to it (one hash tag).
+    pub fn socket(&self, socket_id: &str) -> [String; 2] {
+        let base = format!("{}:sd:{{{}}}", self.prefix, socket_id);
+        let bound = format!("{base}:bound");
+        [base, bound]
     }
 
     /// The dedup window of one device token, by a hash of the token.

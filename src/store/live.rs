@@ -6,23 +6,31 @@ use super::functions::{BIND, RESTORE_BINDING, UNBIND};
 use super::redelivery::{Step, StepReply};
 use super::{Store, StoreResult};
 
+/// The binding kind of a SocketDock socket (the library's `RELAY_KIND`).
+pub const RELAY_KIND: &str = "sd";
+
 /// A peer that can hold live sessions, as a binding names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerAddress {
     /// A WebSocket on one instance of this server (kind `ws`, address `<instance>/<socket>`).
     Socket { instance: String, socket: u64 },
+    /// A socket held by SocketDock (kind `sd`, address its id), which any instance reaches
+    /// over HTTP; its messages are handed out by the holder of the connection's relay lease.
+    Relay { socket: String },
 }
 
 impl PeerAddress {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Socket { .. } => "ws",
+            Self::Relay { .. } => RELAY_KIND,
         }
     }
 
     pub fn address(&self) -> String {
         match self {
             Self::Socket { instance, socket } => format!("{instance}/{socket}"),
+            Self::Relay { socket } => socket.clone(),
         }
     }
 
@@ -36,6 +44,9 @@ impl PeerAddress {
                     socket: socket.parse().ok()?,
                 })
             }
+            RELAY_KIND => Some(Self::Relay {
+                socket: address.to_owned(),
+            }),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ mod push;
 mod queue;
 mod record;
 mod redelivery;
+mod relay;
 mod tiering;
 
 use std::time::Duration;
@@ -27,11 +28,12 @@ use functions::{Function, LIBRARY};
 pub use events::{Event, EventBatch, EventReader, StoredEvent};
 pub use instances::Heartbeat;
 pub use keys::{CONNECTION_KEYS, ConnectionKeys, DEADLINE_SHARDS, Keys, VISIT_SHARDS};
-pub use live::{Bound, PeerAddress};
+pub use live::{Bound, PeerAddress, RELAY_KIND};
 pub use node::NodeRedis;
-pub use queue::{LiveDelivery, RemovedAll, Settle, Take, Taken, TakenMessage};
+pub use queue::{Added, LiveDelivery, RemovedAll, Settle, Take, Taken, TakenMessage};
 pub use record::{Record, record_tail};
 pub use redelivery::{Claimed, Redelivery, Step};
+pub use relay::{AttachRefused, RelayStep, Sent};
 pub use tiering::{MoveOutcome, Visits};
 
 /// The oldest Redis with functions (Valkey 7.2 reports a `redis_version` of 7.2 as well).

@@ -18,6 +18,17 @@ const REMOVE_BATCH: u64 = 2000;
 /// How often an add whose reply was lost asks Redis for its outcome.
 const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Where an added message went.
+#[derive(Debug, Clone)]
+pub enum Added {
+    /// Pending: no live session.
+    Pending,
+    /// Pending, for the delivery loop of the SocketDock socket the connection is bound to.
+    Relayed { socket: String },
+    /// In flight to a live session's peer.
+    Pushed(LiveDelivery),
+}
+
 /// An added message that went straight in flight to a live session.
 #[derive(Debug, Clone)]
 pub struct LiveDelivery {
@@ -69,7 +80,7 @@ pub enum Settle {
     Release,
 }
 
-fn decode<T: redis::FromRedisValue>(value: Option<redis::Value>) -> StoreResult<T> {
+pub(super) fn decode<T: redis::FromRedisValue>(value: Option<redis::Value>) -> StoreResult<T> {
     T::from_redis_value(value.unwrap_or(redis::Value::Nil))
         .map_err(|error| StoreError::Redis(error.into()))
 }
@@ -84,7 +95,7 @@ impl Store {
         &self,
         connection_id: &str,
         message: &NewMessage,
-    ) -> StoreResult<Option<LiveDelivery>> {
+    ) -> StoreResult<Added> {
         let dids: Vec<&str> = message.dids.iter().map(String::as_str).collect();
         let mut call = self.connection_call(&ADD_MESSAGE, connection_id, &dids);
         call.arg(&message.id)
@@ -127,18 +138,23 @@ impl Store {
             self.schedule_visit(connection_id, at, true).await?;
         }
         if reply.len() == 0 {
-            return Ok(None);
+            return Ok(Added::Pending);
         }
         let bound = Bound {
             kind: decode(reply.next())?,
             address: decode(reply.next())?,
         };
+        if reply.len() == 0 {
+            return Ok(Added::Relayed {
+                socket: bound.address,
+            });
+        }
         let deadline = decode(reply.next())?;
         let due: u8 = decode(reply.next())?;
         if due == 1 {
             self.index_due(connection_id, deadline).await?;
         }
-        Ok(Some(LiveDelivery { bound, deadline }))
+        Ok(Added::Pushed(LiveDelivery { bound, deadline }))
     }
 
     /// Learns whether an add whose reply was lost ran, so that its caller is answered the
@@ -152,7 +168,7 @@ impl Store {
         connection_id: &str,
         message_id: &str,
         error: StoreError,
-    ) -> StoreResult<Option<LiveDelivery>> {
+    ) -> StoreResult<Added> {
         let give_up = tokio::time::Instant::now() + self.settle_within;
         loop {
             let mut call = self.connection_call(&SETTLE_ADD, connection_id, &[]);
@@ -160,7 +176,11 @@ impl Store {
             match self.call::<u8>(&call).await {
                 Ok(1) => {
                     tracing::info!(%connection_id, %message_id, %error, "add settled: stored");
-                    return Ok(None);
+                    return Ok(Added::Pending);
+                }
+                Ok(2) => {
+                    tracing::warn!(%connection_id, %message_id, %error, "add not settled: the queue was removed meanwhile; its outcome is unknown");
+                    return Err(error);
                 }
                 Ok(_) => {
                     tracing::info!(%connection_id, %message_id, %error, "add settled: not stored");

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use super::functions::{CLAIM_DUE, Function, REDELIVER, RESCHEDULE};
-use super::live::Bound;
+use super::live::{Bound, RELAY_KIND};
 use super::queue::TakenMessage;
 use super::{Store, StoreResult};
 
@@ -33,6 +33,9 @@ pub struct Step {
     pub last_released: Option<String>,
     /// When the deadline index should look at the connection again (None: nothing in flight).
     due: Option<i64>,
+    /// The SocketDock socket the connection is bound to, if that is its binding: its messages
+    /// wait pending for the socket's delivery loop, which the caller starts.
+    pub relay: Option<String>,
 }
 
 pub(super) type StepReply = (i64, String, String, i64, Vec<(String, String)>, u64, String);
@@ -45,6 +48,7 @@ impl Step {
 
     pub(super) fn from_reply(reply: StepReply) -> Self {
         let (due, kind, address, deadline, pairs, released, last) = reply;
+        let relay = (kind == RELAY_KIND).then(|| address.clone());
         let redelivery = (!pairs.is_empty()).then(|| Redelivery {
             bound: Bound { kind, address },
             deadline,
@@ -61,6 +65,7 @@ impl Step {
             released,
             last_released: (!last.is_empty()).then_some(last),
             due: (due >= 0).then_some(due),
+            relay,
         }
     }
 }

@@ -6,9 +6,10 @@
 -- them (0: no quota), 7..n-1 dids, n the record tail "<size>\t<received ms>[\t<did>...]\n<body>".
 -- Fails with "QUOTA messages|bytes <limit>", touching nothing, when the message would take the
 -- connection past a quota.
--- Returns {visit} when queued as pending, or {visit, kind, peer, deadline, due} when the
--- connection has a live session: the message is then in flight to that peer, pushed under the
--- binding's generation. visit is 1 when the caller must (re)enter the connection in the visit
+-- Returns {visit} when queued as pending, {visit, kind, peer} when queued as pending for a
+-- relay (a SocketDock socket, whose lease holder hands it out), or {visit, kind, peer,
+-- deadline, due} when the connection has another live session: the message is then in flight
+-- to that peer, pushed under the binding's generation. visit is 1 when the caller must (re)enter the connection in the visit
 -- index, due 1 when it must enter it in the deadline index at `deadline`.
 local id, now, visibility, visit_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local max_messages, max_bytes, last_did, tail = tonumber(ARGV[5]), tonumber(ARGV[6]), #ARGV - 1, ARGV[#ARGV]
@@ -43,7 +44,7 @@ for i = 7, last_did do
 end
 
 -- Each DID's keys are declared after the `fixed_keys` ones: its pending, then its inflight lane.
-if conn[1] and conn[2] then
+if conn[1] and conn[2] and conn[1] ~= RELAY_KIND then
   local redis_now = now_ms()
   local deadline = redis_now + visibility
   redis.call("ZADD", k_inflight, deadline, id)
@@ -59,4 +60,5 @@ if conn[1] and conn[2] then
 end
 redis.call("ZADD", k_pending, seq, id)
 for i = 7, last_did do redis.call("ZADD", KEYS[fixed_keys + 2 * (i - 6) - 1], seq, id) end
+if conn[1] and conn[2] then return {visit, conn[1], conn[2]} end
 return {visit}

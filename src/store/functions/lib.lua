@@ -15,6 +15,10 @@
 -- connection back at once for the next one), so no call holds Redis for long.
 local REDELIVER_COUNT = 100
 local REDELIVER_BYTES = 4194304
+-- The binding kind of a SocketDock socket (a relay): its messages are not pushed in flight by
+-- whoever adds or re-delivers them but handed out one at a time by the holder of the
+-- connection's relay lease (`relay_next`), so they stay pending until then.
+local RELAY_KIND = "sd"
 -- A deadline-index entry that passed this long ago without a sweep was lost (a crash between a
 -- function and the index write that follows it): the next hand-out enters it again.
 local DUE_LOST_MS = 10000
@@ -95,6 +99,20 @@ local function requeue_expired(Q, now)
   end
 end
 
+-- How long the ids of removed messages are remembered (ms), so that an add whose reply was
+-- lost is not taken for "never stored" when a client removed the message before the settle
+-- (`settle_add`, within ADD_SETTLE_TIMEOUT_MS plus REDIS_TIMEOUT_MS, both bounded well below).
+local REMEMBER_REMOVED_MS = 120000
+
+-- Only messages received within that window are remembered: older ones cannot be an unsettled add.
+local function remember_removed(Q, id, received)
+  local now = now_ms()
+  if received <= now - REMEMBER_REMOVED_MS then return end
+  redis.call("ZADD", Q.removed, now, id)
+  redis.call("ZREMRANGEBYSCORE", Q.removed, "-inf", now - REMEMBER_REMOVED_MS)
+  redis.call("PEXPIRE", Q.removed, REMEMBER_REMOVED_MS)
+end
+
 -- The bytes of encryptedMessage a connection holds (`bytes` in its hash, for QUEUE_MAX_BYTES),
 -- kept as messages come and go; never below 0 (messages stored before it was counted).
 local function count_bytes(Q, delta)
@@ -113,9 +131,10 @@ local function delete(Q, id)
     redis.call("HDEL", Q.msg, id)
     return 0
   end
-  local _, size, _, dids, cold = parse(record)
+  local _, size, received, dids, cold = parse(record)
   redis.call("HDEL", Q.msg, id)
   count_bytes(Q, -size)
+  remember_removed(Q, id, received)
   from_pending(Q, id, dids, cold)
   from_inflight(Q, id, dids)
   if cold then
@@ -123,6 +142,53 @@ local function delete(Q, id)
     Q.trashed[#Q.trashed + 1] = id
   end
   return 1
+end
+
+-- Hands out the oldest pending messages of both tiers, merged by arrival sequence: at most
+-- `limit`, and `byte_limit` bytes of them. A hot one is deleted at once with `delete_taken`;
+-- the others go in flight until `deadline` (a cold one always: its body is in MongoDB, for the
+-- caller to read). Returns {id, body, ...} (body "" for a cold message) and whether any went
+-- in flight.
+local function hand_out(Q, did, limit, byte_limit, delete_taken, deadline, hot_only)
+  local hot = redis.call("ZRANGE", lane(Q, did, false), 0, limit - 1, "WITHSCORES")
+  local cold = {}
+  if not hot_only then cold = redis.call("ZRANGE", lane(Q, did, true), 0, limit - 1, "WITHSCORES") end
+  local taken, count, bytes, deleted_bytes, h, c, in_flight = {}, 0, 0, 0, 1, 1, false
+  while count < limit do
+    local id
+    if h < #hot and (c >= #cold or tonumber(hot[h + 1]) <= tonumber(cold[c + 1])) then
+      id = hot[h]
+      h = h + 2
+    elseif c < #cold then
+      id = cold[c]
+      c = c + 2
+    else
+      break
+    end
+    local record = redis.call("HGET", Q.msg, id)
+    if record then
+      local _, size, received, dids, is_cold, body = parse(record)
+      if bytes + size > byte_limit then break end
+      bytes = bytes + size
+      count = count + 1
+      from_pending(Q, id, dids, is_cold)
+      if delete_taken and not is_cold then
+        redis.call("HDEL", Q.msg, id)
+        deleted_bytes = deleted_bytes + size
+        remember_removed(Q, id, received)
+      else
+        to_inflight(Q, id, deadline, dids)
+        in_flight = true
+      end
+      taken[#taken + 1] = id
+      taken[#taken + 1] = string.sub(record, body)
+    else
+      redis.call("ZREM", lane(Q, did, false), id)
+      redis.call("ZREM", lane(Q, did, true), id)
+    end
+  end
+  count_bytes(Q, -deleted_bytes)
+  return taken, in_flight
 end
 
 -- The recipient DIDs that have per-recipient keys: fields "d:<did>" of the connection's hash
@@ -185,7 +251,8 @@ end
 local function redeliver(Q, visibility)
   local now = now_ms()
   local conn = redis.call("HMGET", Q.conn, "kind", "peer", "gen")
-  local bound = conn[1] and conn[2]
+  -- (A relay's messages wait pending for its lease holder.)
+  local bound = conn[1] and conn[2] and conn[1] ~= RELAY_KIND
   local gen = tonumber(conn[3]) or 0
   local deadline = now + visibility
   -- count: messages taken out of flight by this step (re-pushed or released).

@@ -18,8 +18,11 @@ local function remove_everything()
   redis.call("UNLINK", unpack(keys))
   forget_dids(Q, dids)
   redis.call("HDEL", Q.conn, "bytes")
+  -- (Its ids are not remembered one by one: an add settled meanwhile answers "unknown".)
+  local now = now_ms()
+  redis.call("HSET", Q.conn, "cleared", now)
   local cutoff = 0
-  if had_cold then cutoff = now_ms() end
+  if had_cold then cutoff = now end
   return {removed, 0, cutoff, {}}
 end
 

@@ -10,48 +10,8 @@ if did == "" then did = nil end
 local now = now_ms()
 requeue_expired(Q, now)
 local deadline = now + visibility
-
--- Both tiers' heads, merged by arrival sequence.
-local hot = redis.call("ZRANGE", lane(Q, did, false), 0, limit - 1, "WITHSCORES")
-local cold = {}
-if not hot_only then cold = redis.call("ZRANGE", lane(Q, did, true), 0, limit - 1, "WITHSCORES") end
-local taken, count, bytes, deleted_bytes, h, c, in_flight = {}, 0, 0, 0, 1, 1, false
-while count < limit do
-  local id
-  if h < #hot and (c >= #cold or tonumber(hot[h + 1]) <= tonumber(cold[c + 1])) then
-    id = hot[h]
-    h = h + 2
-  elseif c < #cold then
-    id = cold[c]
-    c = c + 2
-  else
-    break
-  end
-  local record = redis.call("HGET", Q.msg, id)
-  if record then
-    local _, size, _, dids, is_cold, body = parse(record)
-    if bytes + size > byte_limit then break end
-    bytes = bytes + size
-    count = count + 1
-    from_pending(Q, id, dids, is_cold)
-    if delete_taken and not is_cold then
-      redis.call("HDEL", Q.msg, id)
-      deleted_bytes = deleted_bytes + size
-    else
-      to_inflight(Q, id, deadline, dids)
-      in_flight = true
-    end
-    taken[#taken + 1] = id
-    taken[#taken + 1] = string.sub(record, body)
-  else
-    redis.call("ZREM", lane(Q, did, false), id)
-    redis.call("ZREM", lane(Q, did, true), id)
-  end
-end
-if delete_taken then
-  count_bytes(Q, -deleted_bytes)
-  forget_if_empty(Q)
-end
+local taken, in_flight = hand_out(Q, did, limit, byte_limit, delete_taken, deadline, hot_only)
+if delete_taken then forget_if_empty(Q) end
 local due = 0
 if in_flight then due = note_due(Q, deadline, now) end
 return {deadline, taken, due}

@@ -1,0 +1,155 @@
+//! The SocketDock adapter. Agents' WebSockets live in SocketDock, which calls back over HTTP
+//! for each socket's connect, frame and disconnect ([`callbacks`]) and takes deliveries at a
+//! per-socket `send` URL. The adapter forwards frames to the mediator, binds DIDComm connections
+//! to sockets (live sessions whose peer is the socket: kind `sd` in the store), and delivers
+//! each bound connection's messages to its socket, oldest first, one instance at a time per
+//! connection ([`delivery`]). Everything it knows is in Redis: any instance serves any callback
+//! and any delivery, and any of them may die.
+
+mod callbacks;
+mod delivery;
+mod urls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::SocketDockSettings;
+use crate::live::Live;
+use crate::messages::Messages;
+use crate::store::{AttachRefused, Store, StoreResult};
+use crate::telemetry;
+
+pub use callbacks::router;
+pub use urls::Endpoints;
+
+/// The header naming the socket a forwarded frame came from.
+pub const SOCKET_HEADER: &str = "x-mpr-socket-id";
+/// The header a mediator answers a frame with to bind a connection to that socket.
+pub const CONNECTION_HEADER: &str = "x-mpr-connection-id";
+/// The sessionId prefix that makes addLiveSession bind a connection to a SocketDock socket.
+pub const SESSION_PREFIX: &str = "socketdock:";
+
+pub struct SocketDock {
+    store: Store,
+    live: Arc<Live>,
+    messages: Arc<Messages>,
+    http: reqwest::Client,
+    mediator_url: String,
+    secret: String,
+    endpoints: Endpoints,
+    send_timeout: Duration,
+    mediator_timeout: Duration,
+    socket_ttl: Duration,
+    max_connections_per_socket: u64,
+    max_body_bytes: usize,
+    /// This instance, in the lease tokens it takes.
+    instance: String,
+}
+
+impl SocketDock {
+    /// The adapter, when MEDIATOR_URL is set.
+    pub fn new(
+        settings: &SocketDockSettings,
+        store: Store,
+        live: Arc<Live>,
+        messages: Arc<Messages>,
+    ) -> Option<Arc<Self>> {
+        let mediator_url = settings.mediator_url.clone()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.send_timeout())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client");
+        Some(Arc::new(Self {
+            instance: live.instance().to_owned(),
+            store,
+            live,
+            messages,
+            http,
+            mediator_url,
+            secret: settings.socketdock_secret.clone().unwrap_or_default(),
+            endpoints: Endpoints::new(&settings.socketdock_endpoints),
+            send_timeout: settings.send_timeout(),
+            mediator_timeout: settings.mediator_timeout(),
+            socket_ttl: settings.socket_ttl(),
+            max_connections_per_socket: settings.socketdock_max_connections_per_socket,
+            max_body_bytes: settings.socketdock_max_body_bytes as usize,
+        }))
+    }
+
+    /// Serves the delivery loops' kicks until `shutdown`.
+    pub fn spawn_tasks(self: &Arc<Self>, tracker: &TaskTracker, shutdown: &CancellationToken) {
+        self.live.kicks().serve();
+        tracker.spawn(delivery::dispatch(
+            self.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    /// How long a message may be in flight to a socket (and a relay lease lasts).
+    fn in_flight_window(&self) -> Duration {
+        self.send_timeout * 2
+    }
+
+    /// Binds a connection to a recorded socket: the newest binding wins, and the socket's
+    /// delivery loop starts with the connection's backlog.
+    pub async fn bind(
+        &self,
+        connection_id: &str,
+        socket_id: &str,
+        session_id: &str,
+    ) -> StoreResult<Result<(), AttachRefused>> {
+        let attached = self
+            .store
+            .attach_socket(
+                socket_id,
+                connection_id,
+                self.max_connections_per_socket,
+                self.socket_ttl,
+            )
+            .await?;
+        if let Err(refused) = attached {
+            metrics::counter!(telemetry::SOCKETDOCK_BINDS, "outcome" => refused.label())
+                .increment(1);
+            return Ok(Err(refused));
+        }
+        self.live
+            .bind_relay(connection_id, socket_id, session_id)
+            .await?;
+        metrics::counter!(telemetry::SOCKETDOCK_BINDS, "outcome" => "bound").increment(1);
+        Ok(Ok(()))
+    }
+
+    /// A socket is gone (disconnect callback, or a send that failed): every connection bound to
+    /// it (and `also`, which failed on it) loses its binding; what waits stays queued and the
+    /// phones are woken.
+    async fn socket_gone(&self, socket_id: &str, also: Option<&str>, reason: &'static str) {
+        metrics::counter!(telemetry::SOCKETDOCK_SOCKETS_GONE, "reason" => reason).increment(1);
+        match self.live.relay_gone(socket_id, also).await {
+            Ok(ended) => {
+                tracing::info!(
+                    socket = socket_id,
+                    reason,
+                    ended,
+                    "SocketDock socket gone; its bindings ended"
+                )
+            }
+            Err(error) => {
+                tracing::warn!(socket = socket_id, reason, %error, "SocketDock socket gone; bindings not ended (a later send fails again)")
+            }
+        }
+    }
+}
+
+impl AttachRefused {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown_socket",
+            Self::Full => "socket_full",
+        }
+    }
+}
