@@ -1,5 +1,5 @@
 //! HTTP on APP_PORT: `/health` (the process answers), `/ready` (Redis answers, and MongoDB when
-//! configured), `/metrics` (Prometheus text).
+//! configured), `/metrics` (Prometheus text); and the client builder for calls out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,13 @@ async fn ready(State(probes): State<Probes>) -> (StatusCode, String) {
 
 async fn render_metrics(State(probes): State<Probes>) -> String {
     probes.metrics.render()
+}
+
+/// A builder for the clients the server calls out with (pushes, SocketDock, the mediator).
+pub fn outbound_client() -> reqwest::ClientBuilder {
+    // rustls needs a process-wide crypto provider; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
 }
 
 /// Serves the probes until `stop`, then waits for the requests in progress. A connection that

@@ -290,9 +290,7 @@ fn enable<T>(provider: Provider, loaded: Result<T, String>) -> Option<T> {
 /// APNs is HTTP/2 only: over TLS ALPN offers only h2; over cleartext (a test stand-in) the
 /// client speaks HTTP/2 from the first byte.
 fn http_client(timeout: Duration, http2_only: bool) -> reqwest::Client {
-    // rustls needs a process-wide crypto provider; installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
+    let mut builder = crate::http::outbound_client()
         .timeout(timeout)
         .connect_timeout(timeout);
     if http2_only {

@@ -58,7 +58,7 @@ impl SocketDock {
         messages: Arc<Messages>,
     ) -> Option<Arc<Self>> {
         let mediator_url = settings.mediator_url.clone()?;
-        let http = reqwest::Client::builder()
+        let http = crate::http::outbound_client()
             .connect_timeout(settings.send_timeout())
             .pool_idle_timeout(Duration::from_secs(30))
             .build()

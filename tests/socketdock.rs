@@ -1,0 +1,320 @@
+//! The SocketDock adapter against the real SocketDock: agents on its WebSockets, a mediator
+//! stand-in behind the server, two server instances on one Redis. What the agent receives
+//! (content, count, order, frame type) is what is asserted.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::socketdock::{Agent, Frame, MediatorStandIn, Received, Reply, post};
+use support::{Client, Redis, Server, free_port, unique_id};
+
+const SECRET: &str = "s3cret-for-tests";
+const DID: &str = "did:key:z6MkSocketDock";
+const WAIT: Duration = Duration::from_secs(20);
+/// After the last expected frame: anything more would be a duplicate.
+const QUIET: Duration = Duration::from_millis(700);
+
+struct Deployment {
+    redis: Redis,
+    mediator: MediatorStandIn,
+    servers: Vec<Server>,
+    docks: Vec<testkit::SocketDock>,
+}
+
+/// `servers` instances and `docks` SocketDock instances; dock i calls back server i mod n.
+async fn deploy(servers: usize, docks: usize) -> Deployment {
+    let redis = Redis::start();
+    let mediator = MediatorStandIn::start().await;
+    let dock_ports: Vec<u16> = (0..docks).map(|_| free_port()).collect();
+    let endpoints: Vec<String> = dock_ports
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let mediator_url = mediator.uri("/didcomm");
+    let endpoints = endpoints.join(",");
+    let env = [
+        ("MEDIATOR_URL", mediator_url.as_str()),
+        ("SOCKETDOCK_SECRET", SECRET),
+        ("SOCKETDOCK_ENDPOINTS", endpoints.as_str()),
+        ("SOCKETDOCK_SEND_TIMEOUT_MS", "2000"),
+    ];
+    let mut started = Vec::new();
+    for _ in 0..servers {
+        started.push(Server::start(&redis.url(), &env).await);
+    }
+    let mut running = Vec::new();
+    for (i, port) in dock_ports.into_iter().enumerate() {
+        let callback = |route: &str| {
+            format!(
+                "http://127.0.0.1:{}/socketdock/{route}?secret={SECRET}",
+                started[i % servers].app_port
+            )
+        };
+        let mut opts = testkit::SocketDockOpts::new(
+            &callback("message"),
+            &callback("connect"),
+            &callback("disconnect"),
+        )
+        .expect("options");
+        opts.port = port;
+        running.push(
+            testkit::SocketDock::start(opts)
+                .await
+                .expect("SocketDock starts"),
+        );
+    }
+    Deployment {
+        redis,
+        mediator,
+        servers: started,
+        docks: running,
+    }
+}
+
+/// The mediator binds every connection named in a frame `bind <connectionId>` to the frame's
+/// socket, answering `bound <connectionId>` (a return-route reply); other frames get 202.
+fn bind_on_request(received: &Received) -> Reply {
+    match received.body.strip_prefix("bind ") {
+        Some(connection) => Reply::ok()
+            .header("X-Mpr-Connection-Id", connection)
+            .body(&format!("bound {connection}")),
+        None => Reply::status(202),
+    }
+}
+
+/// The ciphertexts of the messages an agent receives until `count` came, then during QUIET.
+async fn delivered(agent: &mut Agent, count: usize) -> Vec<String> {
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let within = if texts.len() < count {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            QUIET
+        };
+        match agent.next_frame(within).await {
+            Some(Frame::Text(text)) => {
+                let message: Value = serde_json::from_str(&text).expect("a JWE as JSON text");
+                texts.push(
+                    message["ciphertext"]
+                        .as_str()
+                        .expect("ciphertext")
+                        .to_owned(),
+                );
+            }
+            Some(other) => panic!("not a text frame: {other:?}"),
+            None => return texts,
+        }
+    }
+}
+
+fn numbered(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag} {i}")).collect()
+}
+
+async fn add_all(client: &mut Client, connection: &str, texts: &[String]) {
+    for text in texts {
+        client.add(connection, DID, text).await;
+    }
+}
+
+/// Connects an agent through `dock` and binds `connection` to its socket with a frame the
+/// mediator answers; returns the agent once the return-route reply arrived.
+async fn bind_agent(dock: &testkit::SocketDock, connection: &str) -> Agent {
+    let mut agent = Agent::connect(&dock.ws_url()).await;
+    agent.send_text(&format!("bind {connection}"));
+    let reply = agent.next_text(WAIT).await;
+    assert_eq!(
+        reply.as_deref(),
+        Some(format!("bound {connection}").as_str())
+    );
+    agent
+}
+
+#[tokio::test]
+async fn an_agent_gets_its_backlog_in_order_then_live_messages_once() {
+    let deployment = deploy(1, 1).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let server = &deployment.servers[0];
+    let mut sender = Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    let backlog = numbered("queued while away", 5);
+    add_all(&mut sender, &connection, &backlog).await;
+
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    // The frame reached the mediator as a DIDComm message, naming its socket.
+    let frames = deployment.mediator.wait_requests(1, WAIT).await;
+    assert_eq!(frames[0].path, "/didcomm");
+    assert_eq!(frames[0].body, format!("bind {connection}"));
+    assert_eq!(
+        frames[0].header_values("content-type"),
+        ["application/didcomm-envelope-enc"]
+    );
+    let socket = frames[0].header_values("x-mpr-socket-id");
+    assert_eq!(socket.len(), 1, "{:?}", frames[0].headers);
+    assert_eq!(delivered(&mut agent, 5).await, backlog);
+
+    let live = numbered("while connected", 5);
+    add_all(&mut sender, &connection, &live).await;
+    assert_eq!(delivered(&mut agent, 5).await, live);
+    let live_session = json!({"connectionId": connection});
+    assert_eq!(sender.call("getLiveSession", live_session).await, true);
+    // Delivered means gone from the queue.
+    assert_eq!(sender.count(&connection).await, 0);
+    assert_eq!(
+        server
+            .metric("mpr_socketdock_deliveries_total", "outcome=\"ok\"")
+            .await,
+        10.0
+    );
+}
+
+#[tokio::test]
+async fn a_binding_made_over_rpc_on_one_instance_delivers_what_another_receives() {
+    let deployment = deploy(2, 1).await;
+    let (a, b) = (&deployment.servers[0], &deployment.servers[1]);
+    let mut agent = Agent::connect(&deployment.docks[0].ws_url()).await;
+    agent.send_text("hello");
+    let frames = deployment.mediator.wait_requests(1, WAIT).await;
+    let socket = frames[0].header_values("x-mpr-socket-id").remove(0);
+    let connection = unique_id("c");
+    let mut mediator_rpc = Client::connect(&a.url()).await;
+    mediator_rpc
+        .add_live_session(&connection, &format!("socketdock:{socket}"))
+        .await;
+    // Senders on the other instance, several at once: one delivery loop keeps their order.
+    let mut senders = Vec::new();
+    for s in 0..3 {
+        let url = b.url();
+        let connection = connection.clone();
+        senders.push(tokio::spawn(async move {
+            let mut sender = Client::connect(&url).await;
+            let texts = numbered(&format!("sender {s}"), 10);
+            add_all(&mut sender, &connection, &texts).await;
+        }));
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let got = delivered(&mut agent, 30).await;
+    assert_eq!(got.len(), 30, "every message once: {got:?}");
+    for s in 0..3 {
+        let mine: Vec<String> = got
+            .iter()
+            .filter(|text| text.starts_with(&format!("sender {s} ")))
+            .cloned()
+            .collect();
+        assert_eq!(
+            mine,
+            numbered(&format!("sender {s}"), 10),
+            "each sender's order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_socket_closed_without_a_callback_fails_a_send_and_the_messages_wait_for_the_next() {
+    let deployment = deploy(2, 2).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let mut sender = Client::connect(&deployment.servers[1].url()).await;
+    let connection = unique_id("c");
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    add_all(&mut sender, &connection, &numbered("first", 2)).await;
+    assert_eq!(delivered(&mut agent, 2).await, numbered("first", 2));
+    agent.close().await;
+
+    // SocketDock mostly loses the disconnect callback of a clean close: the next send fails
+    // instead, the binding ends, and the messages stay queued.
+    let later = numbered("while gone", 4);
+    add_all(&mut sender, &connection, &later).await;
+    let live_session = json!({"connectionId": connection});
+    support::eventually(WAIT, async || {
+        sender.call("getLiveSession", live_session.clone()).await == false
+    })
+    .await;
+    assert_eq!(sender.count(&connection).await, 4, "nothing lost");
+
+    // Back through the other SocketDock instance: everything, once, in order.
+    let mut back = bind_agent(&deployment.docks[1], &connection).await;
+    assert_eq!(delivered(&mut back, 4).await, later);
+    assert_eq!(sender.count(&connection).await, 0);
+}
+
+#[tokio::test]
+async fn forged_callbacks_are_refused_and_nothing_is_sent_where_they_point() {
+    let deployment = deploy(1, 1).await;
+    let server = &deployment.servers[0];
+    let elsewhere = MediatorStandIn::start().await;
+    let id = "0123456789abcdef0123456789abcdef";
+    let frame = |base: &str| {
+        json!({"meta": {"connection_id": id, "send": format!("{base}/socket/{id}/send"),
+                        "disconnect": format!("{base}/socket/{id}/disconnect")},
+               "message": format!("bind c-forged")})
+        .to_string()
+    };
+    let callback = |secret: &str| {
+        format!(
+            "http://127.0.0.1:{}/socketdock/message?secret={secret}",
+            server.app_port
+        )
+    };
+    let genuine_base = deployment.docks[0].endpoint();
+    let (status, _) = post(
+        &callback("wrong"),
+        Some("application/json"),
+        &frame(&genuine_base),
+    )
+    .await;
+    assert_eq!(status, 401, "without the secret");
+    let (status, _) = post(
+        &callback(SECRET),
+        Some("application/json"),
+        &frame(&elsewhere.url()),
+    )
+    .await;
+    assert_eq!(status, 403, "a send URL under no configured endpoint");
+    let (status, _) = post(&callback(SECRET), Some("application/json"), "{not json").await;
+    assert_eq!(status, 400, "garbage");
+    assert!(
+        deployment.mediator.requests().is_empty(),
+        "nothing forwarded"
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "nothing sent to the forged URL"
+    );
+    assert_eq!(
+        server
+            .metric(
+                "mpr_socketdock_callbacks_refused_total",
+                "reason=\"foreign_url\""
+            )
+            .await,
+        1.0
+    );
+    // A socket nobody connected cannot be bound.
+    let mut client = Client::connect(&server.url()).await;
+    let refused = client
+        .call_err(
+            "addLiveSession",
+            json!({"connectionId": "c-forged", "sessionId": format!("socketdock:{id}")}),
+        )
+        .await;
+    assert_eq!(refused["code"], -32602, "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("sessionId"));
+}
+
+#[tokio::test]
+async fn without_a_mediator_url_the_adapter_is_off() {
+    let redis = Redis::start();
+    let server = Server::start(&redis.url(), &[]).await;
+    let url = format!(
+        "http://127.0.0.1:{}/socketdock/message?secret=x",
+        server.app_port
+    );
+    let (status, _) = post(&url, Some("application/json"), "{}").await;
+    assert_eq!(status, 404);
+    let _ = &redis;
+}
