@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::push_standins::Google;
 use support::socketdock::{Agent, Frame, MediatorStandIn, Received, Reply, post};
 use support::{Client, Redis, Server, free_port, unique_id};
 
@@ -17,7 +18,8 @@ const WAIT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(700);
 
 struct Deployment {
-    redis: Redis,
+    /// Kept running for the servers.
+    _redis: Redis,
     mediator: MediatorStandIn,
     servers: Vec<Server>,
     docks: Vec<testkit::SocketDock>,
@@ -25,6 +27,10 @@ struct Deployment {
 
 /// `servers` instances and `docks` SocketDock instances; dock i calls back server i mod n.
 async fn deploy(servers: usize, docks: usize) -> Deployment {
+    deploy_with(servers, docks, &[]).await
+}
+
+async fn deploy_with(servers: usize, docks: usize, extra: &[(&str, &str)]) -> Deployment {
     let redis = Redis::start();
     let mediator = MediatorStandIn::start().await;
     let dock_ports: Vec<u16> = (0..docks).map(|_| free_port()).collect();
@@ -34,12 +40,14 @@ async fn deploy(servers: usize, docks: usize) -> Deployment {
         .collect();
     let mediator_url = mediator.uri("/didcomm");
     let endpoints = endpoints.join(",");
-    let env = [
+    let mut env = vec![
         ("MEDIATOR_URL", mediator_url.as_str()),
         ("SOCKETDOCK_SECRET", SECRET),
         ("SOCKETDOCK_ENDPOINTS", endpoints.as_str()),
         ("SOCKETDOCK_SEND_TIMEOUT_MS", "2000"),
+        ("LIVENESS_TIMEOUT_MS", "2000"),
     ];
+    env.extend_from_slice(extra);
     let mut started = Vec::new();
     for _ in 0..servers {
         started.push(Server::start(&redis.url(), &env).await);
@@ -66,7 +74,7 @@ async fn deploy(servers: usize, docks: usize) -> Deployment {
         );
     }
     Deployment {
-        redis,
+        _redis: redis,
         mediator,
         servers: started,
         docks: running,
@@ -317,4 +325,92 @@ async fn without_a_mediator_url_the_adapter_is_off() {
     let (status, _) = post(&url, Some("application/json"), "{}").await;
     assert_eq!(status, 404);
     let _ = &redis;
+}
+
+#[tokio::test]
+async fn the_instance_delivering_a_backlog_dies_and_another_finishes_it() {
+    const BACKLOG: usize = 300;
+    let mut deployment = deploy(2, 1).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let mut sender = Client::connect(&deployment.servers[1].url()).await;
+    let connection = unique_id("c");
+    let backlog = numbered("backlog", BACKLOG);
+    add_all(&mut sender, &connection, &backlog).await;
+    // SocketDock calls back the first instance: it binds, and its delivery loop starts.
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    let mut got = Vec::new();
+    while got.len() < 30 {
+        match agent.next_frame(WAIT).await {
+            Some(Frame::Text(text)) => got.push(text),
+            other => panic!("expected the backlog, got {other:?}"),
+        }
+    }
+    deployment.servers[0].kill();
+    // The survivor takes over once the dead deliverer's lease ends (2 x the send timeout).
+    let rest = delivered(&mut agent, BACKLOG - got.len()).await;
+    let mut all: Vec<String> = got
+        .iter()
+        .map(|text| {
+            serde_json::from_str::<Value>(text).unwrap()["ciphertext"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    all.extend(rest);
+    // The message in flight at the kill may come twice (SocketDock took it, its removal died
+    // with the instance); nothing else may, and nothing may be missing or out of order.
+    let mut first_seen = Vec::new();
+    for text in &all {
+        if !first_seen.contains(text) {
+            first_seen.push(text.clone());
+        }
+    }
+    assert_eq!(first_seen, backlog, "every message, in order");
+    assert!(
+        all.len() - first_seen.len() <= 1,
+        "{} duplicates",
+        all.len() - first_seen.len()
+    );
+    eprintln!(
+        "delivered {} frames for {BACKLOG} messages across the kill",
+        all.len()
+    );
+    support::eventually(WAIT, async || sender.count(&connection).await == 0).await;
+}
+
+#[tokio::test]
+async fn a_socketdock_instance_killed_with_agents_bound_loses_nothing_and_wakes_the_phone() {
+    let google = Google::start().await;
+    let account = google.service_account_file();
+    let extra = [
+        ("FIREBASE_CFG_FILE", account.as_str()),
+        ("FCM_BASE_URL", google.base_url.as_str()),
+    ];
+    let deployment = deploy_with(1, 2, &extra).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let mut sender = Client::connect(&deployment.servers[0].url()).await;
+    let connection = unique_id("c");
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    let token = unique_id("fcm-token");
+    let add = json!({"connectionId": connection, "recipientDids": [DID],
+                     "payload": support::payload("before"),
+                     "pushNotificationToken": {"type": "fcm", "token": token}});
+    sender.call("addMessage", add).await;
+    assert_eq!(delivered(&mut agent, 1).await, ["before"]);
+    assert!(
+        google.sends_to(&token).is_empty(),
+        "no push while the socket takes messages"
+    );
+
+    deployment.docks[0].kill();
+    let later = numbered("after the kill", 3);
+    add_all(&mut sender, &connection, &later).await;
+    // The send to the dead SocketDock fails: the binding ends, the phone is woken.
+    support::eventually(WAIT, async || !google.sends_to(&token).is_empty()).await;
+    let live_session = json!({"connectionId": connection});
+    assert_eq!(sender.call("getLiveSession", live_session).await, false);
+    assert_eq!(sender.count(&connection).await, 3, "nothing lost");
+    let mut back = bind_agent(&deployment.docks[1], &connection).await;
+    assert_eq!(delivered(&mut back, 3).await, later);
 }

@@ -101,20 +101,18 @@ impl Live {
         Ok(step)
     }
 
-    /// Binds the connection's live session to a SocketDock socket (its delivery loop is kicked:
-    /// the backlog goes first). The socket must be recorded.
+    /// Binds the connection's live session to a SocketDock socket. The step names the socket:
+    /// the caller's `wake_for` starts its delivery loop (the backlog goes first).
     pub async fn bind_relay(
         &self,
         connection_id: &str,
         socket_id: &str,
         session_id: &str,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Step> {
         let peer = PeerAddress::Relay {
             socket: socket_id.to_owned(),
         };
-        let step = self.store.bind(connection_id, &peer, session_id).await?;
-        self.wake_for(connection_id, &step);
-        Ok(())
+        self.store.bind(connection_id, &peer, session_id).await
     }
 
     /// A SocketDock socket is gone: every connection still bound to it loses its binding, and

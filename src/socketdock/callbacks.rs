@@ -152,18 +152,13 @@ async fn message(
         }
     };
     metrics::counter!(telemetry::SOCKETDOCK_FRAMES, "outcome" => "forwarded").increment(1);
-    // The return-route reply first: it answers the frame, the backlog follows the binding.
-    if !answer.reply.is_empty()
-        && let Err(failure) = dock.post_to_socket(&frame.meta.send, answer.reply).await
-    {
-        tracing::info!(socket, failure, "return-route reply not delivered");
-        dock.socket_gone(socket, None, "send_failed").await;
-        return (StatusCode::OK, "OK");
-    }
+    // Bound before the reply goes out (the agent may act on it at once), delivered after it
+    // (the reply answers the frame; the backlog follows).
     let session = format!("{SESSION_PREFIX}{socket}");
+    let mut bound = Vec::new();
     for connection_id in answer.connections {
-        match dock.bind(&connection_id, socket, &session).await {
-            Ok(Ok(())) => {}
+        match dock.bind_quietly(&connection_id, socket, &session).await {
+            Ok(Ok(step)) => bound.push((connection_id, step)),
             Ok(Err(refused)) => {
                 tracing::warn!(
                     socket,
@@ -176,6 +171,16 @@ async fn message(
                 tracing::warn!(socket, connection_id = &*connection_id, %error, "connection not bound to the socket")
             }
         }
+    }
+    if !answer.reply.is_empty()
+        && let Err(failure) = dock.post_to_socket(&frame.meta.send, answer.reply).await
+    {
+        tracing::info!(socket, failure, "return-route reply not delivered");
+        dock.socket_gone(socket, None, "send_failed").await;
+        return (StatusCode::OK, "OK");
+    }
+    for (connection_id, step) in bound {
+        dock.live.wake_for(&connection_id, &step);
     }
     (StatusCode::OK, "OK")
 }

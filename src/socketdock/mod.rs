@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::SocketDockSettings;
 use crate::live::Live;
 use crate::messages::Messages;
-use crate::store::{AttachRefused, Store, StoreResult};
+use crate::store::{AttachRefused, Step, Store, StoreResult};
 use crate::telemetry;
 
 pub use callbacks::router;
@@ -103,6 +103,20 @@ impl SocketDock {
         socket_id: &str,
         session_id: &str,
     ) -> StoreResult<Result<(), AttachRefused>> {
+        Ok(self
+            .bind_quietly(connection_id, socket_id, session_id)
+            .await?
+            .map(|step| self.live.wake_for(connection_id, &step)))
+    }
+
+    /// Binds, leaving the start of the delivery loop to the caller (`wake_for` on the step):
+    /// a return-route reply goes out before the backlog.
+    async fn bind_quietly(
+        &self,
+        connection_id: &str,
+        socket_id: &str,
+        session_id: &str,
+    ) -> StoreResult<Result<Step, AttachRefused>> {
         let attached = self
             .store
             .attach_socket(
@@ -117,11 +131,12 @@ impl SocketDock {
                 .increment(1);
             return Ok(Err(refused));
         }
-        self.live
+        let step = self
+            .live
             .bind_relay(connection_id, socket_id, session_id)
             .await?;
         metrics::counter!(telemetry::SOCKETDOCK_BINDS, "outcome" => "bound").increment(1);
-        Ok(Ok(()))
+        Ok(Ok(step))
     }
 
     /// A socket is gone (disconnect callback, or a send that failed): every connection bound to
