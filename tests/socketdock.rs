@@ -18,8 +18,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(700);
 
 struct Deployment {
-    /// Kept running for the servers.
-    _redis: Redis,
+    redis: Redis,
     mediator: MediatorStandIn,
     servers: Vec<Server>,
     docks: Vec<testkit::SocketDock>,
@@ -74,7 +73,7 @@ async fn deploy_with(servers: usize, docks: usize, extra: &[(&str, &str)]) -> De
         );
     }
     Deployment {
-        _redis: redis,
+        redis,
         mediator,
         servers: started,
         docks: running,
@@ -413,4 +412,50 @@ async fn a_socketdock_instance_killed_with_agents_bound_loses_nothing_and_wakes_
     assert_eq!(sender.count(&connection).await, 3, "nothing lost");
     let mut back = bind_agent(&deployment.docks[1], &connection).await;
     assert_eq!(delivered(&mut back, 3).await, later);
+}
+
+#[tokio::test]
+async fn adds_while_the_backlog_flushes_come_after_it_once() {
+    let deployment = deploy(2, 1).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let mut sender = Client::connect(&deployment.servers[1].url()).await;
+    let connection = unique_id("c");
+    let backlog = numbered("backlog", 100);
+    add_all(&mut sender, &connection, &backlog).await;
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    // Added on the other instance while the first one flushes.
+    let during = numbered("during the flush", 20);
+    add_all(&mut sender, &connection, &during).await;
+    let mut expected = backlog;
+    expected.extend(during);
+    assert_eq!(delivered(&mut agent, 120).await, expected);
+}
+
+#[tokio::test]
+async fn cold_messages_are_delivered_in_their_place() {
+    let mongo = support::Mongo::shared();
+    let database = unique_id("db");
+    let mongo_url = mongo.url(&database);
+    let env = [
+        ("MONGODB_URI", mongo_url.as_str()),
+        ("THRESHOLD_TIMESTAMP", "1000"),
+        ("MOVER_INTERVAL_MS", "100"),
+    ];
+    let deployment = deploy_with(1, 1, &env).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let mut sender = Client::connect(&deployment.servers[0].url()).await;
+    let connection = unique_id("c");
+    let old = numbered("moved to MongoDB", 3);
+    add_all(&mut sender, &connection, &old).await;
+    let cold = format!("mpr:{{{connection}}}:cold");
+    support::eventually(Duration::from_secs(30), async || {
+        deployment.redis.cli(&["ZCARD", &cold]) == "3"
+    })
+    .await;
+    add_all(&mut sender, &connection, &numbered("hot", 2)).await;
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    let mut expected = old;
+    expected.extend(numbered("hot", 2));
+    assert_eq!(delivered(&mut agent, 5).await, expected);
+    support::eventually(WAIT, async || sender.count(&connection).await == 0).await;
 }
