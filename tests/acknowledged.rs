@@ -56,6 +56,21 @@ struct Outcomes {
     unanswered: Vec<u64>,
 }
 
+/// The socket to call on: the one held, or else the first of `urls` that accepts one; None,
+/// after a pause, while none does.
+async fn reconnected<'a>(
+    client: &'a mut Option<Client>,
+    urls: &[String],
+) -> Option<&'a mut Client> {
+    if client.is_none() {
+        *client = connect_first(urls).await;
+        if client.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    client.as_mut()
+}
+
 /// A socket to the first of `urls` that accepts one.
 async fn connect_first(urls: &[String]) -> Option<Client> {
     for url in urls {
@@ -78,11 +93,7 @@ async fn write(
     let mut client: Option<Client> = None;
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            client = connect_first(&urls).await;
-        }
-        let Some(socket) = client.as_mut() else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(socket) = reconnected(&mut client, &urls).await else {
             continue;
         };
         let params = json!({"connectionId": connection, "recipientDids": [DID], "payload": support::payload(&format!("{tag} {n}"))});
@@ -187,11 +198,7 @@ async fn consume(
     let mut consumption = Consumption::default();
     let mut client: Option<Client> = None;
     while !stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            client = connect_first(&urls).await;
-        }
-        let Some(socket) = client.as_mut() else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(socket) = reconnected(&mut client, &urls).await else {
             continue;
         };
         let take =

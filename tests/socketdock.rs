@@ -251,7 +251,7 @@ async fn a_socket_closed_without_a_callback_fails_a_send_and_the_messages_wait_f
 
 #[tokio::test]
 async fn forged_callbacks_are_refused_and_nothing_is_sent_where_they_point() {
-    let deployment = deploy(1, 1).await;
+    let deployment = deploy_with(1, 1, &[("SOCKETDOCK_MAX_BODY_BYTES", "65536")]).await;
     let server = &deployment.servers[0];
     let elsewhere = MediatorStandIn::start().await;
     let id = "0123456789abcdef0123456789abcdef";
@@ -284,6 +284,9 @@ async fn forged_callbacks_are_refused_and_nothing_is_sent_where_they_point() {
     assert_eq!(status, 403, "a send URL under no configured endpoint");
     let (status, _) = post(&callback(SECRET), Some("application/json"), "{not json").await;
     assert_eq!(status, 400, "garbage");
+    let huge = "x".repeat(65_537);
+    let (status, _) = post(&callback(SECRET), Some("application/json"), &huge).await;
+    assert_eq!(status, 413, "a body over SOCKETDOCK_MAX_BODY_BYTES");
     assert!(
         deployment.mediator.requests().is_empty(),
         "nothing forwarded"
