@@ -122,13 +122,28 @@ pub struct RedisSettings {
     #[arg(long, env = "REDIS_TYPE", value_enum, default_value_t = RedisType::Single)]
     pub redis_type: RedisType,
 
-    /// Redis URL in single mode.
+    /// Redis URL in single mode. With REDIS_TYPE=cluster its scheme (`rediss://` for TLS),
+    /// user and password apply to every node of REDIS_NODES given as `host:port`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
-    /// Cluster nodes (`host:port,...`) with REDIS_TYPE=cluster.
+    /// Cluster seed nodes (`host:port,...`, or full `redis://` URLs) with REDIS_TYPE=cluster.
     #[arg(long, env = "REDIS_NODES", value_delimiter = ',')]
     pub redis_nodes: Vec<String>,
+
+    /// Addresses to use for cluster nodes that announce ones this server cannot reach, in the
+    /// Node MPR's format: `externalHost:externalPort:internalHost:internalPort,...`.
+    #[arg(long, env = "REDIS_NATMAP", value_delimiter = ',')]
+    pub redis_natmap: Vec<String>,
+
+    /// Replicas that must acknowledge an addMessage or a removal before it is answered (WAIT);
+    /// 0: answer once the primary has it.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16))]
+    pub redis_wait_replicas: u64,
+
+    /// How long to wait for REDIS_WAIT_REPLICAS, in ms; fewer in time makes the call an error.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_wait_timeout_ms: u64,
 
     /// Prefix of every Redis key this server writes; deployments sharing a Redis need distinct ones.
     #[arg(long, env = "REDIS_PREFIX", default_value = "mpr", value_parser = parse_prefix)]
@@ -446,6 +461,9 @@ impl ServerSettings {
     }
 }
 
+/// A host and a port.
+pub type HostPort = (String, u16);
+
 impl RedisSettings {
     pub fn timeout(&self) -> Duration {
         millis(self.redis_timeout_ms)
@@ -453,6 +471,66 @@ impl RedisSettings {
 
     pub fn add_settle_timeout(&self) -> Duration {
         millis(self.add_settle_timeout_ms)
+    }
+
+    pub fn wait_timeout(&self) -> Duration {
+        millis(self.redis_wait_timeout_ms)
+    }
+
+    /// The cluster's seed nodes as URLs: `host:port` entries take REDIS_URL's scheme and
+    /// credentials.
+    pub fn cluster_urls(&self) -> Result<Vec<String>, String> {
+        let template = &self.redis_url;
+        let (scheme, rest) = template
+            .split_once("://")
+            .ok_or_else(|| format!("REDIS_URL {template:?} is not a URL"))?;
+        let credentials = rest
+            .split_once('@')
+            .map(|(userinfo, _)| format!("{userinfo}@"))
+            .unwrap_or_default();
+        let nodes: Vec<String> = self
+            .redis_nodes
+            .iter()
+            .map(|node| node.trim())
+            .filter(|node| !node.is_empty())
+            .map(|node| {
+                if node.contains("://") {
+                    node.to_owned()
+                } else {
+                    format!("{scheme}://{credentials}{node}")
+                }
+            })
+            .collect();
+        if nodes.is_empty() {
+            return Err("REDIS_TYPE=cluster needs REDIS_NODES (host:port,...)".into());
+        }
+        Ok(nodes)
+    }
+
+    /// REDIS_NATMAP as (announced, reachable) address pairs.
+    pub fn natmap(&self) -> Result<Vec<(HostPort, HostPort)>, String> {
+        self.redis_natmap
+            .iter()
+            .map(|entry| entry.trim())
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let parts: Vec<&str> = entry.split(':').collect();
+                let port = |text: &str| text.parse::<u16>().ok();
+                match parts.as_slice() {
+                    [ext_host, ext_port, int_host, int_port] => {
+                        match (port(ext_port), port(int_port)) {
+                            (Some(ext), Some(int)) if !ext_host.is_empty() && !int_host.is_empty() => {
+                                Ok((((*int_host).to_owned(), int), ((*ext_host).to_owned(), ext)))
+                            }
+                            _ => Err(format!("REDIS_NATMAP entry {entry:?}: ports must be numbers")),
+                        }
+                    }
+                    _ => Err(format!(
+                        "REDIS_NATMAP entry {entry:?} is not externalHost:externalPort:internalHost:internalPort"
+                    )),
+                }
+            })
+            .collect()
     }
 }
 
@@ -549,10 +627,9 @@ impl Config {
         self.socketdock.check()?;
         let redis = &self.redis;
         if redis.redis_type == RedisType::Cluster {
-            return Err(
-                "REDIS_TYPE=cluster is not supported by this version yet; use single".into(),
-            );
+            redis.cluster_urls()?;
         }
+        redis.natmap()?;
         if !redis.redis_url.starts_with("redis://") && !redis.redis_url.starts_with("rediss://") {
             return Err(format!(
                 "REDIS_URL must start with redis:// or rediss://, got {:?}",

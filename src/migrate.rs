@@ -78,7 +78,19 @@ async fn import_lists(
     schedule: bool,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let mut node = NodeRedis::open(node_url).await?;
+    for mut node in NodeRedis::open_all(node_url).await? {
+        import_node_lists(store, &mut node, schedule, report).await?;
+    }
+    Ok(())
+}
+
+/// The lists one Redis node holds.
+async fn import_node_lists(
+    store: &Store,
+    node: &mut NodeRedis,
+    schedule: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let mut cursor = 0u64;
     loop {
         let (next, keys) = node.scan_queues(cursor).await?;
@@ -92,7 +104,7 @@ async fn import_lists(
                 continue;
             };
             report.lists += 1;
-            import_list(store, &mut node, &key, &connection_id, report).await?;
+            import_list(store, node, &key, &connection_id, report).await?;
             if schedule {
                 store.schedule_visit(&connection_id, 0, true).await?;
             }

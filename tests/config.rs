@@ -52,7 +52,10 @@ fn bad_values_are_refused_by_name() {
 fn settings_that_cannot_run_are_refused_with_a_reason() {
     let (code, stderr) = start_with(&[("REDIS_TYPE", "cluster")]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("REDIS_TYPE=cluster"), "{stderr}");
+    assert!(stderr.contains("REDIS_NODES"), "{stderr}");
+    let (code, stderr) = start_with(&[("REDIS_NATMAP", "10.0.0.1:7000:redis-1")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("REDIS_NATMAP"), "{stderr}");
     let (code, stderr) = start_with(&[("REDIS_URL", "http://127.0.0.1:6379")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("REDIS_URL"), "{stderr}");

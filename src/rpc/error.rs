@@ -81,6 +81,9 @@ impl From<StoreError> for RpcError {
                 QUEUE_FULL,
                 format!("Queue full: {quota}; nothing was added"),
             ),
+            error @ StoreError::NotReplicated { .. } => {
+                Self::new(STORAGE_UNAVAILABLE, format!("Storage unavailable: {error}"))
+            }
             error => Self::storage(error),
         }
     }

@@ -2,12 +2,15 @@
 //! `store` knows which it runs on. Both reconnect by themselves; the cluster one follows
 //! MOVED/ASK redirections and refreshes its view of the slots.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
+use redis::cluster::NodeAddress;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::config::{RedisSettings, RedisType};
 
@@ -21,20 +24,33 @@ pub enum RedisConnection {
 #[derive(Clone)]
 pub enum RedisClient {
     Single(redis::Client),
-    Cluster(Vec<String>),
+    Cluster {
+        nodes: Vec<String>,
+        /// Announced address -> the address to connect to (REDIS_NATMAP).
+        natmap: HashMap<NodeAddress, NodeAddress>,
+    },
 }
 
 impl RedisClient {
     pub fn new(settings: &RedisSettings) -> RedisResult<Self> {
+        let invalid =
+            |why: String| RedisError::from((ErrorKind::InvalidClientConfig, "config", why));
         Ok(match settings.redis_type {
             RedisType::Single => Self::Single(redis::Client::open(settings.redis_url.as_str())?),
-            RedisType::Cluster => Self::Cluster(
-                settings
-                    .redis_nodes
-                    .iter()
-                    .map(|node| format!("redis://{node}"))
+            RedisType::Cluster => Self::Cluster {
+                nodes: settings.cluster_urls().map_err(invalid)?,
+                natmap: settings
+                    .natmap()
+                    .map_err(invalid)?
+                    .into_iter()
+                    .map(|((host, port), (to_host, to_port))| {
+                        (
+                            NodeAddress::new(host, port),
+                            NodeAddress::new(to_host, to_port),
+                        )
+                    })
                     .collect(),
-            ),
+            },
         })
     }
 
@@ -52,16 +68,40 @@ impl RedisClient {
                 let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
                 Ok(RedisConnection::Single(manager))
             }
-            Self::Cluster(nodes) => {
+            Self::Cluster { nodes, natmap } => {
                 // A blocking read waits at most its BLOCK time: a generous bound stands for none.
                 let response = timeout.unwrap_or(Duration::from_secs(60));
-                let client = ClusterClient::builder(nodes.clone())
+                let mut builder = ClusterClient::builder(nodes.clone())
                     .response_timeout(response)
-                    .connection_timeout(response.min(Duration::from_secs(5)))
-                    .build()?;
+                    .connection_timeout(response.min(Duration::from_secs(5)));
+                if !natmap.is_empty() {
+                    builder = builder.node_address_map(natmap.clone());
+                }
+                let client = builder.build()?;
                 Ok(RedisConnection::Cluster(
                     client.get_async_connection().await?,
                 ))
+            }
+        }
+    }
+}
+
+impl RedisConnection {
+    /// Sends a pipeline to the node holding `key`'s slot, on that node's one connection (a
+    /// WAIT in it then counts the writes before it), and returns each command's reply.
+    pub async fn pipeline_at(&mut self, pipeline: &Pipeline, key: &str) -> RedisResult<Vec<Value>> {
+        let count = pipeline.len();
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, 0, count).await,
+            Self::Cluster(conn) => {
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                conn.route_pipeline(
+                    pipeline.clone(),
+                    0,
+                    count,
+                    SingleNodeRoutingInfo::SpecificNode(route),
+                )
+                .await
             }
         }
     }

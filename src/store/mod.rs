@@ -49,6 +49,12 @@ pub enum StoreError {
     Unsupported(String),
     /// The message would take the connection past a quota: nothing was added.
     QueueFull(Quota),
+    /// Written on the primary, but fewer replicas than REDIS_WAIT_REPLICAS confirmed it in
+    /// time: a failover now may undo it.
+    NotReplicated {
+        acked: u64,
+        wanted: u64,
+    },
 }
 
 /// A per-connection quota and its limit.
@@ -107,6 +113,11 @@ impl std::fmt::Display for StoreError {
             Self::NotStored(error) => write!(f, "{error}; the message was not stored"),
             Self::Unsupported(why) => f.write_str(why),
             Self::QueueFull(quota) => quota.fmt(f),
+            Self::NotReplicated { acked, wanted } => write!(
+                f,
+                "written on the primary, but confirmed by {acked} of the {wanted} replicas \
+                 REDIS_WAIT_REPLICAS asks for in time: a failover now may undo it"
+            ),
         }
     }
 }
@@ -133,6 +144,8 @@ pub struct Store {
     visit_after_ms: u64,
     /// How long an add whose reply was lost tries to learn its outcome (`queue::settle_add`).
     settle_within: Duration,
+    /// REDIS_WAIT_REPLICAS and its timeout (ms), when writes wait for replicas.
+    wait: Option<(u64, u64)>,
 }
 
 impl Store {
@@ -156,6 +169,12 @@ impl Store {
                 .first_after()
                 .map_or(0, |after| after.as_millis().max(1) as u64),
             settle_within: settings.add_settle_timeout(),
+            wait: (settings.redis_wait_replicas > 0).then(|| {
+                (
+                    settings.redis_wait_replicas,
+                    settings.wait_timeout().as_millis() as u64,
+                )
+            }),
         })
     }
 
@@ -234,6 +253,61 @@ impl Store {
             other => other,
         }
     }
+}
+
+impl Store {
+    /// Runs a function call that writes to one connection's keys. With REDIS_WAIT_REPLICAS set
+    /// it is followed, on the same connection to the same node, by a WAIT for that many
+    /// replicas: fewer in time make it `NotReplicated` (the write stands on the primary).
+    async fn write<T: FromRedisValue>(&self, cmd: &Cmd, connection_id: &str) -> StoreResult<T> {
+        let Some((replicas, timeout_ms)) = self.wait else {
+            return self.call(cmd).await;
+        };
+        let mut pipeline = redis::pipe();
+        pipeline
+            .add_command(cmd.clone())
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout_ms);
+        let slot_of = self.keys.connection(connection_id).key("msg");
+        let mut replies = match self.replies(&pipeline, &slot_of).await {
+            Err(error) if error.is_missing_function() => {
+                tracing::warn!("the Redis function library is missing; loading it again");
+                self.load_library().await?;
+                self.replies(&pipeline, &slot_of).await?
+            }
+            other => other?,
+        }
+        .into_iter();
+        let written = T::from_redis_value(reply_or_error(replies.next())?)
+            .map_err(|error| StoreError::Redis(error.into()))?;
+        let acked: u64 = u64::from_redis_value(reply_or_error(replies.next())?)
+            .map_err(|error| StoreError::Redis(error.into()))?;
+        if acked < replicas {
+            return Err(StoreError::NotReplicated {
+                acked,
+                wanted: replicas,
+            });
+        }
+        Ok(written)
+    }
+
+    /// The replies of a pipeline sent to the node of `key`; the first error reply is the error.
+    async fn replies(
+        &self,
+        pipeline: &redis::Pipeline,
+        key: &str,
+    ) -> StoreResult<Vec<redis::Value>> {
+        let replies = self.conn.clone().pipeline_at(pipeline, key).await?;
+        if let Some(first) = replies.first() {
+            first.clone().extract_error()?;
+        }
+        Ok(replies)
+    }
+}
+
+fn reply_or_error(reply: Option<redis::Value>) -> StoreResult<redis::Value> {
+    Ok(reply.unwrap_or(redis::Value::Nil).extract_error()?)
 }
 
 /// Every `redis_version` an INFO reply names (one per node on a cluster).

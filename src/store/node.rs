@@ -1,5 +1,6 @@
 //! The Node MPR's Redis, as `mpr migrate-from-node` reads it: its queue lists
-//! (`connectionId:<id>:queuemessages`), found with SCAN (a one-off command, never the server).
+//! (`connectionId:<id>:queuemessages`), found with SCAN (a one-off command, never the server),
+//! on every primary when that Redis is a cluster.
 
 use super::{StoreError, StoreResult};
 
@@ -13,6 +14,38 @@ impl NodeRedis {
         Ok(Self {
             conn: client.get_multiplexed_async_connection().await?,
         })
+    }
+
+    /// The node at `url`, or, when it is part of a Redis Cluster, every primary of that cluster
+    /// (each SCANs only the keys it holds), reached with `url`'s scheme and credentials.
+    pub async fn open_all(url: &str) -> StoreResult<Vec<Self>> {
+        let mut first = Self::open(url).await?;
+        let nodes: Result<String, _> = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut first.conn)
+            .await;
+        let Ok(nodes) = nodes else {
+            return Ok(vec![first]); // not a cluster
+        };
+        let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+        let credentials = rest
+            .split_once('@')
+            .map(|(userinfo, _)| format!("{userinfo}@"))
+            .unwrap_or_default();
+        let mut primaries = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.split(',').any(|flag| flag == "master") || flags.contains("fail") {
+                continue;
+            }
+            // `ip:port@cport[,hostname]`
+            let address = address.split('@').next().unwrap_or(address);
+            primaries.push(Self::open(&format!("{scheme}://{credentials}{address}")).await?);
+        }
+        Ok(primaries)
     }
 
     /// One SCAN step over the queue lists: the next cursor (0: done) and the keys found.

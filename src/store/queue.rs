@@ -111,7 +111,7 @@ impl Store {
                 &message.dids,
                 &message.body,
             ));
-        let reply: Vec<redis::Value> = match self.call(&call).await {
+        let reply: Vec<redis::Value> = match self.write(&call, connection_id).await {
             Ok(reply) => reply,
             Err(error) if error.outcome_unknown() => {
                 return self.settle_add(connection_id, &message.id, error).await;
@@ -210,7 +210,12 @@ impl Store {
             .arg(flag(take.delete))
             .arg(self.visibility_ms)
             .arg(flag(take.hot_only));
-        let (deadline, pairs, due): (i64, Vec<(String, String)>, u8) = self.call(&call).await?;
+        // A take that deletes is a removal: it waits for replicas like one.
+        let (deadline, pairs, due): (i64, Vec<(String, String)>, u8) = if take.delete {
+            self.write(&call, connection_id).await?
+        } else {
+            self.call(&call).await?
+        };
         if due == 1 {
             self.index_due(connection_id, deadline).await?;
         }
@@ -240,7 +245,7 @@ impl Store {
         })
         .arg(deadline)
         .arg(ids);
-        let (_, trashed): (u64, Vec<String>) = self.call(&call).await?;
+        let (_, trashed): (u64, Vec<String>) = self.write(&call, connection_id).await?;
         Ok(trashed)
     }
 
@@ -269,7 +274,7 @@ impl Store {
     ) -> StoreResult<Vec<String>> {
         let mut call = self.connection_call(&REMOVE_MESSAGES, connection_id, &[]);
         call.arg(ids);
-        let (_, trashed): (u64, Vec<String>) = self.call(&call).await?;
+        let (_, trashed): (u64, Vec<String>) = self.write(&call, connection_id).await?;
         Ok(trashed)
     }
 
@@ -291,7 +296,7 @@ impl Store {
             let mut call = self.connection_call(&REMOVE_ALL_MESSAGES, connection_id, &dids);
             call.arg(recipient_did.unwrap_or("")).arg(REMOVE_BATCH);
             let (batch, more, cutoff, trashed): (u64, u8, i64, Vec<String>) =
-                self.call(&call).await?;
+                self.write(&call, connection_id).await?;
             all.removed += batch;
             all.trashed.extend(trashed);
             if cutoff > 0 {

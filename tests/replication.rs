@@ -1,0 +1,57 @@
+//! REDIS_WAIT_REPLICAS: writes wait for replicas; fewer in time make the call an error that
+//! says exactly what is known.
+
+mod support;
+
+use serde_json::json;
+use support::{Client, Redis, Server, payload, unique_id};
+
+const DID: &str = "did:key:z6MkReplication";
+
+#[tokio::test]
+async fn writes_wait_for_replicas_and_say_so_when_too_few_confirm() {
+    let primary = Redis::start();
+    let env = [
+        ("REDIS_WAIT_REPLICAS", "1"),
+        ("REDIS_WAIT_TIMEOUT_MS", "200"),
+    ];
+    let server = Server::start(&primary.url(), &env).await;
+    let mut client = Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    let add =
+        json!({"connectionId": connection, "recipientDids": [DID], "payload": payload("alone")});
+    // No replica: the primary has it, nobody else does, and the reply says exactly that.
+    let error = client.call_err("addMessage", add).await;
+    assert_eq!(error["code"], -32000, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("written on the primary") && message.contains("REDIS_WAIT_REPLICAS"),
+        "{error}"
+    );
+
+    // With a replica attached and in sync, the same calls succeed.
+    let port = primary.port.to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    support::eventually(std::time::Duration::from_secs(20), async || {
+        primary
+            .cli(&["INFO", "replication"])
+            .contains("connected_slaves:1")
+            && replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+    })
+    .await;
+    let id = client.add(&connection, DID, "replicated").await;
+    assert_eq!(
+        replica.cli(&["HEXISTS", &format!("mpr:{{{connection}}}:msg"), &id]),
+        "1",
+        "on the replica when the add was answered"
+    );
+    let removed = json!({"connectionId": connection, "messageIds": [id]});
+    client.call("removeMessages", removed).await;
+    assert_eq!(
+        replica.cli(&["HEXISTS", &format!("mpr:{{{connection}}}:msg"), &id]),
+        "0",
+        "gone from the replica when the removal was answered"
+    );
+}
