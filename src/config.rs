@@ -48,6 +48,9 @@ pub struct Config {
     pub socketdock: SocketDockSettings,
 
     #[command(flatten)]
+    pub auth: AuthSettings,
+
+    #[command(flatten)]
     pub log: LogSettings,
 }
 
@@ -225,6 +228,30 @@ pub struct LiveSettings {
     /// Bound on how long the live sessions of a dead instance keep counting as live, in ms.
     #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
     pub liveness_timeout_ms: u64,
+}
+
+/// Who may connect.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Access")]
+pub struct AuthSettings {
+    /// Tokens a WebSocket upgrade must present (`Authorization: Bearer <token>` or
+    /// `?token=<token>`), comma-separated; several at once for rotation. Unset (and no
+    /// AUTH_TOKENS_FILE): anyone who reaches WS_PORT is let in.
+    #[arg(
+        long,
+        env = "AUTH_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_tokens: Vec<String>,
+
+    /// A file of tokens, one per line (`#` comments), read again on SIGHUP.
+    #[arg(long, env = "AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<std::path::PathBuf>,
+
+    /// Ask the same tokens of GET /metrics (as `Authorization: Bearer`).
+    #[arg(long, env = "AUTH_METRICS", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub auth_metrics: bool,
 }
 
 /// The SocketDock adapter: agents' WebSockets held by SocketDock, frames forwarded to the

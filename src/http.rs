@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,17 +15,26 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, Tokens};
 use crate::cold::Cold;
 use crate::store::Store;
+use crate::telemetry;
 
 #[derive(Clone)]
 struct Probes {
     store: Store,
     cold: Option<Arc<Cold>>,
     metrics: PrometheusHandle,
+    /// Asked of /metrics when AUTH_METRICS is set.
+    metrics_tokens: Option<Arc<Tokens>>,
 }
 
-pub fn router(store: Store, cold: Option<Arc<Cold>>, metrics: PrometheusHandle) -> Router {
+pub fn router(
+    store: Store,
+    cold: Option<Arc<Cold>>,
+    metrics: PrometheusHandle,
+    metrics_tokens: Option<Arc<Tokens>>,
+) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
@@ -34,6 +43,7 @@ pub fn router(store: Store, cold: Option<Arc<Cold>>, metrics: PrometheusHandle) 
             store,
             cold,
             metrics,
+            metrics_tokens,
         })
 }
 
@@ -49,8 +59,20 @@ async fn ready(State(probes): State<Probes>) -> (StatusCode, String) {
     (StatusCode::OK, "ready".to_owned())
 }
 
-async fn render_metrics(State(probes): State<Probes>) -> String {
-    probes.metrics.render()
+async fn render_metrics(State(probes): State<Probes>, headers: HeaderMap) -> (StatusCode, String) {
+    if let Some(tokens) = &probes.metrics_tokens {
+        let authorization = headers
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
+        if let Err(refusal) = tokens.admit(auth::presented(authorization, None)) {
+            metrics::counter!(telemetry::AUTH_REFUSED, "reason" => refusal.label()).increment(1);
+            return (
+                StatusCode::UNAUTHORIZED,
+                "a valid token is required\n".to_owned(),
+            );
+        }
+    }
+    (StatusCode::OK, probes.metrics.render())
 }
 
 /// A builder for the clients the server calls out with (pushes, SocketDock, the mediator).

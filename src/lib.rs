@@ -8,6 +8,7 @@
 //! [`migrate`] imports a Node MPR's data; [`socketdock`] serves agents whose
 //! sockets SocketDock holds. [`config`], [`model`] and [`payload`] are leaves.
 
+pub mod auth;
 pub mod cold;
 pub mod config;
 pub mod http;

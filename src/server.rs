@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Tokens;
 use crate::cold::Cold;
 use crate::config::{ColdSettings, Config};
 use crate::live::Live;
@@ -31,6 +32,7 @@ pub struct Server {
     pushes: Arc<Pushes>,
     context: Arc<Context>,
     socketdock: Option<Arc<SocketDock>>,
+    tokens: Arc<Tokens>,
     metrics: PrometheusHandle,
     ws_listener: TcpListener,
     http_listener: TcpListener,
@@ -47,6 +49,12 @@ impl Server {
     /// being down does not stop it: calls fail until Redis answers, moving waits for MongoDB.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = telemetry::metrics()?;
+        let tokens = Arc::new(Tokens::load(&config.auth).map_err(anyhow::Error::msg)?);
+        if !tokens.required() {
+            tracing::warn!(
+                "AUTH_TOKENS is not set: anyone who reaches WS_PORT can read, remove and take over every connection's messages"
+            );
+        }
         let visits = Visits::from(&config.cold);
         let store = Store::open(&config.redis, &config.queue, visits)
             .await
@@ -99,6 +107,7 @@ impl Server {
             pushes,
             context,
             socketdock,
+            tokens,
             metrics,
             ws_listener,
             http_listener,
@@ -148,8 +157,13 @@ impl Server {
             self.ws_listener,
             self.context,
             limits,
+            self.tokens.clone(),
             sockets_stop.clone(),
             sockets.clone(),
+        ));
+        background.spawn(reload_tokens_on_hangup(
+            self.tokens.clone(),
+            background_stop.clone(),
         ));
         self.live.spawn_tasks(&background, &background_stop);
         if let Some(socketdock) = &self.socketdock {
@@ -166,7 +180,8 @@ impl Server {
             background.spawn(mover.run(background_stop.clone()));
         }
         let http_stop = background_stop.clone();
-        let router = http::router(self.store, self.cold, self.metrics)
+        let metrics_tokens = self.config.auth.auth_metrics.then(|| self.tokens.clone());
+        let router = http::router(self.store, self.cold, self.metrics, metrics_tokens)
             .merge(crate::socketdock::router(self.socketdock));
         let http = tokio::spawn(http::serve(
             self.http_listener,
@@ -216,6 +231,31 @@ async fn open_cold(settings: &ColdSettings) -> anyhow::Result<Option<Arc<Cold>>>
         "cold tier: messages older than the threshold move to MongoDB"
     );
     Ok(Some(Arc::new(cold)))
+}
+
+/// Reads AUTH_TOKENS_FILE again on every SIGHUP until `stop` (a bad file keeps the tokens in
+/// use). Sockets already open stay open.
+async fn reload_tokens_on_hangup(tokens: Arc<Tokens>, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("no SIGHUP handler: AUTH_TOKENS_FILE is read at start only");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => match tokens.reload() {
+                    Ok(count) => tracing::info!(count, "tokens read again"),
+                    Err(error) => tracing::warn!(%error, "tokens not read again; the previous ones stay"),
+                },
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (tokens, stop);
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -11,6 +11,7 @@ use crate::config::{LogFormat, LogSettings};
 pub const OPEN_SOCKETS: &str = "mpr_open_sockets";
 pub const SOCKETS_DROPPED: &str = "mpr_sockets_dropped_total";
 pub const SOCKETS_REFUSED: &str = "mpr_sockets_refused_total";
+pub const AUTH_REFUSED: &str = "mpr_auth_refused_total";
 pub const CALLS: &str = "mpr_calls_total";
 pub const CALL_DURATION: &str = "mpr_call_duration_seconds";
 pub const LIVE_SESSIONS: &str = "mpr_live_sessions";
@@ -81,6 +82,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     metrics::describe_gauge!(OPEN_SOCKETS, "WebSocket connections open on this instance");
+    metrics::describe_counter!(
+        AUTH_REFUSED,
+        "Upgrades and /metrics requests refused for want of a valid token (reason: missing, invalid)"
+    );
     metrics::describe_counter!(
         SOCKETS_REFUSED,
         "WebSocket upgrades answered 503 because MAX_SOCKETS sockets were open"

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use super::{Limits, SocketSlots};
+use crate::auth::{self, Tokens};
 use crate::live::LocalSocket;
 use crate::rpc::{self, Caller, Context};
 use crate::telemetry;
@@ -29,22 +30,34 @@ pub async fn run(
     context: Arc<Context>,
     limits: Arc<Limits>,
     slots: Arc<SocketSlots>,
+    tokens: Arc<Tokens>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let config = limits.websocket_config();
     let mut slot = None;
-    // Runs once the upgrade request is read: past MAX_SOCKETS it is answered 503. The large
-    // error type is tungstenite's callback signature.
+    // Runs once the upgrade request is read: without a valid token it is answered 401, past
+    // MAX_SOCKETS 503. The large error type is tungstenite's callback signature.
     #[allow(clippy::result_large_err)]
-    let take_slot = |_: &Request, response: Response| match slots.take() {
-        Some(taken) => {
-            slot = Some(taken);
-            Ok(response)
+    let take_slot = |request: &Request, response: Response| {
+        let authorization = request
+            .headers()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
+        let token = auth::presented(authorization, request.uri().query());
+        if let Err(refusal) = tokens.admit(token) {
+            metrics::counter!(telemetry::AUTH_REFUSED, "reason" => refusal.label()).increment(1);
+            return Err(unauthorized());
         }
-        None => {
-            metrics::counter!(telemetry::SOCKETS_REFUSED).increment(1);
-            Err(too_many_sockets())
+        match slots.take() {
+            Some(taken) => {
+                slot = Some(taken);
+                Ok(response)
+            }
+            None => {
+                metrics::counter!(telemetry::SOCKETS_REFUSED).increment(1);
+                Err(too_many_sockets())
+            }
         }
     };
     // Rare, large futures are boxed: the task of every idle socket is as large as its
@@ -344,6 +357,14 @@ async fn unless_overflow(
         written = write => written,
         () = state.outbox_overflow() => Err(Stop::OutboxFull),
     }
+}
+
+fn unauthorized() -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(
+        "a valid token is required (Authorization: Bearer <token>, or ?token=<token>)".into(),
+    ));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response
 }
 
 fn too_many_sockets() -> ErrorResponse {

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Tokens;
 use crate::rpc::Context;
 
 /// Per-socket sizes: an idle socket must cost little memory, a busy one may grow its buffers.
@@ -76,6 +77,7 @@ pub async fn accept(
     listener: TcpListener,
     context: Arc<Context>,
     limits: Limits,
+    tokens: Arc<Tokens>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -97,6 +99,7 @@ pub async fn accept(
                     context.clone(),
                     limits.clone(),
                     slots.clone(),
+                    tokens.clone(),
                     shutdown.clone(),
                 ));
             }
