@@ -96,7 +96,7 @@ async fn dropped(server: &Server, reason: &str) -> f64 {
 async fn a_peer_that_answers_no_ping_is_dropped_and_one_that_does_stays_open() {
     let redis = Redis::start();
     let server = Server::start(
-        &redis.url(),
+        &redis,
         &[("WS_PING_INTERVAL_MS", "200"), ("WS_PING_MISSES", "3")],
     )
     .await;
@@ -139,7 +139,7 @@ async fn a_peer_that_answers_no_ping_is_dropped_and_one_that_does_stays_open() {
 async fn connections_that_never_finish_their_upgrade_or_headers_block_nothing_and_are_closed() {
     let redis = Redis::start();
     let server = Server::start(
-        &redis.url(),
+        &redis,
         &[
             ("WS_HANDSHAKE_TIMEOUT_MS", "5000"),
             ("HTTP_HEADER_READ_TIMEOUT_MS", "5000"),
@@ -197,7 +197,7 @@ async fn connections_that_never_finish_their_upgrade_or_headers_block_nothing_an
 #[tokio::test]
 async fn an_upgrade_past_max_sockets_is_refused_with_503_and_the_open_sockets_keep_working() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[("MAX_SOCKETS", "3")]).await;
+    let server = Server::start(&redis, &[("MAX_SOCKETS", "3")]).await;
     let mut open = Vec::new();
     for _ in 0..3 {
         open.push(Client::connect(&server.url()).await);
@@ -246,7 +246,7 @@ async fn a_socket_that_stops_reading_is_dropped(env: &[(&str, &str)], reason: &s
         ("VISIBILITY_TIMEOUT_MS", "3000"),
         ("WS_PING_INTERVAL_MS", "600000"),
     ]);
-    let server = Server::start(&redis.url(), &env).await;
+    let server = Server::start(&redis, &env).await;
     let connection = support::unique_id("stalled");
     let (mut stalled, _) = tokio_tungstenite::connect_async(server.url())
         .await
@@ -344,7 +344,7 @@ async fn a_socket_whose_write_stalls_past_the_write_timeout_is_closed_and_its_me
 #[tokio::test]
 async fn a_frame_far_over_the_limit_closes_with_1009_while_the_client_is_still_sending_it() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[("WS_MAX_MESSAGE_BYTES", "65536")]).await;
+    let server = Server::start(&redis, &[("WS_MAX_MESSAGE_BYTES", "65536")]).await;
     let mut bystander = Client::connect(&server.url()).await;
     let (mut socket, _) = tokio_tungstenite::connect_async(server.url())
         .await

@@ -22,7 +22,7 @@ async fn cold_server(redis: &Redis, mongo_url: &str, env: &[(&str, &str)]) -> Se
         ("MOVER_INTERVAL_MS", "100"),
     ];
     all.extend_from_slice(env);
-    Server::start(&redis.url(), &all).await
+    Server::start(redis, &all).await
 }
 
 fn cold_count(redis: &Redis, connection_id: &str) -> u64 {
@@ -353,7 +353,7 @@ async fn a_crash_at_any_step_of_a_move_loses_nothing() {
             ("VISIBILITY_TIMEOUT_MS", "1000"),
             ("MOVER_INTERVAL_MS", "600000"),
         ];
-        let survivor = Server::start(&redis.url(), &quiet).await;
+        let survivor = Server::start(&redis, &quiet).await;
         let mut client = Client::connect(&survivor.url()).await;
         let peek = client
             .take(json!({"connectionId": connection, "limit": 100}))
@@ -604,7 +604,7 @@ async fn the_server_starts_and_queues_while_mongodb_is_down() {
         ("MONGODB_URI", nowhere.as_str()),
         ("MONGODB_TIMEOUT_MS", "200"),
     ];
-    let server = Server::spawn(&redis.url(), &env);
+    let server = Server::spawn(&redis, &env);
     eventually(Duration::from_secs(20), async || {
         server.http_get("/health").await.0 == 200
     })
@@ -711,7 +711,7 @@ async fn node_mpr_data_is_migrated_once_and_served() {
         "{second}"
     );
 
-    let server = Server::start(&redis.url(), &[("MONGODB_URI", &url)]).await;
+    let server = Server::start(&redis, &[("MONGODB_URI", &url)]).await;
     let mut client = Client::connect(&server.url()).await;
     let newer = client
         .add(&connection, "did:key:node", "after-switch")
@@ -763,6 +763,7 @@ fn migrate(redis: &Redis, mongo_url: &str) -> String {
         .arg("migrate-from-node")
         .env_clear()
         .env("REDIS_URL", redis.url())
+        .envs(redis.cluster_env())
         .env("MONGODB_URI", mongo_url)
         .env("LOG_LEVEL", "warn")
         .output()

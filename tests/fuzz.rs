@@ -376,7 +376,7 @@ fn every_frame_gets_exactly_the_replies_json_rpc_asks_for() {
     let cases = cases();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let redis = Redis::start();
-    let server = runtime.block_on(Server::start(&redis.url(), &[]));
+    let server = runtime.block_on(Server::start(&redis, &[]));
     let client = RefCell::new(runtime.block_on(Client::connect(&server.url())));
     let next_id = RefCell::new(0);
     let mut runner = TestRunner::new(Config {

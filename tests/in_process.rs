@@ -12,18 +12,13 @@ use support::{Client, Redis, texts, unique_id};
 #[tokio::test]
 async fn an_instance_built_in_process_on_port_0_serves_and_stops() {
     let redis = Redis::start();
-    let url = redis.url();
-    let config = Config::parse_from([
-        "mpr",
-        "--ws-port",
-        "0",
-        "--app-port",
-        "0",
-        "--bind-address",
-        "127.0.0.1",
-        "--redis-url",
-        &url,
-    ]);
+    let mut args: Vec<String> = ["mpr", "--ws-port", "0", "--app-port", "0"]
+        .into_iter()
+        .chain(["--bind-address", "127.0.0.1"])
+        .map(String::from)
+        .collect();
+    args.extend(redis.mpr_flags());
+    let config = Config::parse_from(args);
     let server = Server::build(config).await.expect("an instance");
     let (ws, http) = (server.ws_address(), server.http_address());
     assert_ne!(ws.port(), 0);

@@ -19,8 +19,8 @@ async fn is_live(client: &mut Client, connection: &str) -> bool {
 #[tokio::test]
 async fn a_message_added_on_one_instance_is_pushed_to_the_session_on_another() {
     let redis = Redis::start();
-    let a = Server::start(&redis.url(), &[]).await;
-    let b = Server::start(&redis.url(), &[]).await;
+    let a = Server::start(&redis, &[]).await;
+    let b = Server::start(&redis, &[]).await;
     let mut mediator = Client::connect(&a.url()).await;
     let mut sender = Client::connect(&b.url()).await;
     let connection = unique_id("c");
@@ -66,7 +66,7 @@ async fn a_message_added_on_one_instance_is_pushed_to_the_session_on_another() {
 #[tokio::test]
 async fn pushes_keep_order_and_reach_a_session_on_the_same_instance() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[]).await;
+    let server = Server::start(&redis, &[]).await;
     let mut mediator = Client::connect(&server.url()).await;
     let mut sender = Client::connect(&server.url()).await;
     let connection = unique_id("c");
@@ -91,7 +91,7 @@ async fn pushes_keep_order_and_reach_a_session_on_the_same_instance() {
 #[tokio::test]
 async fn unacknowledged_pushes_are_pushed_again_after_the_visibility_timeout() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[("VISIBILITY_TIMEOUT_MS", "500")]).await;
+    let server = Server::start(&redis, &[("VISIBILITY_TIMEOUT_MS", "500")]).await;
     let mut mediator = Client::connect(&server.url()).await;
     let connection = unique_id("c");
     mediator
@@ -126,8 +126,8 @@ async fn unacknowledged_pushes_are_pushed_again_after_the_visibility_timeout() {
 #[tokio::test]
 async fn the_newest_binding_wins_and_the_old_socket_cannot_remove_it() {
     let redis = Redis::start();
-    let a = Server::start(&redis.url(), &[]).await;
-    let b = Server::start(&redis.url(), &[]).await;
+    let a = Server::start(&redis, &[]).await;
+    let b = Server::start(&redis, &[]).await;
     let mut old = Client::connect(&a.url()).await;
     let mut new = Client::connect(&b.url()).await;
     let connection = unique_id("c");
@@ -166,8 +166,8 @@ async fn the_newest_binding_wins_and_the_old_socket_cannot_remove_it() {
 #[tokio::test]
 async fn a_closed_socket_ends_its_sessions_and_nothing_sent_to_it_is_lost() {
     let redis = Redis::start();
-    let a = Server::start(&redis.url(), &[("VISIBILITY_TIMEOUT_MS", "60000")]).await;
-    let b = Server::start(&redis.url(), &[]).await;
+    let a = Server::start(&redis, &[("VISIBILITY_TIMEOUT_MS", "60000")]).await;
+    let b = Server::start(&redis, &[]).await;
     let mut sender = Client::connect(&b.url()).await;
     let connections: Vec<String> = (0..20).map(|_| unique_id("c")).collect();
     let mut mediator = Client::connect(&a.url()).await;
@@ -200,8 +200,8 @@ async fn sessions_of_a_killed_instance_stop_being_live_within_the_bound_and_its_
         ("LIVENESS_TIMEOUT_MS", "2000"),
         ("VISIBILITY_TIMEOUT_MS", "60000"),
     ];
-    let mut a = Server::start(&redis.url(), &liveness).await;
-    let b = Server::start(&redis.url(), &liveness).await;
+    let mut a = Server::start(&redis, &liveness).await;
+    let b = Server::start(&redis, &liveness).await;
     let mut mediator = Client::connect(&a.url()).await;
     let mut sender = Client::connect(&b.url()).await;
     let connection = unique_id("c");
@@ -250,8 +250,8 @@ async fn an_instance_started_after_the_last_heartbeat_is_not_mistaken_for_dead()
     let redis = Redis::start();
     // Heartbeats every 12 s: B cannot have heard of C through them during this test.
     let env = [("LIVENESS_TIMEOUT_MS", "60000")];
-    let b = Server::start(&redis.url(), &env).await;
-    let c = Server::start(&redis.url(), &env).await;
+    let b = Server::start(&redis, &env).await;
+    let c = Server::start(&redis, &env).await;
     let mut mediator = Client::connect(&c.url()).await;
     let mut sender = Client::connect(&b.url()).await;
     let connection = unique_id("c");
@@ -277,7 +277,7 @@ async fn an_instance_started_after_the_last_heartbeat_is_not_mistaken_for_dead()
 #[tokio::test]
 async fn a_binding_of_an_unknown_kind_is_left_alone_and_its_messages_stay_queued() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[]).await;
+    let server = Server::start(&redis, &[]).await;
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
     let conn = format!("mpr:{{{connection}}}:conn");

@@ -37,7 +37,7 @@ fn add_frame(id: u64, connection_id: &str, text: &str) -> String {
 #[tokio::test]
 async fn adds_sent_back_to_back_on_one_socket_are_queued_in_sent_order() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[]).await;
+    let server = Server::start(&redis, &[]).await;
     let mut client = Client::connect(&server.url()).await;
     let mut id = 0;
     // Enough frames at once that the socket task runs out of its scheduler budget midway,
@@ -74,7 +74,7 @@ async fn adds_sent_back_to_back_on_one_socket_are_queued_in_sent_order() {
 #[tokio::test]
 async fn a_batch_waits_for_the_calls_before_it_on_its_connections() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[]).await;
+    let server = Server::start(&redis, &[]).await;
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
     for i in 1..=20 {

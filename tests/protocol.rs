@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 async fn setup(env: &[(&str, &str)]) -> (Redis, Server, Client) {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), env).await;
+    let server = Server::start(&redis, env).await;
     let client = Client::connect(&server.url()).await;
     (redis, server, client)
 }

@@ -54,7 +54,7 @@ impl PushEnv {
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
             .collect();
-        Server::start(&redis.url(), &vars).await
+        Server::start(redis, &vars).await
     }
 }
 
@@ -541,7 +541,7 @@ async fn add_message_does_not_wait_for_push_services_that_hang() {
     let apple = Apple::start().await;
     let (apns_config, apns_key) = apple.credentials();
     let server = Server::start(
-        &redis.url(),
+        &redis,
         &[
             ("FIREBASE_CFG_FILE", account.as_str()),
             ("FCM_BASE_URL", &hanging_url),
@@ -616,7 +616,7 @@ async fn add_message_does_not_wait_for_push_services_that_hang() {
 async fn a_disabled_provider_is_counted_not_an_error_and_bad_tokens_are_invalid_params() {
     let redis = Redis::start();
     let broken = TempFile::new("firebase.json", r#"{"project_id": "p"}"#);
-    let server = Server::start(&redis.url(), &[("FIREBASE_CFG_FILE", broken.as_str())]).await;
+    let server = Server::start(&redis, &[("FIREBASE_CFG_FILE", broken.as_str())]).await;
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
     add_with_token(&mut client, &connection, "fcm", "android").await;

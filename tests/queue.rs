@@ -12,7 +12,7 @@ const DID_B: &str = "did:key:z6MkBBBB";
 
 async fn setup(env: &[(&str, &str)]) -> (Redis, Server, Client) {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), env).await;
+    let server = Server::start(&redis, env).await;
     let client = Client::connect(&server.url()).await;
     (redis, server, client)
 }
@@ -56,8 +56,8 @@ async fn add_then_take_returns_the_messages_in_order_with_the_payload_verbatim()
 #[tokio::test]
 async fn ids_are_unique_across_instances() {
     let redis = Redis::start();
-    let a = Server::start(&redis.url(), &[]).await;
-    let b = Server::start(&redis.url(), &[]).await;
+    let a = Server::start(&redis, &[]).await;
+    let b = Server::start(&redis, &[]).await;
     let mut ca = Client::connect(&a.url()).await;
     let mut cb = Client::connect(&b.url()).await;
     let connection = unique_id("c");

@@ -13,9 +13,13 @@ const DID: &str = "did:key:z6MkRes";
 
 #[tokio::test]
 async fn redis_stop_gives_errors_not_lies_and_service_resumes_when_it_returns() {
+    // Single node: stops and restarts its redis-server.
+    if support::single_node_only() {
+        return;
+    }
     let mut redis = Redis::start();
     let env = [("LIVENESS_TIMEOUT_MS", "1000"), ("REDIS_TIMEOUT_MS", "300")];
-    let server = Server::start(&redis.url(), &env).await;
+    let server = Server::start(&redis, &env).await;
     let mut mediator = Client::connect(&server.url()).await;
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
@@ -77,11 +81,15 @@ async fn redis_stop_gives_errors_not_lies_and_service_resumes_when_it_returns() 
 
 #[tokio::test]
 async fn sigterm_finishes_calls_closes_sockets_with_1001_and_ends_sessions_at_once() {
+    // Single node: freezes its redis-server.
+    if support::single_node_only() {
+        return;
+    }
     let redis = Redis::start();
     // A long liveness timeout: only a clean deregistration can end the sessions quickly.
     let env = [("LIVENESS_TIMEOUT_MS", "60000")];
-    let mut a = Server::start(&redis.url(), &env).await;
-    let b = Server::start(&redis.url(), &env).await;
+    let mut a = Server::start(&redis, &env).await;
+    let b = Server::start(&redis, &env).await;
     let mut mediator = Client::connect(&a.url()).await;
     let mut other = Client::connect(&b.url()).await;
     let connection = unique_id("c");
@@ -130,8 +138,8 @@ async fn sigterm_finishes_calls_closes_sockets_with_1001_and_ends_sessions_at_on
 #[tokio::test]
 async fn concurrent_adds_and_takes_across_instances_lose_nothing_duplicate_nothing_keep_order() {
     let redis = Redis::start();
-    let a = Server::start(&redis.url(), &[]).await;
-    let b = Server::start(&redis.url(), &[]).await;
+    let a = Server::start(&redis, &[]).await;
+    let b = Server::start(&redis, &[]).await;
     let connection = unique_id("c");
     const PRODUCERS: usize = 8;
     const EACH: usize = 60;
@@ -208,8 +216,12 @@ async fn concurrent_adds_and_takes_across_instances_lose_nothing_duplicate_nothi
 
 #[tokio::test]
 async fn the_function_library_is_loaded_again_when_redis_loses_it() {
+    // Single node: FUNCTION FLUSH and FUNCTION LIST are node-local.
+    if support::single_node_only() {
+        return;
+    }
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[]).await;
+    let server = Server::start(&redis, &[]).await;
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
     client.add(&connection, DID, "before").await;
@@ -226,10 +238,14 @@ async fn the_function_library_is_loaded_again_when_redis_loses_it() {
 
 #[tokio::test]
 async fn sigterm_answers_every_call_already_received() {
+    // Single node: freezes its redis-server.
+    if support::single_node_only() {
+        return;
+    }
     const CALLS: u64 = 40;
     let redis = Redis::start();
     // Four calls at a time per socket: the rest wait unread in the socket when SIGTERM comes.
-    let mut server = Server::start(&redis.url(), &[("WS_MAX_CALLS_PER_SOCKET", "4")]).await;
+    let mut server = Server::start(&redis, &[("WS_MAX_CALLS_PER_SOCKET", "4")]).await;
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
     // Redis freezes for half a second, so the calls pile up.
@@ -251,7 +267,7 @@ async fn sigterm_answers_every_call_already_received() {
         answered.insert(reply["id"].as_u64().unwrap());
     }
     assert_eq!(answered.len() as u64, CALLS, "answered: {answered:?}");
-    let after = Server::start(&redis.url(), &[]).await;
+    let after = Server::start(&redis, &[]).await;
     let mut check = Client::connect(&after.url()).await;
     assert_eq!(check.count(&connection).await, CALLS);
 }

@@ -49,7 +49,7 @@ async fn deploy_with(servers: usize, docks: usize, extra: &[(&str, &str)]) -> De
     env.extend_from_slice(extra);
     let mut started = Vec::new();
     for _ in 0..servers {
-        started.push(Server::start(&redis.url(), &env).await);
+        started.push(Server::start(&redis, &env).await);
     }
     let mut running = Vec::new();
     for (i, port) in dock_ports.into_iter().enumerate() {
@@ -319,7 +319,7 @@ async fn forged_callbacks_are_refused_and_nothing_is_sent_where_they_point() {
 #[tokio::test]
 async fn without_a_mediator_url_the_adapter_is_off() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[]).await;
+    let server = Server::start(&redis, &[]).await;
     let url = format!(
         "http://127.0.0.1:{}/socketdock/message?secret=x",
         server.app_port

@@ -1,6 +1,7 @@
 //! Child processes for the mpr integration tests and the benchmark tool, written once: a
-//! redis-server, a SecantusDB (a MongoDB-wire server), a SocketDock and `mpr` instances, each
-//! on free 127.0.0.1 ports, started, awaited until they answer, and stopped.
+//! redis-server or a Redis Cluster of six, a SecantusDB (a MongoDB-wire server), a SocketDock
+//! and `mpr` instances, each on free 127.0.0.1 ports, started, awaited until they answer, and
+//! stopped.
 //!
 //! Everything is fallible (`anyhow::Result`); the tests wrap it with `expect`. Waits are async;
 //! [`block_on`] serves synchronous callers, even from inside a runtime.
@@ -8,6 +9,7 @@
 mod mpr;
 mod proc;
 mod redis;
+mod redis_cluster;
 mod secantus;
 mod socketdock;
 
@@ -21,6 +23,7 @@ use tokio::net::TcpStream;
 pub use mpr::{MprOpts, MprServer};
 pub use proc::{Log, Proc, Spawn, die_with_parent, kill_all, running, stop};
 pub use redis::{RedisOpts, RedisServer};
+pub use redis_cluster::{RedisCluster, RedisClusterOpts};
 pub use secantus::{Secantus, SecantusOpts};
 pub use socketdock::{SocketDock, SocketDockOpts};
 

@@ -3,8 +3,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::{Proc, Spawn, free_port};
@@ -100,15 +100,42 @@ impl RedisServer {
 
 /// Whether a redis-server on `port` answers PING with PONG.
 async fn pings(port: u16) -> bool {
-    let probe = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
-        let mut reply = [0u8; 7];
-        stream.read_exact(&mut reply).await?;
-        anyhow::Ok(&reply == b"+PONG\r\n")
+    matches!(command(port, &["PING"]).await.as_deref(), Ok("PONG"))
+}
+
+/// How long one [`command`] may take, connecting included.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The reply to one command on the redis-server at `port`, on a connection of its own: a simple
+/// or bulk string, or an integer as text. An error reply, a nil, an array (not read here) or no
+/// reply within [`COMMAND_TIMEOUT`] is an error.
+pub(crate) async fn command(port: u16, args: &[&str]) -> Result<String> {
+    let exchange = async {
+        let mut stream = BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?);
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut head = String::new();
+        stream.read_line(&mut head).await?;
+        let head = head.trim_end();
+        match head.split_at_checked(1) {
+            Some(("+" | ":", value)) => Ok(value.to_owned()),
+            Some(("$", length)) if !length.starts_with('-') => {
+                let mut body = vec![0; length.parse::<usize>()? + 2];
+                stream.read_exact(&mut body).await?;
+                body.truncate(body.len() - 2);
+                Ok(String::from_utf8(body)?)
+            }
+            _ => bail!("{head}"),
+        }
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), probe).await,
-        Ok(Ok(true))
-    )
+    match tokio::time::timeout(COMMAND_TIMEOUT, exchange).await {
+        Ok(reply) => reply.with_context(|| format!("{} on port {port}", args.join(" "))),
+        Err(_) => bail!(
+            "{} on port {port}: no reply within {COMMAND_TIMEOUT:?}",
+            args.join(" ")
+        ),
+    }
 }

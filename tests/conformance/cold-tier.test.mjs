@@ -16,7 +16,7 @@ describe('cold tier', () => {
   before(async () => {
     const [redis, mongo] = await Promise.all([startRedis(), startMongo()]);
     server = await startServer({
-      redisUrl: redis.url,
+      redis,
       prefix: uniquePrefix(),
       env: { MONGODB_URI: mongo.url('conformance'), THRESHOLD_TIMESTAMP: '1000', MOVER_INTERVAL_MS: '100' },
     });

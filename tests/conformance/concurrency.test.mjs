@@ -20,8 +20,8 @@ describe('concurrency (instances A, B on one Redis)', () => {
     // a long visibility timeout: nothing may come back during these tests
     const env = { VISIBILITY_TIMEOUT_MS: '60000' };
     [A, B] = await Promise.all([
-      startServer({ redisUrl: redis.url, prefix, env, name: 'A' }),
-      startServer({ redisUrl: redis.url, prefix, env, name: 'B' }),
+      startServer({ redis, prefix, env, name: 'A' }),
+      startServer({ redis, prefix, env, name: 'B' }),
     ]);
   });
   after(async () => {

@@ -29,7 +29,7 @@ describe('errors and framing', { concurrency: true }, () => {
   before(async () => {
     redis = await startRedis();
     server = await startServer({
-      redisUrl: redis.url,
+      redis,
       prefix: uniquePrefix(),
       env: { WS_MAX_MESSAGE_BYTES: String(MAX_FRAME) },
     });

@@ -8,15 +8,18 @@
 // import does not work). Node 20 has no global WebSocket without --experimental-websocket, so
 // raw frames go through `ws`, the library rpc-websockets itself uses.
 //
-// Environment: MPR_BIN (default <repo>/target/debug/mpr).
+// Environment: MPR_BIN (default <repo>/target/debug/mpr); MPR_TEST_REDIS=cluster runs against a
+// Redis Cluster of six instead of one redis-server (startRedis, singleNodeOnly).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomUUID, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import rpcWebsockets from 'rpc-websockets';
 import WebSocket from 'ws';
@@ -74,9 +77,14 @@ async function stopChild(child, graceMs = 3000) {
   children.delete(child);
 }
 
+/** Directories of clusters started here, removed with their nodes. */
+const clusterDirs = new Set();
+
 /** Kills (SIGTERM, then SIGKILL after a grace period) every child this process started. */
 export async function stopAll() {
   await Promise.all([...children].map((child) => stopChild(child)));
+  for (const dir of clusterDirs) fs.rmSync(dir, { recursive: true, force: true });
+  clusterDirs.clear();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -119,41 +127,176 @@ function tcpPing(port, timeoutMs = 500) {
 // ---------------------------------------------------------------------------------------------
 // redis
 
-/** Starts a private, non-persistent redis-server on a free port (not daemonized). */
+/**
+ * The Redis this run uses: `cluster` with MPR_TEST_REDIS=cluster (a Redis Cluster of six,
+ * three primaries with a replica each), otherwise one redis-server.
+ */
+export const CLUSTER_MODE = (() => {
+  const mode = process.env.MPR_TEST_REDIS || 'single';
+  if (mode !== 'single' && mode !== 'cluster') throw new Error(`MPR_TEST_REDIS=${mode}: use single or cluster`);
+  return mode === 'cluster';
+})();
+
+/**
+ * For a describe/test that needs one redis-server of its own (kills, restarts or freezes it):
+ * `describe(name, { skip: singleNodeOnly('kills Redis') }, ...)` skips it in a cluster run.
+ */
+export function singleNodeOnly(why) {
+  return CLUSTER_MODE ? `needs a single redis-server (${why}); MPR_TEST_REDIS=cluster` : false;
+}
+
+/** Spawns one redis-server on `port` with `args` after the defaults; resolves once it answers PING. */
+async function spawnRedis(port, args = [], { cwd } = {}) {
+  if (port === 6379) throw new Error('never use port 6379');
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', os.tmpdir(), ...args],
+    { stdio: ['ignore', 'pipe', 'pipe'], cwd },
+  );
+  children.add(child);
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline && child.exitCode === null) {
+    if (await tcpPing(port)) return child;
+    await sleep(50);
+  }
+  await stopChild(child, 500);
+  throw new Error(`redis-server on port ${port} did not start:\n${output}`);
+}
+
+/**
+ * Starts a private, non-persistent redis-server on a free port (not daemonized); with
+ * MPR_TEST_REDIS=cluster a Redis Cluster instead (see startRedisCluster). Either way `url` and
+ * `env` are what startServer({ redis }) hands a server.
+ */
 export async function startRedis({ port: fixedPort } = {}) {
+  if (CLUSTER_MODE) {
+    if (fixedPort !== undefined) throw new Error('a cluster run has no single redis-server to start on a fixed port');
+    return startRedisCluster();
+  }
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = fixedPort ?? (await freePort());
-    if (port === 6379) throw new Error('never use port 6379');
-    const child = spawn(
-      'redis-server',
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', os.tmpdir()],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    children.add(child);
-    let output = '';
-    child.stdout.on('data', (d) => (output += d));
-    child.stderr.on('data', (d) => (output += d));
-    const deadline = Date.now() + 10_000;
-    while (Date.now() < deadline && child.exitCode === null) {
-      if (await tcpPing(port)) {
-        return {
-          port,
-          url: `redis://127.0.0.1:${port}`,
-          child,
-          pid: child.pid,
-          stop: () => stopChild(child),
-          /** Sends a signal to this redis-server only, by pid. */
-          kill: (signal = 'SIGKILL') => process.kill(child.pid, signal),
-          exited: () => exited(child),
-        };
-      }
-      await sleep(50);
+    try {
+      const child = await spawnRedis(port);
+      return {
+        port,
+        url: `redis://127.0.0.1:${port}`,
+        env: {},
+        child,
+        pid: child.pid,
+        stop: () => stopChild(child),
+        /** Sends a signal to this redis-server only, by pid. */
+        kill: (signal = 'SIGKILL') => process.kill(child.pid, signal),
+        exited: () => exited(child),
+        cli: (...args) => redisCli(port, args),
+      };
+    } catch (error) {
+      lastError = error;
     }
-    lastError = new Error(`redis-server on port ${port} did not start:\n${output}`);
-    await stopChild(child, 500);
   }
   throw lastError;
+}
+
+const execFileAsync = promisify(execFile);
+
+/** stdout of redis-cli with `args` against `port` (`-c`: following a key to its node). */
+async function redisCli(port, args, { cluster = false } = {}) {
+  const { stdout } = await execFileAsync('redis-cli', [...(cluster ? ['-c'] : []), '-p', String(port), ...args]);
+  return stdout.trim();
+}
+
+/**
+ * What one node says about the cluster: its state, the slot ranges of the primaries not taken
+ * for failing ("start-end@port", sorted) and the replicas' ports.
+ */
+async function clusterView(port) {
+  const info = await redisCli(port, ['CLUSTER', 'INFO']);
+  const slots = [];
+  const replicas = [];
+  let myselfReplica = false;
+  for (const line of (await redisCli(port, ['CLUSTER', 'NODES'])).split('\n')) {
+    const [, address, flagList, , , , , , ...ranges] = line.split(' ');
+    const nodePort = Number(address.split(/[@,]/)[0].split(':').pop());
+    const flags = flagList.split(',');
+    const failing = flags.some((flag) => ['fail', 'fail?', 'handshake', 'noaddr'].includes(flag));
+    if (flags.includes('slave')) {
+      replicas.push(nodePort);
+      if (flags.includes('myself')) myselfReplica = true;
+    } else if (!failing) {
+      for (const range of ranges.filter((r) => !r.startsWith('['))) slots.push(`${range}@${nodePort}`);
+    }
+  }
+  const covered = slots.reduce((sum, entry) => {
+    const [start, end = start] = entry.split('@')[0].split('-').map(Number);
+    return sum + end - start + 1;
+  }, 0);
+  const linkUp = !myselfReplica || (await redisCli(port, ['INFO', 'replication'])).includes('master_link_status:up');
+  return {
+    ok: info.includes('cluster_state:ok') && covered === 16384 && linkUp,
+    agreed: JSON.stringify([slots.sort(), replicas.sort()]),
+  };
+}
+
+/**
+ * Starts six redis-servers (AOF always, node timeout 2 s) in a directory of their own, makes
+ * them a cluster with `redis-cli --cluster create --cluster-replicas 1`, and resolves once every
+ * node says cluster_state:ok, agrees with the others on slots and replicas, and (a replica) has
+ * its link to its primary up. `env` carries REDIS_TYPE=cluster and REDIS_NODES.
+ */
+export async function startRedisCluster() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mpr-conformance-cluster-'));
+  const ports = [];
+  while (ports.length < 6) {
+    const port = await freePort();
+    if (!ports.includes(port)) ports.push(port);
+  }
+  const nodeArgs = (port) => [
+    '--cluster-enabled', 'yes', '--cluster-node-timeout', '2000',
+    '--appendonly', 'yes', '--appendfsync', 'always',
+    // A primary need not wait for more replicas before a full sync (default 5 s).
+    '--repl-diskless-sync-delay', '0',
+    // The nodes share `dir`; every file of theirs is named by port.
+    '--dir', dir, '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
+    '--appenddirname', `appendonly-${port}`, '--dbfilename', `dump-${port}.rdb`,
+  ];
+  const nodes = ports.map((port) => `127.0.0.1:${port}`);
+  clusterDirs.add(dir);
+  const stop = async () => {
+    await Promise.all(nodeChildren.map((child) => stopChild(child)));
+    fs.rmSync(dir, { recursive: true, force: true });
+    clusterDirs.delete(dir);
+  };
+  const nodeChildren = [];
+  try {
+    for (const port of ports) nodeChildren.push(await spawnRedis(port, nodeArgs(port)));
+    await execFileAsync('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '1', '--cluster-yes']);
+    const deadline = Date.now() + 30_000;
+    let last;
+    for (;;) {
+      last = await Promise.all(ports.map((port) => clusterView(port).catch((error) => ({ ok: false, agreed: error.message }))));
+      if (last.every((view) => view.ok && view.agreed === last[0].agreed)) break;
+      if (Date.now() >= deadline) throw new Error(`the cluster did not settle within 30 s: ${JSON.stringify(last)}`);
+      await sleep(100);
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return {
+    cluster: true,
+    ports,
+    nodes,
+    port: ports[0],
+    // The server takes only scheme and credentials from REDIS_URL in a cluster.
+    url: `redis://127.0.0.1:${ports[0]}`,
+    env: { REDIS_TYPE: 'cluster', REDIS_NODES: nodes.join(',') },
+    stop,
+    /** redis-cli -c on the first node: a key's command goes to its primary. */
+    cli: (...args) => redisCli(ports[0], args, { cluster: true }),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,10 +345,11 @@ export function uniquePrefix() {
 }
 
 /**
- * Starts an mpr instance and waits until GET /ready answers 200.
+ * Starts an mpr instance on `redis` (what startRedis resolved with: one redis-server or a
+ * cluster; `redisUrl` alone: one redis-server there) and waits until GET /ready answers 200.
  * `env` adds to or overrides the defaults below.
  */
-export async function startServer({ redisUrl, prefix, env = {}, name = 'mpr' } = {}) {
+export async function startServer({ redis, redisUrl = redis?.url, prefix, env = {}, name = 'mpr' } = {}) {
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
     const wsPort = await freePort();
@@ -218,6 +362,7 @@ export async function startServer({ redisUrl, prefix, env = {}, name = 'mpr' } =
       APP_PORT: String(appPort),
       BIND_ADDRESS: '127.0.0.1',
       REDIS_URL: redisUrl,
+      ...redis?.env,
       REDIS_PREFIX: prefix,
       LIVENESS_TIMEOUT_MS: '2000',
       VISIBILITY_TIMEOUT_MS: '1500',

@@ -184,10 +184,10 @@ describe('a hung mediator process (SIGSTOP) on one instance, the recipient back 
     const fast = { ...base, WS_PING_INTERVAL_MS: String(PING_MS), WS_PING_MISSES: String(PING_MISSES) };
     const off = { ...base, WS_PING_INTERVAL_MS: '60000', WS_PING_MISSES: String(PING_MISSES) };
     [A, B, C, D] = await Promise.all([
-      startServer({ redisUrl: redis.url, prefix, env: fast, name: 'A' }),
-      startServer({ redisUrl: redis.url, prefix, env: fast, name: 'B' }),
-      startServer({ redisUrl: redis.url, prefix, env: off, name: 'C' }),
-      startServer({ redisUrl: redis.url, prefix, env: off, name: 'D' }),
+      startServer({ redis, prefix, env: fast, name: 'A' }),
+      startServer({ redis, prefix, env: fast, name: 'B' }),
+      startServer({ redis, prefix, env: off, name: 'C' }),
+      startServer({ redis, prefix, env: off, name: 'D' }),
     ]);
     // let the instances learn of each other before sessions are bound across them
     await sleep(LIVENESS_MS / 2);

@@ -27,9 +27,9 @@ describe('live sessions (instances A, B, K on one Redis)', { concurrency: true }
     const prefix = uniquePrefix();
     const env = { VISIBILITY_TIMEOUT_MS: String(VISIBILITY_MS), LIVENESS_TIMEOUT_MS: String(LIVENESS_MS) };
     [A, B, K] = await Promise.all([
-      startServer({ redisUrl: redis.url, prefix, env, name: 'A' }),
-      startServer({ redisUrl: redis.url, prefix, env, name: 'B' }),
-      startServer({ redisUrl: redis.url, prefix, env, name: 'K' }),
+      startServer({ redis, prefix, env, name: 'A' }),
+      startServer({ redis, prefix, env, name: 'B' }),
+      startServer({ redis, prefix, env, name: 'K' }),
     ]);
     // Let the three instances learn of each other before the tests below bind sessions; the
     // cold-start case (a session bound on an instance that just joined) has its own test.
@@ -217,9 +217,9 @@ describe('live sessions (instances A, B, K on one Redis)', { concurrency: true }
     // Both with the default-like liveness timeout of 10 s, so that "just started" lasts a while.
     const prefix = uniquePrefix();
     const env = { VISIBILITY_TIMEOUT_MS: String(VISIBILITY_MS), LIVENESS_TIMEOUT_MS: '10000' };
-    const old = await startServer({ redisUrl: redis.url, prefix, env, name: 'old' });
+    const old = await startServer({ redis, prefix, env, name: 'old' });
     await sleep(100);
-    const fresh = await startServer({ redisUrl: redis.url, prefix, env, name: 'fresh' });
+    const fresh = await startServer({ redis, prefix, env, name: 'fresh' });
     extra.push(old, fresh);
     const clients = [];
     try {
@@ -244,8 +244,8 @@ describe('live sessions (instances A, B, K on one Redis)', { concurrency: true }
     // its own pair of instances, so that a shutdown cannot disturb the other tests
     const env = { VISIBILITY_TIMEOUT_MS: String(VISIBILITY_MS), LIVENESS_TIMEOUT_MS: '10000', SHUTDOWN_TIMEOUT_MS: '2000' };
     const [G, H] = await Promise.all([
-      startServer({ redisUrl: redis.url, prefix, env, name: 'G' }),
-      startServer({ redisUrl: redis.url, prefix, env, name: 'H' }),
+      startServer({ redis, prefix, env, name: 'G' }),
+      startServer({ redis, prefix, env, name: 'H' }),
     ]);
     extra.push(G, H);
     const clients = [];

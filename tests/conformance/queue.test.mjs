@@ -29,7 +29,7 @@ describe('queue methods (one instance)', { concurrency: true }, () => {
   before(async () => {
     redis = await startRedis();
     server = await startServer({
-      redisUrl: redis.url,
+      redis,
       prefix: uniquePrefix(),
       env: { VISIBILITY_TIMEOUT_MS: String(VISIBILITY_MS) },
     });

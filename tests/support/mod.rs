@@ -1,4 +1,5 @@
-//! Test harness: a real redis-server on a free 127.0.0.1 port, `mpr` instances and SecantusDB as
+//! Test harness: a real redis-server on a free 127.0.0.1 port (with `MPR_TEST_REDIS=cluster` a
+//! Redis Cluster of six instead; see [`single_node_only`]), `mpr` instances and SecantusDB as
 //! child processes (started, awaited and stopped by `testkit`), and a small JSON-RPC WebSocket
 //! client. Everything is killed on drop. `push_standins`: push services; `socketdock`: the real
 //! SocketDock with agents, a mediator stand-in and a callback recorder.
@@ -19,48 +20,150 @@ pub fn free_port() -> u16 {
     testkit::free_port().expect("a free port")
 }
 
+/// The Redis the tests run against: one redis-server, or with `MPR_TEST_REDIS=cluster` a Redis
+/// Cluster of six (three primaries, three replicas).
 pub struct Redis {
+    /// The redis-server's port; in a cluster, the first node's.
     pub port: u16,
-    server: testkit::RedisServer,
+    backend: Backend,
+}
+
+enum Backend {
+    Single(testkit::RedisServer),
+    Cluster(testkit::RedisCluster),
+}
+
+/// Whether this run is against a Redis Cluster (`MPR_TEST_REDIS=cluster`; `single` or unset:
+/// one redis-server).
+pub fn cluster_mode() -> bool {
+    match std::env::var("MPR_TEST_REDIS").as_deref() {
+        Ok("cluster") => true,
+        Ok("single" | "") | Err(_) => false,
+        Ok(other) => panic!("MPR_TEST_REDIS={other}: use single or cluster"),
+    }
+}
+
+/// For a test that needs one redis-server of its own (it kills, stops, restarts or freezes it,
+/// starts it with persistence arguments, or reads node-local state): in a cluster run it says so
+/// and answers true, and the test returns at once:
+/// `if support::single_node_only() { return; }`.
+#[must_use]
+pub fn single_node_only() -> bool {
+    if !cluster_mode() {
+        return false;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    eprintln!("{test}: skipped, needs a single redis-server (MPR_TEST_REDIS=cluster)");
+    true
 }
 
 impl Redis {
+    /// One redis-server, or a cluster with `MPR_TEST_REDIS=cluster`.
     pub fn start() -> Self {
-        Self::start_with(&[])
+        if !cluster_mode() {
+            return Self::start_single(&[]);
+        }
+        let opts = testkit::RedisClusterOpts::new("redis-server").expect("free ports");
+        let cluster = testkit::block_on(testkit::RedisCluster::start(opts))
+            .expect("redis-server 7 is installed and the cluster forms");
+        Self {
+            port: cluster.live_ports()[0],
+            backend: Backend::Cluster(cluster),
+        }
     }
 
-    /// With extra redis-server arguments (e.g. AOF on).
+    /// One redis-server with extra arguments (e.g. AOF on).
     pub fn start_with(args: &[&str]) -> Self {
+        assert!(!cluster_mode(), "{}", Self::NOT_IN_A_CLUSTER);
+        Self::start_single(args)
+    }
+
+    fn start_single(args: &[&str]) -> Self {
         let mut opts = testkit::RedisOpts::new("redis-server").expect("a free port");
         opts.args = args.iter().map(|arg| arg.to_string()).collect();
         let server = testkit::block_on(testkit::RedisServer::start(opts))
             .expect("redis-server is installed and starts");
         Self {
             port: server.port(),
-            server,
+            backend: Backend::Single(server),
         }
     }
 
+    /// The one redis-server; a cluster has none (see [`single_node_only`]).
+    fn single(&self) -> &testkit::RedisServer {
+        match &self.backend {
+            Backend::Single(server) => server,
+            Backend::Cluster(_) => panic!("{}", Self::NOT_IN_A_CLUSTER),
+        }
+    }
+
+    fn single_mut(&mut self) -> &mut testkit::RedisServer {
+        match &mut self.backend {
+            Backend::Single(server) => server,
+            Backend::Cluster(_) => panic!("{}", Self::NOT_IN_A_CLUSTER),
+        }
+    }
+
+    const NOT_IN_A_CLUSTER: &str = "this needs a single redis-server, not a cluster \
+        (MPR_TEST_REDIS=cluster): guard the test with `if support::single_node_only() { return; }`";
+
+    /// The cluster when this is one.
+    pub fn cluster(&self) -> Option<&testkit::RedisCluster> {
+        match &self.backend {
+            Backend::Single(_) => None,
+            Backend::Cluster(cluster) => Some(cluster),
+        }
+    }
+
+    /// For `REDIS_URL`; in a cluster the first node's (the server takes only the scheme and
+    /// credentials from it).
     pub fn url(&self) -> String {
-        self.server.url()
+        match &self.backend {
+            Backend::Single(server) => server.url(),
+            Backend::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// What an mpr process needs besides `REDIS_URL` to find this Redis: nothing for one
+    /// redis-server, `REDIS_TYPE=cluster` and `REDIS_NODES` for a cluster.
+    pub fn cluster_env(&self) -> Vec<(String, String)> {
+        match &self.backend {
+            Backend::Single(_) => Vec::new(),
+            Backend::Cluster(cluster) => vec![
+                ("REDIS_TYPE".into(), "cluster".into()),
+                ("REDIS_NODES".into(), cluster.seed_nodes_env()),
+            ],
+        }
+    }
+
+    /// The same as command-line flags (`--redis-url …`, in a cluster also `--redis-type`,
+    /// `--redis-nodes`), for an instance built in process.
+    pub fn mpr_flags(&self) -> Vec<String> {
+        let mut flags = vec!["--redis-url".to_owned(), self.url()];
+        for (name, value) in self.cluster_env() {
+            flags.push(format!("--{}", name.to_lowercase().replace('_', "-")));
+            flags.push(value);
+        }
+        flags
     }
 
     /// Starts (again) on the same port, empty.
     pub fn restart(&mut self) {
-        testkit::block_on(self.server.restart()).expect("redis-server restarts");
+        testkit::block_on(self.single_mut().restart()).expect("redis-server restarts");
     }
 
     pub fn stop(&mut self) {
-        self.server.stop();
+        self.single_mut().stop();
     }
 
     /// kill -9.
     pub fn kill(&mut self) {
-        self.server.kill();
+        self.single_mut().kill();
     }
 
     pub fn pid(&self) -> u32 {
-        self.server.pid().expect("redis-server runs")
+        self.single().pid().expect("redis-server runs")
     }
 
     /// Freezes it (SIGSTOP) now and thaws it (SIGCONT) after `duration`, from a thread the
@@ -81,7 +184,16 @@ impl Redis {
         })
     }
 
+    /// redis-cli with `args`; its stdout, trimmed. In a cluster `redis-cli -c` on a running node,
+    /// which follows a key to its primary (`--scan` asks every primary).
     pub fn cli(&self, args: &[&str]) -> String {
+        if let Backend::Cluster(cluster) = &self.backend {
+            return cluster
+                .cli(args)
+                .expect("redis-cli is installed")
+                .trim()
+                .to_owned();
+        }
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)
@@ -98,20 +210,20 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
-        let server = Self::spawn(redis_url, env);
+    /// An instance on `redis` (one redis-server or the cluster), with `env` on top.
+    pub async fn start(redis: &Redis, env: &[(&str, &str)]) -> Self {
+        let server = Self::spawn(redis, env);
         server.wait_ready().await;
         server
     }
 
-    pub fn spawn(redis_url: &str, env: &[(&str, &str)]) -> Self {
+    pub fn spawn(redis: &Redis, env: &[(&str, &str)]) -> Self {
         let mut opts =
-            testkit::MprOpts::new(env!("CARGO_BIN_EXE_mpr"), redis_url).expect("free ports");
+            testkit::MprOpts::new(env!("CARGO_BIN_EXE_mpr"), &redis.url()).expect("free ports");
         opts.clear_env = true;
-        opts.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        opts.env = redis.cluster_env();
+        opts.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         if let Ok(level) = std::env::var("MPR_TEST_LOG") {
             opts.env.push(("LOG_LEVEL".into(), level));
             opts.spawn.log = testkit::Log::Inherit;
