@@ -30,7 +30,7 @@ async fn upgrade_status(url: &str, authorization: Option<&str>) -> u16 {
 #[tokio::test]
 async fn only_a_valid_token_opens_a_socket() {
     let redis = Redis::start();
-    let server = Server::start(&redis.url(), &[("AUTH_TOKENS", "first-token,second-token")]).await;
+    let server = Server::start(&redis, &[("AUTH_TOKENS", "first-token,second-token")]).await;
     let url = server.url();
     assert_eq!(upgrade_status(&url, None).await, 401, "without a token");
     assert_eq!(
@@ -70,7 +70,7 @@ async fn only_a_valid_token_opens_a_socket() {
 async fn a_token_rotated_out_on_sighup_stops_opening_sockets() {
     let redis = Redis::start();
     let file = TempFile::new("tokens", "# tokens\nold-token\n");
-    let server = Server::start(&redis.url(), &[("AUTH_TOKENS_FILE", file.as_str())]).await;
+    let server = Server::start(&redis, &[("AUTH_TOKENS_FILE", file.as_str())]).await;
     let url = server.url();
     let mut open = Client::connect(&format!("{url}/?token=old-token")).await;
     std::fs::write(&file.path, "new-token\n").unwrap();
@@ -92,7 +92,7 @@ async fn a_token_rotated_out_on_sighup_stops_opening_sockets() {
 async fn metrics_ask_for_a_token_when_configured() {
     let redis = Redis::start();
     let server = Server::start(
-        &redis.url(),
+        &redis,
         &[("AUTH_TOKENS", "scrape-token"), ("AUTH_METRICS", "true")],
     )
     .await;

@@ -15,7 +15,7 @@ async fn writes_wait_for_replicas_and_say_so_when_too_few_confirm() {
         ("REDIS_WAIT_REPLICAS", "1"),
         ("REDIS_WAIT_TIMEOUT_MS", "200"),
     ];
-    let server = Server::start(&primary.url(), &env).await;
+    let server = Server::start(&primary, &env).await;
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("c");
     let add =
