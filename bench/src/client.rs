@@ -122,9 +122,14 @@ pub fn clip(text: &str) -> String {
 }
 
 pub async fn connect_ws(port: u16) -> Result<Ws> {
+    connect_ws_at(port, "/").await
+}
+
+/// A WebSocket to `path` on 127.0.0.1:`port` (SocketDock serves its agents on `/ws`).
+pub async fn connect_ws_at(port: u16, path: &str) -> Result<Ws> {
     let stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://127.0.0.1:{port}/");
+    let url = format!("ws://127.0.0.1:{port}{path}");
     // tungstenite allocates its read buffer up front (128 KiB by default): keep the tool's own
     // memory small when it holds 10 000 idle sockets.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);

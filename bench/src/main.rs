@@ -15,6 +15,7 @@ mod scen_memory;
 mod scen_push;
 mod scen_queue;
 mod scen_redelivery;
+mod scen_socketdock;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +41,9 @@ enum Scenario {
     Push,
     /// Live-mode re-delivery: after a rebind, a socket close, a visibility timeout.
     Redelivery,
+    /// The SocketDock adapter: delivery latency and a backlog's flush through the real
+    /// SocketDock, beside SocketDock alone.
+    Socketdock,
     /// Everything above, in that order.
     All,
 }
@@ -96,7 +100,7 @@ struct Cli {
     #[arg(long)]
     push_tokens: Option<u64>,
 
-    /// add and live: measured seconds per run [default: 5, quick: 1].
+    /// add, live and socketdock: measured seconds per run [default: 5, quick: 1].
     #[arg(long)]
     duration_secs: Option<f64>,
 
@@ -119,6 +123,18 @@ struct Cli {
     /// live: do not acknowledge pushes with removeMessages (a diagnostic; queues then grow).
     #[arg(long)]
     live_no_ack: bool,
+
+    /// socketdock: total rates, messages per second, spread over the agents.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000")]
+    socketdock_rates: Vec<u64>,
+
+    /// socketdock: agents on SocketDock, each bound to a connection of its own.
+    #[arg(long, default_value_t = 20)]
+    agents: usize,
+
+    /// socketdock: messages queued for an absent agent, then flushed [default: 10000, quick: 1000].
+    #[arg(long)]
+    backlog: Option<usize>,
 
     /// Before each measurement, wait up to this many seconds for the machine to be quiet
     /// (< 0.25 cores busy) so other work does not skew the figures; 0 disables.
@@ -175,6 +191,9 @@ pub struct Settings {
     pub senders: usize,
     pub live_no_ack: bool,
     pub quiet_wait: Duration,
+    pub socketdock_rates: Vec<u64>,
+    pub agents: usize,
+    pub backlog: usize,
     pub sizes: Vec<usize>,
     pub cycles: usize,
     pub trials: usize,
@@ -209,6 +228,9 @@ impl Settings {
             senders: cli.senders.max(1),
             live_no_ack: cli.live_no_ack,
             quiet_wait: Duration::from_secs(cli.quiet_wait_secs),
+            socketdock_rates: cli.socketdock_rates.clone(),
+            agents: cli.agents.max(1),
+            backlog: cli.backlog.unwrap_or(if q { 1000 } else { 10_000 }).max(1),
             sizes: cli.sizes.clone().unwrap_or_else(|| {
                 if q {
                     vec![100, 1000, 10_000]
@@ -374,6 +396,9 @@ async fn run(cli: Cli) -> Result<Report> {
     }
     if all || cli.scenario == Scenario::Redelivery {
         scen_redelivery::run(&settings, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Socketdock {
+        scen_socketdock::run(&settings, &mut report).await?;
     }
     report.section(report.summary());
     Ok(report)

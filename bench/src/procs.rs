@@ -1,6 +1,7 @@
-//! Child processes: a private redis-server and one or two mpr instances, all on 127.0.0.1 and
-//! free ports, started and awaited by `testkit`. Every child is tracked there so it is killed by
-//! pid when its owner is dropped, when the tool fails, and on Ctrl-C.
+//! Child processes: a private redis-server, one or two mpr instances (and SocketDock, SecantusDB
+//! for their scenarios), all on 127.0.0.1 and free ports, started and awaited by `testkit`. Every
+//! child is tracked there so it is killed by pid when its owner is dropped, when the tool fails,
+//! and on Ctrl-C.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use testkit::{
-    Log, MprOpts, MprServer, Proc, RedisOpts, RedisServer, Secantus, SecantusOpts, Spawn,
-    die_with_parent,
+    Log, MprOpts, MprServer, Proc, RedisOpts, RedisServer, Secantus, SecantusOpts, SocketDock,
+    SocketDockOpts, Spawn, die_with_parent,
 };
 
 use crate::resp::Resp;
@@ -207,9 +208,66 @@ impl Mongo {
     }
 }
 
+/// The real SocketDock (one Python process) on `port`, started through testkit's launcher.
+pub struct Dock {
+    /// SocketDock's own pid (the launcher `exec`s it).
+    pub pid: u32,
+    pub port: u16,
+    _server: SocketDock,
+}
+
+impl Dock {
+    /// SocketDock with its HTTP backend: every agent's frame is POSTed to `message_uri`, new and
+    /// closed sockets to `connect_uri` and `disconnect_uri` when given.
+    pub async fn start(
+        port: u16,
+        message_uri: &str,
+        connect_uri: Option<&str>,
+        disconnect_uri: Option<&str>,
+    ) -> Result<Self> {
+        let mut opts = SocketDockOpts::new(message_uri, "", "")?;
+        opts.port = port;
+        opts.connect_uri = connect_uri.map(str::to_owned);
+        opts.disconnect_uri = disconnect_uri.map(str::to_owned);
+        // Per-request INFO lines would cost the Python process time it spends on the sockets.
+        opts.log_level = "WARNING".into();
+        opts.spawn = Spawn {
+            // As testkit's default: SIGKILL to the group, the launcher may still be in pip.
+            own_group: true,
+            ..tracked(tempfile_path(&format!("socketdock-{port}.log")))
+        };
+        let server = SocketDock::start(opts).await?;
+        Ok(Dock {
+            pid: server.pid(),
+            port,
+            _server: server,
+        })
+    }
+}
+
+/// Serves `router` on 127.0.0.1 (a free port) on a thread and runtime of its own, so that
+/// serving a stand-in does not slow this tool's load generator; returns its base URL.
+pub fn serve_on_own_thread(router: axum::Router) -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let base_url = format!("http://{}", listener.local_addr()?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, router).await
+        })
+    });
+    Ok(base_url)
+}
+
 pub struct Mpr {
     pub pid: u32,
     pub ws_port: u16,
+    /// Where its probes and SocketDock callbacks are served.
+    pub app_port: u16,
     pub name: String,
     pub log: PathBuf,
     _server: MprServer,
@@ -237,6 +295,7 @@ impl Mpr {
         Ok(Mpr {
             pid: server.pid(),
             ws_port: server.ws_port,
+            app_port: server.app_port,
             name: name.to_owned(),
             log,
             _server: server,

@@ -33,19 +33,19 @@ use crate::resp::Val;
 use mpr::store::functions::REMOVE_MESSAGES;
 
 /// The measurement window and what arrived in it; shared by sender and receiver.
-struct Window {
+pub(crate) struct Window {
     start_ns: AtomicU64,
     end_ns: AtomicU64,
-    received: AtomicU64,
-    hist: Mutex<Histogram<u64>>,
+    pub(crate) received: AtomicU64,
+    pub(crate) hist: Mutex<Histogram<u64>>,
     /// addMessage reply latency on the sending side (mpr only).
     reply_hist: Mutex<Histogram<u64>>,
-    errors: AtomicU64,
+    pub(crate) errors: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
 
 impl Window {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             start_ns: AtomicU64::new(u64::MAX),
             end_ns: AtomicU64::new(0),
@@ -57,7 +57,7 @@ impl Window {
         })
     }
 
-    fn arm(&self, start_ns: u64, end_ns: u64) {
+    pub(crate) fn arm(&self, start_ns: u64, end_ns: u64) {
         self.received.store(0, Ordering::SeqCst);
         self.hist.lock().unwrap().reset();
         self.reply_hist.lock().unwrap().reset();
@@ -65,7 +65,7 @@ impl Window {
         self.end_ns.store(end_ns, Ordering::SeqCst);
     }
 
-    fn record(&self, sent_ns: u64, recv_ns: u64) {
+    pub(crate) fn record(&self, sent_ns: u64, recv_ns: u64) {
         if sent_ns >= self.start_ns.load(Ordering::Relaxed)
             && sent_ns < self.end_ns.load(Ordering::Relaxed)
         {
@@ -79,39 +79,39 @@ impl Window {
     }
 
     /// Adds a note to the report when calls failed in this window.
-    fn note_errors(&self, report: &mut Report, label: &str) {
+    pub(crate) fn note_errors(&self, report: &mut Report, label: &str) {
         let errors = self.errors.load(Ordering::Relaxed);
         if errors > 0 {
             let first = self.first_error.lock().unwrap().clone().unwrap_or_default();
-            report.note(format!("live ({label}): {errors} errors; first: {first}"));
+            report.note(format!("{label}: {errors} errors; first: {first}"));
         }
     }
 
-    fn in_window(&self, sent_ns: u64) -> bool {
+    pub(crate) fn in_window(&self, sent_ns: u64) -> bool {
         sent_ns >= self.start_ns.load(Ordering::Relaxed)
             && sent_ns < self.end_ns.load(Ordering::Relaxed)
     }
 
-    fn error(&self, e: String) {
+    pub(crate) fn error(&self, e: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.first_error.lock().unwrap().get_or_insert(e);
     }
 }
 
-struct PhaseResult {
-    reply_p50: f64,
-    reply_p99: f64,
-    p50: f64,
-    p99: f64,
-    max: f64,
-    sent: u64,
-    lost: u64,
-    achieved: f64,
-    max_lag_ms: f64,
+pub(crate) struct PhaseResult {
+    pub reply_p50: f64,
+    pub reply_p99: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub sent: u64,
+    pub lost: u64,
+    pub achieved: f64,
+    pub max_lag_ms: f64,
 }
 
 /// Sends `rate`/s for warm-up + duration, open loop; `send(i, ts)` writes message i.
-async fn pace<F>(
+pub(crate) async fn pace<F>(
     window: &Window,
     rate: u64,
     warmup: Duration,
@@ -703,7 +703,10 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
             }
         }
     }
-    for (label, window) in [("mpr", &server.window), ("ceiling", &ceiling.window)] {
+    for (label, window) in [
+        ("live (mpr)", &server.window),
+        ("live (ceiling)", &ceiling.window),
+    ] {
         window.note_errors(report, label);
     }
     if let Some(pool) = idle_pool {

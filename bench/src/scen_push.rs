@@ -12,7 +12,7 @@ use anyhow::Result;
 use crate::Settings;
 use crate::client::jwe_payload;
 use crate::fastws::Template;
-use crate::procs::{Mpr, Redis, cpu_secs, tempfile_path};
+use crate::procs::{Mpr, Redis, cpu_secs, serve_on_own_thread, tempfile_path};
 use crate::report::{self, Report, Table, median};
 use crate::scen_add::{Measured, clear, measure};
 
@@ -20,12 +20,8 @@ use crate::scen_add::{Measured, clear, measure};
 const TEST_KEY: &str =
     include_str!("../../tests/fixtures/push/test-only-fcm-service-account.key.pem");
 
-/// Answers the token endpoint and FCM sends at once, counting sends. It runs on a thread of
-/// its own, so that serving pushes does not slow this tool's load generator.
+/// Answers the token endpoint and FCM sends at once, counting sends (on a thread of its own).
 fn fcm_stand_in(sends: Arc<AtomicU64>) -> Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let base_url = format!("http://{}", listener.local_addr()?);
     let router = axum::Router::new()
         .route(
             "/token",
@@ -37,16 +33,7 @@ fn fcm_stand_in(sends: Arc<AtomicU64>) -> Result<String> {
             sends.fetch_add(1, Ordering::Relaxed);
             async { r#"{"name":"projects/bench/messages/1"}"# }
         });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, router).await
-        })
-    });
-    Ok(base_url)
+    serve_on_own_thread(router)
 }
 
 /// addMessage params per connection; with `tokens`, connection i carries token i % tokens.
