@@ -31,17 +31,20 @@ pub(super) async fn dispatch(
             kicked = dock.live.kicks().next() => kicked,
             () = shutdown.cancelled() => return,
         };
+        // Each kick in a task of its own: one connection's lease attempt never waits behind
+        // another's (there is at most one pending kick per connection).
         for connection_id in kicked {
-            match dock.start_loop(&connection_id).await {
-                Ok(Some((socket, token))) => {
-                    tracker.spawn(dock.clone().deliver(connection_id, socket, token));
+            let dock = dock.clone();
+            tracker.spawn(async move {
+                match dock.start_loop(&connection_id).await {
+                    Ok(Some((socket, token))) => dock.deliver(connection_id, socket, token).await,
+                    Ok(None) => {}
+                    // The deadline index comes back to it (or the next add kicks it again).
+                    Err(error) => {
+                        tracing::warn!(%connection_id, %error, "SocketDock delivery not started")
+                    }
                 }
-                Ok(None) => {}
-                // The deadline index comes back to it (or the next add kicks it again).
-                Err(error) => {
-                    tracing::warn!(%connection_id, %error, "SocketDock delivery not started")
-                }
-            }
+            });
         }
     }
 }
