@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod push_standins;
+pub mod reconcile;
 pub mod socketdock;
 
 use std::process::Command;
@@ -61,9 +62,16 @@ pub fn single_node_only() -> bool {
 impl Redis {
     /// One redis-server, or a cluster with `MPR_TEST_REDIS=cluster`.
     pub fn start() -> Self {
-        if !cluster_mode() {
-            return Self::start_single(&[]);
+        if cluster_mode() {
+            Self::start_cluster()
+        } else {
+            Self::start_single(&[])
         }
+    }
+
+    /// A Redis Cluster (3 primaries, 3 replicas) whatever MPR_TEST_REDIS says: for tests of
+    /// what only a cluster does (failover).
+    pub fn start_cluster() -> Self {
         let opts = testkit::RedisClusterOpts::new("redis-server").expect("free ports");
         let cluster = testkit::block_on(testkit::RedisCluster::start(opts))
             .expect("redis-server 7 is installed and the cluster forms");
@@ -111,6 +119,13 @@ impl Redis {
     /// The cluster when this is one.
     pub fn cluster(&self) -> Option<&testkit::RedisCluster> {
         match &self.backend {
+            Backend::Single(_) => None,
+            Backend::Cluster(cluster) => Some(cluster),
+        }
+    }
+
+    pub fn cluster_mut(&mut self) -> Option<&mut testkit::RedisCluster> {
+        match &mut self.backend {
             Backend::Single(_) => None,
             Backend::Cluster(cluster) => Some(cluster),
         }
