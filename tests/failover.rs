@@ -70,3 +70,96 @@ async fn without_wait_a_failover_never_lies_about_errors_or_order() {
         counts.lost
     );
 }
+
+/// The texts pushed to `client` until every one of `expected` came (or `within` passed).
+async fn pushed_until(
+    client: &mut support::Client,
+    expected: &[String],
+    within: Duration,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut received: Vec<String> = Vec::new();
+    while !expected.iter().all(|text| received.contains(text)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Some(push) = client.next_push(left).await else {
+            break;
+        };
+        received.extend(support::texts(push["messages"].as_array().unwrap()));
+    }
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_keeps_receiving_when_the_primary_of_its_events_fails_over() {
+    let mut redis = Redis::start_cluster();
+    let env = [
+        ("REDIS_TIMEOUT_MS", "500"),
+        ("ADD_SETTLE_TIMEOUT_MS", "8000"),
+        ("VISIBILITY_TIMEOUT_MS", "1500"),
+    ];
+    let holder = support::Server::start(&redis, &env).await;
+    let sender_side = support::Server::start(&redis, &env).await;
+    let connection = support::unique_id("c");
+    let mut live = support::Client::connect(&holder.url()).await;
+    live.add_live_session(&connection, &support::unique_id("s"))
+        .await;
+    // The binding names the holder's instance; its event stream is what the sender's instance
+    // writes to for this session.
+    let peer = redis
+        .cli(&["HGET", &format!("mpr:{{{connection}}}:conn"), "peer"])
+        .to_owned();
+    let instance = peer.split('/').next().unwrap().to_owned();
+    let stream = format!("mpr:instance:{{{instance}}}:events");
+    let cluster = redis.cluster_mut().unwrap();
+    let victim = cluster.primary_of_key(&stream).await.unwrap();
+
+    let mut sender = support::Client::connect(&sender_side.url()).await;
+    let mut acknowledged = Vec::new();
+    let mut n = 0;
+    let mut send = async |sender: &mut support::Client, acknowledged: &mut Vec<String>| {
+        let text = format!("through the failover {n}");
+        n += 1;
+        let params = serde_json::json!({"connectionId": connection, "recipientDids": ["did:key:z6MkFailover"],
+                                        "payload": support::payload(&text)});
+        if let Some(reply) = sender
+            .try_request("addMessage", params, Duration::from_secs(20))
+            .await
+            && reply.get("result").is_some()
+        {
+            acknowledged.push(text);
+        }
+    };
+    for _ in 0..20 {
+        send(&mut sender, &mut acknowledged).await;
+    }
+    cluster.kill_node(victim).await.unwrap();
+    let killed = std::time::Instant::now();
+    // Adds go on while the stream's primary is down and its replica takes over.
+    while killed.elapsed() < Duration::from_secs(6) {
+        send(&mut sender, &mut acknowledged).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster
+        .wait_failover(victim, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        send(&mut sender, &mut acknowledged).await;
+    }
+    // Events the dead primary took but its replica never got come back as re-deliveries
+    // (the visibility timeout, then the sweep); everything acknowledged reaches the session.
+    let received = pushed_until(&mut live, &acknowledged, Duration::from_secs(30)).await;
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|text| !received.contains(text))
+        .collect();
+    eprintln!(
+        "{} acknowledged, {} pushes received ({} again), {} missing",
+        acknowledged.len(),
+        received.len(),
+        received.len().saturating_sub(acknowledged.len()),
+        missing.len()
+    );
+    assert!(acknowledged.len() > 40, "the sender made progress");
+    assert!(missing.is_empty(), "never pushed: {missing:?}");
+}
