@@ -448,6 +448,10 @@ pub struct MigrateArgs {
     /// whose removal was cut short by a crash comes back too.
     #[arg(long, conflicts_with = "skip_mongodb")]
     pub include_own_documents: bool,
+
+    /// How often progress is logged when not on a terminal (on one, a bar shows it), in ms.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub progress_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,7 +6,7 @@
 //! (MongoDB). Messages for live sessions flow from [`store`] through [`live`] to whichever peer
 //! holds the session. [`tiering`] moves old messages to MongoDB and applies retention;
 //! [`migrate`] imports a Node MPR's data; [`socketdock`] serves agents whose
-//! sockets SocketDock holds. [`config`], [`model`] and [`payload`] are leaves.
+//! sockets SocketDock holds. [`config`], [`model`], [`payload`] and [`progress`] are leaves.
 
 pub mod auth;
 pub mod cold;
@@ -17,6 +17,7 @@ pub mod messages;
 pub mod migrate;
 pub mod model;
 pub mod payload;
+pub mod progress;
 pub mod push;
 pub mod rpc;
 pub mod server;

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use crate::cold::{Cold, document};
 use crate::config::{Config, MigrateArgs};
 use crate::model::{ConnectionId, Did, now_ms, queued_message_json};
+use crate::progress::Progress;
 use crate::store::{NodeRedis, Store, Visits, record_tail};
 
 /// Imported messages get sequence numbers below every native one (those count up from 1):
@@ -58,13 +59,15 @@ pub async fn run(config: &Config, args: &MigrateArgs) -> anyhow::Result<Report> 
         .node_redis_url
         .as_deref()
         .unwrap_or(&config.redis.redis_url);
-    import_lists(&store, node_url, visit_after.is_some(), &mut report).await?;
+    let every = Duration::from_millis(args.progress_interval_ms);
+    import_lists(&store, node_url, visit_after.is_some(), every, &mut report).await?;
     match (&config.cold.mongodb_uri, args.skip_mongodb) {
         (Some(uri), false) => {
             let cold = Cold::open(uri, TIMEOUT).await?;
             cold.ensure_indexes(visits.retention).await?;
             let own = args.include_own_documents;
-            import_documents(&store, &cold, own, visit_after.is_some(), &mut report).await?;
+            let schedule = visit_after.is_some();
+            import_documents(&store, &cold, own, schedule, every, &mut report).await?;
         }
         _ => tracing::info!("MongoDB documents not imported (MONGODB_URI unset or --skip-mongodb)"),
     }
@@ -76,11 +79,19 @@ async fn import_lists(
     store: &Store,
     node_url: &str,
     schedule: bool,
+    every: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    for mut node in NodeRedis::open_all(node_url).await? {
-        import_node_lists(store, &mut node, schedule, report).await?;
+    let mut nodes = NodeRedis::open_all(node_url).await?;
+    let mut found = 0;
+    for node in &mut nodes {
+        found += node.count_queues().await?;
     }
+    let mut progress = Progress::new("lists", found, every);
+    for mut node in nodes {
+        import_node_lists(store, &mut node, schedule, &mut progress, report).await?;
+    }
+    progress.finish();
     Ok(())
 }
 
@@ -89,6 +100,7 @@ async fn import_node_lists(
     store: &Store,
     node: &mut NodeRedis,
     schedule: bool,
+    progress: &mut Progress,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let mut cursor = 0u64;
@@ -108,6 +120,7 @@ async fn import_node_lists(
             if schedule {
                 store.schedule_visit(&connection_id, 0, true).await?;
             }
+            progress.advance(1);
         }
         if next == 0 {
             return Ok(());
@@ -165,11 +178,15 @@ async fn import_documents(
     cold: &Cold,
     own: bool,
     schedule: bool,
+    every: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let found = cold.count_documents_to_import(own).await?;
+    let mut progress = Progress::new("documents", found, every);
     let mut documents = cold.documents_to_import(own).await?;
     while let Some(document) = documents.try_next().await? {
         report.documents += 1;
+        progress.advance(1);
         let Some((connection_id, id, received_ms, size, dids)) = node_document(&document) else {
             report.unreadable += 1;
             tracing::warn!(_id = ?document.get("_id"), "unreadable document skipped");
@@ -180,6 +197,7 @@ async fn import_documents(
             store.schedule_visit(&connection_id, 0, true).await?;
         }
     }
+    progress.finish();
     Ok(())
 }
 

@@ -757,23 +757,36 @@ async fn node_mpr_data_is_migrated_once_and_served() {
     assert_eq!(taken[5]["id"], json!(newer));
 }
 
-/// Runs `mpr migrate-from-node`; returns its report line.
+/// Runs `mpr migrate-from-node`; returns its report line. Not on a terminal, it logs its
+/// progress in plain lines: lists, then documents, done out of those found.
 fn migrate(redis: &Redis, mongo_url: &str) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_mpr"))
-        .arg("migrate-from-node")
+        .args(["migrate-from-node", "--progress-interval-ms", "10"])
         .env_clear()
         .env("REDIS_URL", redis.url())
         .envs(redis.cluster_env())
         .env("MONGODB_URI", mongo_url)
-        .env("LOG_LEVEL", "warn")
+        .env("LOG_LEVEL", "info")
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    let logs = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{logs}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let all = format!("{stdout}{logs}");
+    for what in ["lists", "documents"] {
+        let line = all
+            .lines()
+            .find(|line| line.contains(&format!("progress: {what} ")))
+            .unwrap_or_else(|| panic!("no progress line for {what}: {all}"));
+        assert!(line.contains("/s, ETA"), "{line}");
+    }
+    stdout
+        .lines()
+        .filter(|line| {
+            !line.contains("progress:") && !line.contains(" INFO ") && !line.contains(" WARN ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Messages MongoDB cannot store (too large as BSON, too deep) stay in Redis, counted, while

@@ -280,12 +280,13 @@ impl Cold {
     /// Documents to import from the Node MPR: those it wrote (this server's carry a
     /// `moveToken`), or every document with `own` (recovery after Redis lost its data).
     pub async fn documents_to_import(&self, own: bool) -> ColdResult<mongodb::Cursor<Document>> {
-        let filter = if own {
-            doc! {}
-        } else {
-            doc! {"moveToken": {"$exists": false}}
-        };
-        self.run(self.collection.find(filter)).await
+        self.run(self.collection.find(import_filter(own))).await
+    }
+
+    /// How many documents `documents_to_import` would go through.
+    pub async fn count_documents_to_import(&self, own: bool) -> ColdResult<u64> {
+        self.run(self.collection.count_documents(import_filter(own)))
+            .await
     }
 
     /// Deletes documents by messageId.
@@ -340,4 +341,14 @@ fn reached_mongodb(error: &mongodb::error::Error) -> bool {
             | ErrorKind::BsonSerialization(_)
             | ErrorKind::Bson(_)
     )
+}
+
+/// The Node MPR's documents, or with `own` every document (this server's own are marked with
+/// the `moveToken` of the move that wrote them).
+fn import_filter(own: bool) -> Document {
+    if own {
+        doc! {}
+    } else {
+        doc! {"moveToken": {"$exists": false}}
+    }
 }

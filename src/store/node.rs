@@ -48,6 +48,19 @@ impl NodeRedis {
         Ok(primaries)
     }
 
+    /// How many queue lists the node holds (a SCAN pass: a one-off command's count).
+    pub async fn count_queues(&mut self) -> StoreResult<u64> {
+        let (mut cursor, mut count) = (0, 0);
+        loop {
+            let (next, keys) = self.scan_queues(cursor).await?;
+            count += keys.len() as u64;
+            if next == 0 {
+                return Ok(count);
+            }
+            cursor = next;
+        }
+    }
+
     /// One SCAN step over the queue lists: the next cursor (0: done) and the keys found.
     pub async fn scan_queues(&mut self, cursor: u64) -> StoreResult<(u64, Vec<String>)> {
         redis::cmd("SCAN")
