@@ -51,6 +51,9 @@ pub struct Config {
     pub auth: AuthSettings,
 
     #[command(flatten)]
+    pub tls: TlsSettings,
+
+    #[command(flatten)]
     pub log: LogSettings,
 }
 
@@ -228,6 +231,20 @@ pub struct LiveSettings {
     /// Bound on how long the live sessions of a dead instance keep counting as live, in ms.
     #[arg(long, env = "LIVENESS_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
     pub liveness_timeout_ms: u64,
+}
+
+/// TLS on both ports.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsSettings {
+    /// PEM certificate chain: with TLS_KEY_FILE, both ports speak TLS (wss://, https://).
+    /// Read again on SIGHUP.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 /// Who may connect.

@@ -19,6 +19,7 @@ use crate::auth::{self, Tokens};
 use crate::cold::Cold;
 use crate::store::Store;
 use crate::telemetry;
+use crate::tls::Tls;
 
 #[derive(Clone)]
 struct Probes {
@@ -89,6 +90,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
+    tls: Option<Arc<Tls>>,
     stop: CancellationToken,
 ) {
     let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -111,12 +113,35 @@ pub async fn serve(
             }
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection = connections.watch(http1.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "HTTP connection ended with an error");
+        match &tls {
+            None => {
+                let connection =
+                    connections.watch(http1.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "HTTP connection ended with an error");
+                    }
+                });
             }
-        });
+            // The TLS handshake is bounded like the request headers it precedes.
+            Some(tls) => {
+                let (acceptor, http1, watcher) =
+                    (tls.acceptor(), http1.clone(), connections.watcher());
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await
+                    else {
+                        tracing::debug!("TLS handshake on APP_PORT failed or timed out");
+                        return;
+                    };
+                    let connection =
+                        watcher.watch(http1.serve_connection(TokioIo::new(stream), service));
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "HTTP connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     connections.shutdown().await;
 }

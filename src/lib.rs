@@ -25,4 +25,5 @@ pub mod socketdock;
 pub mod store;
 pub mod telemetry;
 pub mod tiering;
+pub mod tls;
 pub mod ws;

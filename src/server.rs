@@ -22,6 +22,7 @@ use crate::rpc::Context;
 use crate::socketdock::SocketDock;
 use crate::store::{Store, StoreError, Visits};
 use crate::tiering::Mover;
+use crate::tls::Tls;
 use crate::{http, telemetry, ws};
 
 pub struct Server {
@@ -33,6 +34,7 @@ pub struct Server {
     context: Arc<Context>,
     socketdock: Option<Arc<SocketDock>>,
     tokens: Arc<Tokens>,
+    tls: Option<Arc<Tls>>,
     metrics: PrometheusHandle,
     ws_listener: TcpListener,
     http_listener: TcpListener,
@@ -50,6 +52,7 @@ impl Server {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = telemetry::metrics()?;
         let tokens = Arc::new(Tokens::load(&config.auth).map_err(anyhow::Error::msg)?);
+        let tls = Tls::load(&config.tls).map_err(anyhow::Error::msg)?;
         if !tokens.required() {
             tracing::warn!(
                 "AUTH_TOKENS is not set: anyone who reaches WS_PORT can read, remove and take over every connection's messages"
@@ -108,6 +111,7 @@ impl Server {
             context,
             socketdock,
             tokens,
+            tls,
             metrics,
             ws_listener,
             http_listener,
@@ -158,11 +162,13 @@ impl Server {
             self.context,
             limits,
             self.tokens.clone(),
+            self.tls.clone(),
             sockets_stop.clone(),
             sockets.clone(),
         ));
-        background.spawn(reload_tokens_on_hangup(
+        background.spawn(reload_on_hangup(
             self.tokens.clone(),
+            self.tls.clone(),
             background_stop.clone(),
         ));
         self.live.spawn_tasks(&background, &background_stop);
@@ -187,6 +193,7 @@ impl Server {
             self.http_listener,
             router,
             settings.http_header_read_timeout(),
+            self.tls,
             http_stop,
         ));
 
@@ -233,29 +240,40 @@ async fn open_cold(settings: &ColdSettings) -> anyhow::Result<Option<Arc<Cold>>>
     Ok(Some(Arc::new(cold)))
 }
 
-/// Reads AUTH_TOKENS_FILE again on every SIGHUP until `stop` (a bad file keeps the tokens in
-/// use). Sockets already open stay open.
-async fn reload_tokens_on_hangup(tokens: Arc<Tokens>, stop: CancellationToken) {
+/// Reads AUTH_TOKENS_FILE and the TLS certificate and key again on every SIGHUP until `stop`
+/// (what cannot be read keeps what is in use). Connections already open stay open.
+async fn reload_on_hangup(tokens: Arc<Tokens>, tls: Option<Arc<Tls>>, stop: CancellationToken) {
     #[cfg(unix)]
     {
         let Ok(mut hangups) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
-            tracing::warn!("no SIGHUP handler: AUTH_TOKENS_FILE is read at start only");
+            tracing::warn!("no SIGHUP handler: tokens and certificates are read at start only");
             return;
         };
         loop {
             tokio::select! {
-                _ = hangups.recv() => match tokens.reload() {
-                    Ok(count) => tracing::info!(count, "tokens read again"),
-                    Err(error) => tracing::warn!(%error, "tokens not read again; the previous ones stay"),
-                },
+                _ = hangups.recv() => {}
                 () = stop.cancelled() => return,
+            }
+            match tokens.reload() {
+                Ok(count) => tracing::info!(count, "tokens read again"),
+                Err(error) => {
+                    tracing::warn!(%error, "tokens not read again; the previous ones stay")
+                }
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate read again"),
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS certificate not read again; the previous one stays")
+                    }
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = (tokens, stop);
+    let _ = (tokens, tls, stop);
 }
 
 /// Resolves on SIGTERM or SIGINT.

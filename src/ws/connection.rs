@@ -7,8 +7,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -25,15 +24,16 @@ use crate::live::LocalSocket;
 use crate::rpc::{self, Caller, Context};
 use crate::telemetry;
 
-pub async fn run(
-    stream: TcpStream,
+pub async fn run<S>(
+    stream: S,
     context: Arc<Context>,
     limits: Arc<Limits>,
     slots: Arc<SocketSlots>,
     tokens: Arc<Tokens>,
     shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let config = limits.websocket_config();
     let mut slot = None;
     // Runs once the upgrade request is read: without a valid token it is answered 401, past
@@ -277,7 +277,9 @@ where
 /// peer closes or goes quiet (it has sent everything, read our close and answered it), for at
 /// most 5 s. Closing with unread input would reset the connection, and a peer still sending
 /// would see the reset instead of 1009.
-async fn close_under_unread_input(mut socket: WebSocketStream<TcpStream>) {
+async fn close_under_unread_input<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: WebSocketStream<S>,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let close = Message::Close(Some(close_frame(CloseCode::Size, "message too big")));
     if !matches!(

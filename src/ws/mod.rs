@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
 use crate::rpc::Context;
+use crate::tls::Tls;
 
 /// Per-socket sizes: an idle socket must cost little memory, a busy one may grow its buffers.
 #[derive(Clone, Copy)]
@@ -78,6 +79,7 @@ pub async fn accept(
     context: Arc<Context>,
     limits: Limits,
     tokens: Arc<Tokens>,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -94,14 +96,37 @@ pub async fn accept(
         };
         match accepted {
             Ok((stream, _)) => {
-                tracker.spawn(connection::run(
-                    stream,
-                    context.clone(),
-                    limits.clone(),
-                    slots.clone(),
-                    tokens.clone(),
-                    shutdown.clone(),
-                ));
+                let _ = stream.set_nodelay(true);
+                let (context, limits, slots) = (context.clone(), limits.clone(), slots.clone());
+                let (tokens, shutdown) = (tokens.clone(), shutdown.clone());
+                match &tls {
+                    None => {
+                        tracker.spawn(connection::run(
+                            stream, context, limits, slots, tokens, shutdown,
+                        ));
+                    }
+                    // The TLS handshake counts against the upgrade's own time bound.
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
+                        tracker.spawn(async move {
+                            let handshake = tokio::time::timeout(
+                                limits.handshake_timeout,
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(stream)) => {
+                                    connection::run(
+                                        stream, context, limits, slots, tokens, shutdown,
+                                    )
+                                    .await
+                                }
+                                _ => {
+                                    tracing::debug!("TLS handshake on WS_PORT failed or timed out")
+                                }
+                            }
+                        });
+                    }
+                }
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
