@@ -31,6 +31,14 @@ pub struct RedisClusterOpts {
     pub spawn: Spawn,
     /// Bound of every wait for the cluster to settle (creation, restart).
     pub settle_within: Duration,
+    /// None (the default): the nodes announce their addresses to clients (CLUSTER SLOTS,
+    /// MOVED) as `127.0.0.1`. Some: as this host instead (`--cluster-announce-hostname`,
+    /// `--cluster-preferred-endpoint-type hostname`), each with its real port, as nodes behind
+    /// NAT or in containers do. The nodes still gossip and replicate over their real addresses,
+    /// and the harness talks to those (CLUSTER NODES); a client following the announced ones
+    /// (a server without REDIS_NATMAP, `redis-cli -c` after a redirection) reaches nothing
+    /// unless the host leads there.
+    pub announce_host: Option<String>,
 }
 
 impl RedisClusterOpts {
@@ -50,6 +58,7 @@ impl RedisClusterOpts {
             args: Vec::new(),
             spawn: Spawn::default(),
             settle_within: Duration::from_secs(30),
+            announce_host: None,
         })
     }
 }
@@ -128,6 +137,13 @@ impl RedisCluster {
         ]);
         args.extend(["--appenddirname".into(), format!("appendonly-{port}")]);
         args.extend(["--dbfilename".into(), format!("dump-{port}.rdb")]);
+        if let Some(host) = &self.opts.announce_host {
+            args.extend(["--cluster-announce-hostname".into(), host.clone()]);
+            args.extend([
+                "--cluster-preferred-endpoint-type".into(),
+                "hostname".into(),
+            ]);
+        }
         args.extend(self.opts.args.iter().cloned());
         let mut spawn = self.opts.spawn.clone();
         spawn.log = crate::Log::File(dir.join(format!("redis-{port}.log")));
@@ -146,6 +162,15 @@ impl RedisCluster {
             .iter()
             .map(|port| format!("127.0.0.1:{port}"))
             .collect()
+    }
+
+    /// Every node as (the address it announces to clients, `127.0.0.1:<port>`); the same
+    /// address twice unless [`RedisClusterOpts::announce_host`].
+    pub fn announced_nodes(&self) -> Vec<(String, String)> {
+        let host = self.opts.announce_host.as_deref().unwrap_or("127.0.0.1");
+        let announced = |port| format!("{host}:{port}");
+        let nodes = self.opts.ports.iter().zip(self.nodes());
+        nodes.map(|(&port, real)| (announced(port), real)).collect()
     }
 
     /// The nodes as a server's `REDIS_NODES` wants them: `127.0.0.1:<port>,…`.
@@ -340,7 +365,8 @@ impl RedisCluster {
 
     /// Runs `redis-cli -c` (following redirections) with `args` against a running node; its
     /// stdout. `--scan` goes to every primary (each holds only its own slots' keys), their
-    /// outputs one after another. Blocks while redis-cli runs.
+    /// outputs one after another. Blocks while redis-cli runs. With
+    /// [`RedisClusterOpts::announce_host`] a redirection leads to the announced address.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let targets = if args.contains(&"--scan") {
             crate::block_on(self.primaries())?

@@ -73,6 +73,11 @@ impl Redis {
     /// what only a cluster does (failover).
     pub fn start_cluster() -> Self {
         let opts = testkit::RedisClusterOpts::new("redis-server").expect("free ports");
+        Self::start_cluster_with(opts)
+    }
+
+    /// A Redis Cluster started as `opts` says (e.g. its nodes announcing another host).
+    pub fn start_cluster_with(opts: testkit::RedisClusterOpts) -> Self {
         let cluster = testkit::block_on(testkit::RedisCluster::start(opts))
             .expect("redis-server 7 is installed and the cluster forms");
         Self {
