@@ -326,7 +326,13 @@ async fn a_crash_at_any_step_of_a_move_loses_nothing() {
         let mongo = Mongo::shared();
         let database = unique_id("db");
         let url = mongo.url(&database);
-        let crash = [("MPR_CRASH_AT", point), ("MOVER_LEASE_MS", "1000")];
+        // All 12 must come of age together, in the mover's first batch, however slowly a
+        // loaded machine adds them: a threshold well past the time adding takes.
+        let crash = [
+            ("MPR_CRASH_AT", point),
+            ("MOVER_LEASE_MS", "1000"),
+            ("THRESHOLD_TIMESTAMP", "4000"),
+        ];
         let mut doomed = cold_server(&redis, &url, &crash).await;
         let mut client = Client::connect(&doomed.url()).await;
         let connection = unique_id("conn");
