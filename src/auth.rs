@@ -2,10 +2,11 @@
 //! A client presents one as `Authorization: Bearer <token>` or as the `token` query parameter
 //! of the upgrade URL (so an unmodified MPR client can carry it in its URL). Tokens are kept
 //! as SHA-256 digests and compared in constant time; they are never logged. With no tokens
-//! configured every client is let in.
+//! configured every client is let in. A token written `token=tenant` puts its sockets in that
+//! tenant: their connection ids are the tenant's own (`model::split_tenant`).
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -15,7 +16,13 @@ use crate::config::AuthSettings;
 pub struct Tokens {
     inline: Vec<String>,
     file: Option<PathBuf>,
-    digests: RwLock<Vec<[u8; 32]>>,
+    known: RwLock<Vec<Known>>,
+}
+
+/// An accepted token's digest, and the tenant it names.
+struct Known {
+    digest: [u8; 32],
+    tenant: Option<Arc<str>>,
 }
 
 /// Why a request was not let in (a metric label).
@@ -35,12 +42,12 @@ impl Refusal {
 }
 
 impl Tokens {
-    /// Reads the configured tokens; an unreadable file or a malformed token is an error.
+    /// Reads the configured tokens; an unreadable file or a malformed entry is an error.
     pub fn load(settings: &AuthSettings) -> Result<Self, String> {
         let tokens = Self {
             inline: settings.auth_tokens.clone(),
             file: settings.auth_tokens_file.clone(),
-            digests: RwLock::default(),
+            known: RwLock::default(),
         };
         tokens.reload()?;
         Ok(tokens)
@@ -53,48 +60,50 @@ impl Tokens {
         if let Some(path) = &self.file {
             all.extend(read_file(path)?);
         }
-        let mut digests = Vec::with_capacity(all.len());
-        for token in all
+        let mut known = Vec::with_capacity(all.len());
+        for entry in all
             .iter()
-            .map(|token| token.trim())
-            .filter(|token| !token.is_empty())
+            .map(|entry| entry.trim())
+            .filter(|entry| !entry.is_empty())
         {
-            if token.contains('=') || token.contains(char::is_whitespace) {
-                return Err(
-                    "AUTH_TOKENS: a token may not contain '=' or whitespace (per-token tenants \
-                     are not supported by this version)"
-                        .into(),
-                );
+            let (token, tenant) = match entry.split_once('=') {
+                Some((token, tenant)) => (token, Some(checked_tenant(tenant)?)),
+                None => (entry, None),
+            };
+            if token.is_empty() || token.contains(char::is_whitespace) {
+                return Err("AUTH_TOKENS: a token may not be empty or hold whitespace".into());
             }
-            digests.push(digest(token));
+            known.push(Known {
+                digest: digest(token),
+                tenant: tenant.map(Arc::from),
+            });
         }
-        let count = digests.len();
-        *self.digests.write().expect("tokens lock") = digests;
+        let count = known.len();
+        *self.known.write().expect("tokens lock") = known;
         Ok(count)
     }
 
     pub fn required(&self) -> bool {
-        !self.digests.read().expect("tokens lock").is_empty()
+        !self.known.read().expect("tokens lock").is_empty()
     }
 
-    /// Whether a request presenting `token` (None: none) may in.
-    pub fn admit(&self, token: Option<&str>) -> Result<(), Refusal> {
-        let digests = self.digests.read().expect("tokens lock");
-        if digests.is_empty() {
-            return Ok(());
+    /// Whether a request presenting `token` (None: none) may in, and in which tenant.
+    pub fn admit(&self, token: Option<&str>) -> Result<Option<Arc<str>>, Refusal> {
+        let known = self.known.read().expect("tokens lock");
+        if known.is_empty() {
+            return Ok(None);
         }
         let presented = digest(token.ok_or(Refusal::Missing)?);
         // Every digest is compared, so the time taken says nothing of which one matched.
-        let matched = digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, known| {
-                found | known.ct_eq(&presented)
-            });
-        if bool::from(matched) {
-            Ok(())
-        } else {
-            Err(Refusal::Invalid)
+        let mut matched = None;
+        for entry in known.iter() {
+            if bool::from(entry.digest.ct_eq(&presented)) {
+                matched = Some(entry);
+            }
         }
+        matched
+            .map(|entry| entry.tenant.clone())
+            .ok_or(Refusal::Invalid)
     }
 }
 
@@ -106,6 +115,22 @@ pub fn presented<'a>(authorization: Option<&'a str>, query: Option<&'a str>) -> 
     query?
         .split('&')
         .find_map(|pair| pair.strip_prefix("token="))
+}
+
+/// A tenant's name goes into key names: letters, digits, `-` and `_`, at most 64.
+fn checked_tenant(tenant: &str) -> Result<&str, String> {
+    let fits = !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if fits {
+        Ok(tenant)
+    } else {
+        Err(format!(
+            "AUTH_TOKENS: tenant {tenant:?} must be 1-64 letters, digits, '-' or '_'"
+        ))
+    }
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -127,23 +152,23 @@ fn read_file(path: &Path) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
-    fn tokens(inline: &[&str]) -> Tokens {
-        Tokens::load(&AuthSettings {
+    fn settings(inline: &[&str]) -> AuthSettings {
+        AuthSettings {
             auth_tokens: inline.iter().map(|t| t.to_string()).collect(),
             auth_tokens_file: None,
             auth_metrics: false,
-        })
-        .unwrap()
+        }
     }
 
     #[test]
-    fn only_a_configured_token_is_admitted() {
-        let open = tokens(&[]);
-        assert_eq!(open.admit(None), Ok(()));
-        let closed = tokens(&["old", "new"]);
-        assert_eq!(closed.admit(Some("new")), Ok(()));
-        assert_eq!(closed.admit(Some("old")), Ok(()));
+    fn only_a_configured_token_is_admitted_in_its_tenant() {
+        let open = Tokens::load(&settings(&[])).unwrap();
+        assert_eq!(open.admit(None), Ok(None));
+        let closed = Tokens::load(&settings(&["old", "new=acme"])).unwrap();
+        assert_eq!(closed.admit(Some("new")), Ok(Some(Arc::from("acme"))));
+        assert_eq!(closed.admit(Some("old")), Ok(None));
         assert_eq!(closed.admit(Some("newer")), Err(Refusal::Invalid));
+        assert_eq!(closed.admit(Some("new=acme")), Err(Refusal::Invalid));
         assert_eq!(closed.admit(Some("")), Err(Refusal::Invalid));
         assert_eq!(closed.admit(None), Err(Refusal::Missing));
     }
@@ -160,12 +185,9 @@ mod tests {
     }
 
     #[test]
-    fn a_token_naming_a_tenant_is_refused_at_start() {
-        let settings = AuthSettings {
-            auth_tokens: vec!["abc=tenant-a".into()],
-            auth_tokens_file: None,
-            auth_metrics: false,
-        };
-        assert!(Tokens::load(&settings).is_err());
+    fn a_tenant_name_must_fit_in_a_key() {
+        for bad in ["abc=", "abc=a b", "abc=a:b", "abc=a{b}", "=acme"] {
+            assert!(Tokens::load(&settings(&[bad])).is_err(), "{bad}");
+        }
     }
 }

@@ -63,6 +63,25 @@ checked_string!(
     "must not contain braces or control characters"
 );
 
+/// Between a tenant and a client's connection id, in the id the server keeps (a client's own id
+/// cannot hold it: it has no control characters), so two tenants' connections never meet.
+pub const TENANT_SEPARATOR: char = '\u{1f}';
+
+impl ConnectionId {
+    /// This client id within `tenant`.
+    pub fn in_tenant(&self, tenant: &str) -> Self {
+        Self(format!("{tenant}{TENANT_SEPARATOR}{}", self.0))
+    }
+}
+
+/// The tenant (if any) and the client's own id of a connection id as the server keeps it.
+pub fn split_tenant(connection_id: &str) -> (Option<&str>, &str) {
+    match connection_id.split_once(TENANT_SEPARATOR) {
+        Some((tenant, id)) => (Some(tenant), id),
+        None => (None, connection_id),
+    }
+}
+
 checked_string!(
     /// A recipient DID (usually `did:key:...`).
     Did,

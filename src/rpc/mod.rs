@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use crate::config::CallSettings;
 use crate::live::{Live, LocalSocket};
 use crate::messages::Messages;
+use crate::model::ConnectionId;
 use crate::socketdock::SocketDock;
 use crate::telemetry;
 use error::RpcError;
@@ -35,6 +36,18 @@ pub struct Context {
 pub struct Caller<'a> {
     pub context: &'a Context,
     pub socket: &'a Arc<LocalSocket>,
+    /// The tenant its token names, if any: its connection ids are within it.
+    pub tenant: Option<&'a str>,
+}
+
+impl Caller<'_> {
+    /// A connection id the client named, as the server keeps it (within the caller's tenant).
+    pub fn connection(&self, id: &ConnectionId) -> ConnectionId {
+        match self.tenant {
+            Some(tenant) => id.in_tenant(tenant),
+            None => id.clone(),
+        }
+    }
 }
 
 /// Handles one text frame; returns the reply frame, if any.

@@ -5,8 +5,9 @@ use crate::live::Delivery;
 
 /// `{"jsonrpc":"2.0","method":"messagesReceived","params":{"connectionId":..,"messages":[..],"id":""}}`
 pub fn messages_received(delivery: &Delivery) -> String {
-    let connection_id =
-        serde_json::to_string(&delivery.connection_id).expect("a string serializes");
+    // The client's own id: a socket holds sessions of its own tenant only.
+    let (_, client_id) = crate::model::split_tenant(&delivery.connection_id);
+    let connection_id = serde_json::to_string(client_id).expect("a string serializes");
     let size: usize = delivery
         .messages
         .iter()

@@ -1,6 +1,8 @@
 //! The Redis key layout. Every key of one connection carries the hash tag `{<connectionId>}`, so
 //! one function can touch all of them, on a single node and on Redis Cluster alike.
 //!
+//! A tenant's connection keys are `<p>:t:<tenant>:{<c>}:...` instead of `<p>:{<c>}:...`.
+//!
 //! | key | type | holds |
 //! |---|---|---|
 //! | `<p>:{<c>}:msg` | HASH | message id -> record (header + QueuedMessage JSON) |
@@ -77,10 +79,13 @@ impl Keys {
         }
     }
 
+    /// A tenant's connections live under `<p>:t:<tenant>:` (see `model::split_tenant`).
     pub fn connection(&self, connection_id: &str) -> ConnectionKeys {
-        ConnectionKeys {
-            base: format!("{}:{{{}}}:", self.prefix, connection_id),
-        }
+        let base = match crate::model::split_tenant(connection_id) {
+            (Some(tenant), id) => format!("{}:t:{tenant}:{{{id}}}:", self.prefix),
+            (None, id) => format!("{}:{{{id}}}:", self.prefix),
+        };
+        ConnectionKeys { base }
     }
 
     /// The shard of the visit index holding a connection.

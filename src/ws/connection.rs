@@ -36,6 +36,8 @@ pub async fn run<S>(
 {
     let config = limits.websocket_config();
     let mut slot = None;
+    // The tenant the upgrade's token names: every call of the socket acts within it.
+    let mut tenant: Option<Arc<str>> = None;
     // Runs once the upgrade request is read: without a valid token it is answered 401, past
     // MAX_SOCKETS 503. The large error type is tungstenite's callback signature.
     #[allow(clippy::result_large_err)]
@@ -45,9 +47,13 @@ pub async fn run<S>(
             .get("authorization")
             .and_then(|value| value.to_str().ok());
         let token = auth::presented(authorization, request.uri().query());
-        if let Err(refusal) = tokens.admit(token) {
-            metrics::counter!(telemetry::AUTH_REFUSED, "reason" => refusal.label()).increment(1);
-            return Err(unauthorized());
+        match tokens.admit(token) {
+            Ok(admitted) => tenant = admitted,
+            Err(refusal) => {
+                metrics::counter!(telemetry::AUTH_REFUSED, "reason" => refusal.label())
+                    .increment(1);
+                return Err(unauthorized());
+            }
         }
         match slots.take() {
             Some(taken) => {
@@ -138,10 +144,10 @@ pub async fn run<S>(
                         ping.as_mut().reset(drain_quiet_until(stop_by));
                     }
                     match frame {
-                        Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), order.turn(&text), text))),
+                        Some(Ok(Message::Text(text))) => calls.push(Box::pin(handle(context.clone(), state.clone(), tenant.clone(), order.turn(&text), text))),
                         // rpc-websockets servers parse binary frames as text too.
                         Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                            Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), order.turn(&text), text))),
+                            Ok(text) => calls.push(Box::pin(handle(context.clone(), state.clone(), tenant.clone(), order.turn(&text), text))),
                             Err(_) => {
                                 Box::pin(within(write_timeout, sink.send(Message::text(rpc::parse_error_reply())))).await?;
                             }
@@ -302,6 +308,7 @@ async fn close_under_unread_input<S: AsyncRead + AsyncWrite + Unpin>(
 async fn handle(
     context: Arc<Context>,
     socket: Arc<LocalSocket>,
+    tenant: Option<Arc<str>>,
     mut turn: rpc::order::Turn,
     frame: Utf8Bytes,
 ) -> Option<String> {
@@ -309,6 +316,7 @@ async fn handle(
     let caller = Caller {
         context: &context,
         socket: &socket,
+        tenant: tenant.as_deref(),
     };
     rpc::handle_frame(caller, frame.as_str()).await
 }

@@ -24,7 +24,11 @@ pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
         && let Some(socket) = params.session_id.strip_prefix(SESSION_PREFIX)
     {
         return match socketdock
-            .bind(&params.connection_id, socket, &params.session_id)
+            .bind(
+                &caller.connection(&params.connection_id),
+                socket,
+                &params.session_id,
+            )
             .await?
         {
             Ok(()) => Ok(super::boolean(true)),
@@ -40,7 +44,11 @@ pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
     }
     let messages = &caller.context.messages;
     messages
-        .open_session(caller.socket, &params.connection_id, &params.session_id)
+        .open_session(
+            caller.socket,
+            &caller.connection(&params.connection_id),
+            &params.session_id,
+        )
         .await?;
     Ok(super::boolean(true))
 }

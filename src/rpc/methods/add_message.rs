@@ -34,7 +34,9 @@ pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
         .push_notification_token
         .and_then(PushTokenParam::into_token);
     let messages = &caller.context.messages;
-    let id = messages.add(&params.connection_id, message, token).await?;
+    let id = messages
+        .add(&caller.connection(&params.connection_id), message, token)
+        .await?;
     Ok(format!(r#"{{"messageId":"{id}"}}"#))
 }
 

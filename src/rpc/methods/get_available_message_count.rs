@@ -17,7 +17,10 @@ pub struct Params {
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
     let messages = &caller.context.messages;
     let count = messages
-        .count(&params.connection_id, params.recipient_did.as_ref())
+        .count(
+            &caller.connection(&params.connection_id),
+            params.recipient_did.as_ref(),
+        )
         .await?;
     Ok(count.to_string())
 }

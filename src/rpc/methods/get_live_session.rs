@@ -14,6 +14,10 @@ pub struct Params {
 }
 
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
-    let live = caller.context.live.is_live(&params.connection_id).await?;
+    let live = caller
+        .context
+        .live
+        .is_live(&caller.connection(&params.connection_id))
+        .await?;
     Ok(super::boolean(live))
 }

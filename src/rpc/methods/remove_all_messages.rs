@@ -17,7 +17,10 @@ pub struct Params {
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
     let messages = &caller.context.messages;
     messages
-        .remove_all(&params.connection_id, params.recipient_did.as_ref())
+        .remove_all(
+            &caller.connection(&params.connection_id),
+            params.recipient_did.as_ref(),
+        )
         .await?;
     Ok(super::boolean(true))
 }

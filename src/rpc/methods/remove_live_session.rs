@@ -17,7 +17,7 @@ pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
     let removed = caller
         .context
         .live
-        .unbind(caller.socket, &params.connection_id)
+        .unbind(caller.socket, &caller.connection(&params.connection_id))
         .await?;
     Ok(super::boolean(removed))
 }

@@ -17,7 +17,10 @@ pub struct Params {
 pub async fn call(caller: &Caller<'_>, params: Params) -> MethodResult {
     let messages = &caller.context.messages;
     messages
-        .remove(&params.connection_id, params.message_ids.0)
+        .remove(
+            &caller.connection(&params.connection_id),
+            params.message_ids.0,
+        )
         .await?;
     Ok(super::boolean(true))
 }

@@ -29,6 +29,8 @@ pub async fn call(caller: &Caller<'_>, params: Params, reply_budget: u64) -> Met
         delete: params.delete_messages.unwrap_or(false),
     };
     let messages = &caller.context.messages;
-    let bodies = messages.take(&params.connection_id, request).await?;
+    let bodies = messages
+        .take(&caller.connection(&params.connection_id), request)
+        .await?;
     Ok(format!("[{}]", bodies.join(",")))
 }
