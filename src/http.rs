@@ -78,8 +78,7 @@ async fn render_metrics(State(probes): State<Probes>, headers: HeaderMap) -> (St
 
 /// A builder for the clients the server calls out with (pushes, SocketDock, the mediator).
 pub fn outbound_client() -> reqwest::ClientBuilder {
-    // rustls needs a process-wide crypto provider; installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_crypto();
     reqwest::Client::builder()
 }
 

@@ -45,8 +45,14 @@ impl Tls {
     }
 }
 
-fn server_config(cert: &PathBuf, key: &PathBuf) -> Result<Arc<ServerConfig>, String> {
+/// rustls needs a process-wide crypto provider before any TLS (server, HTTP clients, Redis);
+/// installing it again is harmless.
+pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn server_config(cert: &PathBuf, key: &PathBuf) -> Result<Arc<ServerConfig>, String> {
+    install_crypto();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|error| format!("TLS_CERT_FILE {}: {error}", cert.display()))?
         .collect::<Result<_, _>>()

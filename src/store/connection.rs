@@ -33,6 +33,8 @@ pub enum RedisClient {
 
 impl RedisClient {
     pub fn new(settings: &RedisSettings) -> RedisResult<Self> {
+        // For rediss:// (its roots: the system's, or SSL_CERT_FILE).
+        crate::tls::install_crypto();
         let invalid =
             |why: String| RedisError::from((ErrorKind::InvalidClientConfig, "config", why));
         Ok(match settings.redis_type {

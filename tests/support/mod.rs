@@ -5,6 +5,7 @@
 //! SocketDock with agents, a mediator stand-in and a callback recorder.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod certs;
 pub mod push_standins;
 pub mod reconcile;
 pub mod socketdock;
