@@ -9,6 +9,7 @@ mod procs;
 mod report;
 mod resp;
 mod scen_add;
+mod scen_cluster;
 mod scen_cold;
 mod scen_live;
 mod scen_memory;
@@ -44,6 +45,9 @@ enum Scenario {
     /// The SocketDock adapter: delivery latency and a backlog's flush through the real
     /// SocketDock, beside SocketDock alone.
     Socketdock,
+    /// Redis Cluster (3 primaries, 3 replicas): addMessage throughput and live latency with 1
+    /// and 3 instances and with REDIS_WAIT_REPLICAS=1, beside a single redis-server.
+    Cluster,
     /// Everything above, in that order.
     All,
 }
@@ -399,6 +403,9 @@ async fn run(cli: Cli) -> Result<Report> {
     }
     if all || cli.scenario == Scenario::Socketdock {
         scen_socketdock::run(&settings, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Cluster {
+        scen_cluster::run(&settings, &mut report).await?;
     }
     report.section(report.summary());
     Ok(report)

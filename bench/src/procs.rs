@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use testkit::{
-    Log, MprOpts, MprServer, Proc, RedisOpts, RedisServer, Secantus, SecantusOpts, SocketDock,
-    SocketDockOpts, Spawn, die_with_parent,
+    Log, MprOpts, MprServer, Proc, RedisCluster, RedisClusterOpts, RedisOpts, RedisServer,
+    Secantus, SecantusOpts, SocketDock, SocketDockOpts, Spawn, die_with_parent,
 };
 
 use crate::resp::Resp;
@@ -150,6 +150,79 @@ impl Redis {
             .unwrap_or("?")
             .trim()
             .to_owned())
+    }
+}
+
+/// A private Redis Cluster (testkit's: six nodes, three primaries each with one replica, free
+/// ports), persistence off as on the single [`Redis`], so the two differ only in being a cluster.
+pub struct Cluster {
+    pub server: RedisCluster,
+    /// The primaries' ports, in slot order (`p1` serves the lowest slots).
+    pub primaries: Vec<u16>,
+    /// `replicas[i]` replicates `primaries[i]`.
+    pub replicas: Vec<u16>,
+}
+
+impl Cluster {
+    pub async fn start(bin: &str) -> Result<Self> {
+        let mut opts = RedisClusterOpts::new(bin)?;
+        // After testkit's AOF settings, so these win.
+        opts.args = ["--appendonly", "no", "--save", "", "--maxclients", "19000"]
+            .map(String::from)
+            .to_vec();
+        opts.spawn = tracked(tempfile_path("redis-cluster.log"));
+        let server = RedisCluster::start(opts).await?;
+        let mut primaries = Vec::new();
+        for slot in [0, 8192, 16383] {
+            let port = server.primary_of_slot(slot).await?;
+            if !primaries.contains(&port) {
+                primaries.push(port);
+            }
+        }
+        let mut replicas = vec![0; primaries.len()];
+        for port in server.replicas().await? {
+            let info = Resp::connect(port)
+                .await?
+                .cmd(&["INFO", "replication"])
+                .await?
+                .text();
+            let of: u16 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_port:"))
+                .context("a replica's master_port")?
+                .trim()
+                .parse()?;
+            if let Some(i) = primaries.iter().position(|&p| p == of) {
+                replicas[i] = port;
+            }
+        }
+        if primaries.len() != 3 || replicas.contains(&0) {
+            bail!("the cluster is not 3 primaries with a replica each: {primaries:?} {replicas:?}");
+        }
+        Ok(Self {
+            server,
+            primaries,
+            replicas,
+        })
+    }
+
+    /// `p1`.. and `r1`.. (the replica of `p1` ..) with their pids, for a [`CpuMeter`].
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let named = |prefix: &str, ports: &[u16]| -> Vec<(String, u32)> {
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, &port)| {
+                    (
+                        format!("{prefix}{}", i + 1),
+                        self.server.pid_of(port).unwrap_or(0),
+                    )
+                })
+                .collect()
+        };
+        let mut out = named("p", &self.primaries);
+        out.extend(named("r", &self.replicas));
+        out
     }
 }
 
@@ -439,6 +512,11 @@ impl CpuMeter {
 
     /// Cores used since start by each process, then by everything else on the machine.
     pub fn stop(&self) -> Vec<(String, f64)> {
+        self.stop_with_wall().0
+    }
+
+    /// [`Self::stop`], and the seconds since start (cores times these: CPU seconds).
+    pub fn stop_with_wall(&self) -> (Vec<(String, f64)>, f64) {
         let wall = self.at.elapsed().as_secs_f64();
         let mut out: Vec<(String, f64)> = self
             .pids
@@ -449,7 +527,7 @@ impl CpuMeter {
         let ours: f64 = out.iter().map(|x| x.1).sum();
         let all = (machine_busy_secs() - self.machine) / wall;
         out.push(("other".into(), (all - ours).max(0.0)));
-        out
+        (out, wall)
     }
 }
 

@@ -38,9 +38,21 @@ pub async fn measure(
     duration: Duration,
     rate: Option<f64>,
 ) -> Result<Measured> {
+    measure_spread(&[port], clients, params, warmup, duration, rate).await
+}
+
+/// [`measure`] with the sockets spread over several instances: socket i on `ports[i % n]`.
+pub async fn measure_spread(
+    ports: &[u16],
+    clients: usize,
+    params: Arc<Vec<Template>>,
+    warmup: Duration,
+    duration: Duration,
+    rate: Option<f64>,
+) -> Result<Measured> {
     let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        conns.push(RawWs::connect(port).await?);
+    for i in 0..clients {
+        conns.push(RawWs::connect(ports[i % ports.len()]).await?);
     }
     let start = Instant::now() + Duration::from_millis(50);
     let warm_end = start + warmup;
@@ -139,16 +151,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let plain_sha = r.load(PLAIN_SCRIPT).await?;
     let payload = jwe_payload(None);
     let tail = record_tail(&"0".repeat(24), unix_ms(), &payload);
-    let params: Arc<Vec<Template>> = Arc::new(
-        (0..s.connections)
-            .map(|i| {
-                Template::new(
-                    "addMessage",
-                    &add_message_params(&format!("bench-{i}"), &payload),
-                )
-            })
-            .collect(),
-    );
+    let params = add_templates(s.connections, &payload);
 
     let mut table = Table::new(&[
         "clients",
@@ -325,6 +328,20 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     text.push('\n');
     report.section(text);
     Ok(())
+}
+
+/// One addMessage call per connection id `bench-0` .. `bench-<connections - 1>`, for [`measure`].
+pub fn add_templates(connections: u64, payload: &str) -> Arc<Vec<Template>> {
+    Arc::new(
+        (0..connections)
+            .map(|i| {
+                Template::new(
+                    "addMessage",
+                    &add_message_params(&format!("bench-{i}"), payload),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Deletes what the benchmark wrote (the server's own keys, such as its heartbeat, stay).

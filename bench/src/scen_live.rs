@@ -193,9 +193,9 @@ struct PushedMessage<'a> {
     encrypted_message: &'a RawValue,
 }
 
-/// The mpr side: receiver on A, senders on B.
-struct MprLive {
-    window: Arc<Window>,
+/// The mpr side: receiver on A, senders on B (A and B may be one instance).
+pub(crate) struct MprLive {
+    pub(crate) window: Arc<Window>,
     senders: Vec<futures_util::stream::SplitSink<crate::client::Ws, Message>>,
     /// Per sender socket: request id -> send time, for the reply latency.
     in_flight: Vec<Arc<Mutex<HashMap<u64, u64>>>>,
@@ -206,7 +206,13 @@ struct MprLive {
 }
 
 impl MprLive {
-    async fn setup(a: &Mpr, b: &Mpr, k: usize, senders: usize, ack: bool) -> Result<Self> {
+    pub(crate) async fn setup(
+        a: &Mpr,
+        b: &Mpr,
+        k: usize,
+        senders: usize,
+        ack: bool,
+    ) -> Result<Self> {
         let window = Window::new();
         let stop = Arc::new(AtomicBool::new(false));
         let mut receiver = Client::connect(a.ws_port).await?;
@@ -364,7 +370,7 @@ impl MprLive {
         })
     }
 
-    async fn phase(
+    pub(crate) async fn phase(
         &mut self,
         rate: u64,
         warmup: Duration,
@@ -391,7 +397,7 @@ impl MprLive {
         .await
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.stop.store(true, Ordering::Relaxed);
         for mut s in self.senders {
             let _ = s.close().await;

@@ -189,6 +189,12 @@ impl RedisCluster {
         &self.opts.dir
     }
 
+    /// The pid of the node on `port`, if it runs.
+    pub fn pid_of(&self, port: u16) -> Option<u32> {
+        let node = self.nodes.iter().find(|node| node.port() == port)?;
+        node.pid().filter(|&pid| running(pid))
+    }
+
     /// Ports of the nodes running now.
     pub fn live_ports(&self) -> Vec<u16> {
         self.nodes
