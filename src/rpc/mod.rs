@@ -41,11 +41,12 @@ pub struct Caller<'a> {
 }
 
 impl Caller<'_> {
-    /// A connection id the client named, as the server keeps it (within the caller's tenant).
-    pub fn connection(&self, id: &ConnectionId) -> ConnectionId {
+    /// A connection id the client named, as the server keeps it (within the caller's tenant;
+    /// without one, the very id: no copy on the untenanted path).
+    pub fn connection<'a>(&self, id: &'a ConnectionId) -> Cow<'a, ConnectionId> {
         match self.tenant {
-            Some(tenant) => id.in_tenant(tenant),
-            None => id.clone(),
+            Some(tenant) => Cow::Owned(id.in_tenant(tenant)),
+            None => Cow::Borrowed(id),
         }
     }
 }
