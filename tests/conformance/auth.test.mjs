@@ -18,7 +18,7 @@ describe('tokens', () => {
   before(async () => {
     redis = await startRedis();
     server = await startServer({
-      redisUrl: redis.url, prefix: uniquePrefix(), env: { AUTH_TOKENS: 'mediator-a,mediator-b' },
+      redis, prefix: uniquePrefix(), env: { AUTH_TOKENS: 'mediator-a,mediator-b' },
     });
   });
   after(async () => {
