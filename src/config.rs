@@ -151,6 +151,11 @@ pub struct RedisSettings {
     #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub redis_wait_timeout_ms: u64,
 
+    /// Connections per instance for writes that wait for replicas (each blocks in WAIT for a
+    /// replication round trip, so this many waited writes overlap).
+    #[arg(long, env = "REDIS_WAIT_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub redis_wait_connections: u64,
+
     /// Prefix of every Redis key this server writes; deployments sharing a Redis need distinct ones.
     #[arg(long, env = "REDIS_PREFIX", default_value = "mpr", value_parser = parse_prefix)]
     pub redis_prefix: String,

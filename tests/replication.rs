@@ -55,3 +55,41 @@ async fn writes_wait_for_replicas_and_say_so_when_too_few_confirm() {
         "gone from the replica when the removal was answered"
     );
 }
+
+/// A write blocked in WAIT holds its own connection only: other calls go on meanwhile.
+#[tokio::test]
+async fn a_write_waiting_for_replicas_holds_up_no_other_call() {
+    let primary = Redis::start();
+    let env = [
+        ("REDIS_WAIT_REPLICAS", "1"),
+        ("REDIS_WAIT_TIMEOUT_MS", "5000"),
+        ("REDIS_TIMEOUT_MS", "2000"),
+    ];
+    let server = Server::start(&primary, &env).await;
+    let mut writer = Client::connect(&server.url()).await;
+    let mut reader = Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    let add = json!({"connectionId": connection, "recipientDids": [DID], "payload": payload("w")});
+    // No replica ever confirms: the add waits the whole WAIT timeout.
+    let waiting = tokio::spawn(async move { writer.call_err("addMessage", add).await });
+    support::eventually(std::time::Duration::from_secs(10), async || {
+        primary
+            .cli(&["CLIENT", "LIST"])
+            .lines()
+            .any(|line| line.contains("cmd=wait"))
+    })
+    .await;
+    let count = reader
+        .call(
+            "getAvailableMessageCount",
+            json!({"connectionId": connection}),
+        )
+        .await;
+    assert_eq!(count, 1, "the waiting add is on the primary and counted");
+    assert!(
+        !waiting.is_finished(),
+        "the count was answered while the add still waited for a replica"
+    );
+    let error = waiting.await.unwrap();
+    assert_eq!(error["code"], -32000, "{error}");
+}

@@ -17,6 +17,8 @@ mod redelivery;
 mod relay;
 mod tiering;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::{Cmd, FromRedisValue, RedisError};
@@ -144,8 +146,40 @@ pub struct Store {
     visit_after_ms: u64,
     /// How long an add whose reply was lost tries to learn its outcome (`queue::settle_add`).
     settle_within: Duration,
-    /// REDIS_WAIT_REPLICAS and its timeout (ms), when writes wait for replicas.
-    wait: Option<(u64, u64)>,
+    /// When writes wait for replicas (REDIS_WAIT_REPLICAS).
+    waits: Option<Arc<Waits>>,
+}
+
+/// Connections of their own for writes that wait for replicas: Redis runs nothing more from a
+/// client blocked in WAIT, so on the shared connection every other call would queue behind
+/// each replication round trip. Spread over several, waited writes overlap.
+struct Waits {
+    replicas: u64,
+    timeout_ms: u64,
+    conns: Vec<RedisConnection>,
+    next: AtomicUsize,
+}
+
+impl Waits {
+    async fn open(client: &RedisClient, settings: &RedisSettings) -> StoreResult<Self> {
+        // A WAIT answers after up to its timeout, on top of the write's own time.
+        let timeout = settings.timeout() + settings.wait_timeout();
+        let mut conns = Vec::new();
+        for _ in 0..settings.redis_wait_connections {
+            conns.push(client.connect(Some(timeout)).await?);
+        }
+        Ok(Self {
+            replicas: settings.redis_wait_replicas,
+            timeout_ms: settings.wait_timeout().as_millis() as u64,
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn conn(&self) -> RedisConnection {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.conns[turn % self.conns.len()].clone()
+    }
 }
 
 impl Store {
@@ -159,8 +193,6 @@ impl Store {
         let client = RedisClient::new(settings)?;
         let conn = client.connect(Some(settings.timeout())).await?;
         Ok(Self {
-            client,
-            conn,
             keys: Keys::new(&settings.redis_prefix),
             visibility_ms: queue.visibility_timeout().as_millis() as u64,
             max_messages: queue.queue_max_messages,
@@ -169,12 +201,13 @@ impl Store {
                 .first_after()
                 .map_or(0, |after| after.as_millis().max(1) as u64),
             settle_within: settings.add_settle_timeout(),
-            wait: (settings.redis_wait_replicas > 0).then(|| {
-                (
-                    settings.redis_wait_replicas,
-                    settings.wait_timeout().as_millis() as u64,
-                )
-            }),
+            waits: if settings.redis_wait_replicas > 0 {
+                Some(Arc::new(Waits::open(&client, settings).await?))
+            } else {
+                None
+            },
+            client,
+            conn,
         })
     }
 
@@ -257,24 +290,27 @@ impl Store {
 
 impl Store {
     /// Runs a function call that writes to one connection's keys. With REDIS_WAIT_REPLICAS set
-    /// it is followed, on the same connection to the same node, by a WAIT for that many
-    /// replicas: fewer in time make it `NotReplicated` (the write stands on the primary).
+    /// it is followed, on the same connection to the same node (one of the waited writes'
+    /// own), by a WAIT for that many replicas: fewer in time make it `NotReplicated` (the
+    /// write stands on the primary).
     async fn write<T: FromRedisValue>(&self, cmd: &Cmd, connection_id: &str) -> StoreResult<T> {
-        let Some((replicas, timeout_ms)) = self.wait else {
+        let Some(waits) = &self.waits else {
             return self.call(cmd).await;
         };
+        let replicas = waits.replicas;
         let mut pipeline = redis::pipe();
         pipeline
             .add_command(cmd.clone())
             .cmd("WAIT")
             .arg(replicas)
-            .arg(timeout_ms);
+            .arg(waits.timeout_ms);
         let slot_of = self.keys.connection(connection_id).key("msg");
-        let mut replies = match self.replies(&pipeline, &slot_of).await {
+        let conn = waits.conn();
+        let mut replies = match replies(&conn, &pipeline, &slot_of).await {
             Err(error) if error.is_missing_function() => {
                 tracing::warn!("the Redis function library is missing; loading it again");
                 self.load_library().await?;
-                self.replies(&pipeline, &slot_of).await?
+                replies(&conn, &pipeline, &slot_of).await?
             }
             other => other?,
         }
@@ -291,19 +327,20 @@ impl Store {
         }
         Ok(written)
     }
+}
 
-    /// The replies of a pipeline sent to the node of `key`; the first error reply is the error.
-    async fn replies(
-        &self,
-        pipeline: &redis::Pipeline,
-        key: &str,
-    ) -> StoreResult<Vec<redis::Value>> {
-        let replies = self.conn.clone().pipeline_at(pipeline, key).await?;
-        if let Some(first) = replies.first() {
-            first.clone().extract_error()?;
-        }
-        Ok(replies)
+/// The replies of a pipeline sent on `conn` to the node of `key`; the first error reply is the
+/// error.
+async fn replies(
+    conn: &RedisConnection,
+    pipeline: &redis::Pipeline,
+    key: &str,
+) -> StoreResult<Vec<redis::Value>> {
+    let replies = conn.clone().pipeline_at(pipeline, key).await?;
+    if let Some(first) = replies.first() {
+        first.clone().extract_error()?;
     }
+    Ok(replies)
 }
 
 fn reply_or_error(reply: Option<redis::Value>) -> StoreResult<redis::Value> {
