@@ -31,7 +31,14 @@ async fn writes_wait_for_replicas_and_say_so_when_too_few_confirm() {
 
     // With a replica attached and in sync, the same calls succeed.
     let port = primary.port.to_string();
-    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    // Loaded from the socket: a replica would otherwise write the primary's RDB into the cwd.
+    let replica = Redis::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &port,
+        "--repl-diskless-load",
+        "on-empty-db",
+    ]);
     support::eventually(std::time::Duration::from_secs(20), async || {
         primary
             .cli(&["INFO", "replication"])
