@@ -319,7 +319,10 @@ export class MprConnection extends EventEmitter {
       void this.afterOpen(client, first)
     })
     // The library emits `close` only after `open`; a failed attempt shows as `error` alone.
-    client.on('error', (error: unknown) => onLost(error instanceof Error ? error.message : String(error)))
+    // ws hands the library an ErrorEvent ({message, error}), not an Error.
+    client.on('error', (event: { message?: string; error?: Error } | undefined) =>
+      onLost(event?.error?.message ?? event?.message ?? 'socket error'),
+    )
     client.on('close', (code: number) => onLost(`closed with ${code}`))
     client.on('messagesReceived', (params: unknown) => this.deliver(params))
   }
