@@ -20,10 +20,13 @@ export interface LiveSessionEventLike {
   payload: { session: PickupSessionLike }
 }
 
-/** `agent.events` of Credo 0.5 and 0.6. */
+/**
+ * `agent.events` of Credo 0.5 and 0.6. The listener's event is `never` so that Credo's generic
+ * `on<T extends BaseEvent>` is assignable; the listeners given check the payload themselves.
+ */
 export interface AgentEventsLike {
-  on(type: string, listener: (event: LiveSessionEventLike) => unknown): void
-  off?(type: string, listener: (event: LiveSessionEventLike) => unknown): void
+  on(type: string, listener: (event: never) => void): void
+  off?(type: string, listener: (event: never) => void): void
 }
 
 /** `agent.messagePickup` (0.5) / `agent.didcomm.messagePickup` (0.6). */
