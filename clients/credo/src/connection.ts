@@ -77,6 +77,8 @@ export class MprConnection extends EventEmitter {
   /** connectionId → sessionId of every live session added and not removed. */
   private readonly liveSessions = new Map<string, string>()
   private messagesCallback?: (params: MessagesReceivedParams) => unknown
+  /** The connect() waiting for its first open, failed by close() so that it cannot hang. */
+  private firstAttempt?: { reject: (error: Error) => void }
 
   constructor(options: MprConnectionOptions) {
     super()
@@ -101,15 +103,21 @@ export class MprConnection extends EventEmitter {
     if (this.started) return Promise.resolve()
     this.started = true
     this.stopped = false
-    return new Promise((resolve, reject) =>
-      this.open({
-        resolve,
-        reject: (error) => {
+    return new Promise((resolve, reject) => {
+      const first = {
+        resolve: () => {
+          this.firstAttempt = undefined
+          resolve()
+        },
+        reject: (error: Error) => {
+          this.firstAttempt = undefined
           this.started = false
           reject(error)
         },
-      }),
-    )
+      }
+      this.firstAttempt = first
+      this.open(first)
+    })
   }
 
   /** Closes the socket for good: no reconnect; running calls fail; live sessions are forgotten (the server ends them). */
@@ -122,6 +130,7 @@ export class MprConnection extends EventEmitter {
     this.ready = false
     this.liveSessions.clear()
     this.failRunning(new MprConnectionError('connection-lost', 'mpr connection closed'))
+    this.firstAttempt?.reject(new MprConnectionError('not-connected', 'mpr connection closed before it opened'))
     if (client) {
       client.removeAllListeners()
       closeQuietly(client)
@@ -327,7 +336,7 @@ export class MprConnection extends EventEmitter {
     client.on('messagesReceived', (params: unknown) => this.deliver(params))
   }
 
-  /** Subscribes (the Node MPR pushes only to subscribers), re-adds the live sessions, then says so. */
+  /** Subscribes (the Node MPR pushes only to subscribers), (re-)adds the held live sessions, then says so. */
   private async afterOpen(client: Client, first?: { resolve: () => void }): Promise<void> {
     try {
       // Through call(), not client.subscribe(), so that it fails (not hangs) if the socket drops now.
@@ -335,13 +344,8 @@ export class MprConnection extends EventEmitter {
     } catch (error) {
       this.logger.warn('mpr: subscribing to messagesReceived failed', { error: String((error as Error)?.message ?? error) })
     }
-    if (first) {
-      this.logger.info(`mpr connected to ${this.url}`)
-      first.resolve()
-      return
-    }
     for (const [connectionId, sessionId] of [...this.liveSessions]) {
-      if (this.client !== client) return
+      if (this.client !== client) break
       // Removed (or replaced) meanwhile: its own call did what is needed.
       if (this.liveSessions.get(connectionId) !== sessionId) continue
       try {
@@ -351,9 +355,13 @@ export class MprConnection extends EventEmitter {
         this.logger.warn('mpr: re-adding a live session failed', { connectionId, error: String((error as Error)?.message) })
       }
     }
-    if (this.client !== client) return
-    this.logger.info(`mpr reconnected to ${this.url}`, { liveSessions: this.liveSessions.size })
-    this.emit('reconnected')
+    if (first) {
+      this.logger.info(`mpr connected to ${this.url}`)
+      first.resolve()
+    } else if (this.client === client) {
+      this.logger.info(`mpr reconnected to ${this.url}`, { liveSessions: this.liveSessions.size })
+      this.emit('reconnected')
+    }
   }
 
   private scheduleReconnect(): void {
@@ -426,7 +434,17 @@ function toError(method: string, error: unknown): Error {
   return new MprConnectionError('connection-lost', `mpr ${method}: ${message}`)
 }
 
+/**
+ * Closes a client we are done with. Its pending calls were already failed through `running`;
+ * rpc-websockets 7.11.2 (pinned) keeps their reply timers in its `queue` even after the socket
+ * closed, which would keep the process alive and the closures reachable until they fire.
+ */
 function closeQuietly(client: Client): void {
+  const queue = (client as unknown as { queue?: Record<string, { timeout?: NodeJS.Timeout }> }).queue
+  if (queue) {
+    for (const entry of Object.values(queue)) clearTimeout(entry?.timeout)
+    ;(client as unknown as { queue: object }).queue = {}
+  }
   try {
     client.close(1000)
   } catch {

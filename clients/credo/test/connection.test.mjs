@@ -155,9 +155,13 @@ describe('errors', () => {
     await client.disconnect();
   });
 
-  test('connect rejects when nothing listens', async () => {
+  test('connect rejects when nothing listens; disconnect during connect rejects it', async () => {
     const client = newClient({ url: `ws://127.0.0.1:${await freePort()}` });
     await assert.rejects(client.connect(), (e) => e instanceof MprConnectionError && e.reason === 'not-connected');
+    const pending = newClient().connect();
+    const closing = clients.at(-1).disconnect();
+    await assert.rejects(pending, MprConnectionError);
+    await closing;
   });
 
   test('a call without a reply times out; wrong result shapes throw MprProtocolError', async () => {
@@ -177,6 +181,7 @@ describe('errors', () => {
       ws.on('message', (data) => {
         const request = JSON.parse(data.toString());
         if (request.method === 'silent') return;
+        if (request.method === 'drop') return ws.terminate();
         const result = request.method === 'rpc.on' ? { messagesReceived: 'ok' } : answers[request.method];
         ws.send(JSON.stringify({ jsonrpc: '2.0', id: request.id, result: result ?? null }));
       }),
@@ -196,6 +201,13 @@ describe('errors', () => {
       answers.takeFromQueue = [{ id: 'x', receivedAt: 'not a date', encryptedMessage: {} }];
       await assert.rejects(client.takeFromQueue({ connectionId }), isShape);
       await assert.rejects(client.connection['call']('silent'), (e) => e instanceof MprConnectionError && e.reason === 'timeout');
+      // A call running when the socket drops fails at once, not at its (here: 60 s) timeout.
+      const patient = newClient({ url: client.connection.url, callTimeoutMs: 60_000 });
+      await patient.connect();
+      const running = patient.connection['call']('silent');
+      const dropped = patient.connection['call']('drop');
+      await assert.rejects(running, (e) => e instanceof MprConnectionError && e.reason === 'connection-lost');
+      await assert.rejects(dropped, (e) => e instanceof MprConnectionError && e.reason === 'connection-lost');
     } finally {
       await client.disconnect();
       await new Promise((resolve) => wss.close(resolve));

@@ -53,6 +53,10 @@ test('reconnects after SIGKILL, re-adds held live sessions, then receives pushes
   await first.exited();
   await disconnected;
   await assert.rejects(client.getLiveSession({ connectionId: live }), MprConnectionError);
+  // Credo saved a session while the server was away: refused now, bound once it is back.
+  const lateSession = uuid();
+  const late = uuid();
+  await assert.rejects(client.addLiveSession({ connectionId: late, sessionId: lateSession }), MprConnectionError);
 
   const reconnected = event(client.connection, 'reconnected', 30_000);
   const second = await startServer({ redis, prefix, name: 'second', env: { WS_PORT: String(first.wsPort) } });
@@ -63,7 +67,8 @@ test('reconnects after SIGKILL, re-adds held live sessions, then receives pushes
   assert.ok(second.pid);
   assert.equal(await call(other, 'getLiveSession', { connectionId: live }), true, 'the held session is bound again');
   assert.equal(await call(other, 'getLiveSession', { connectionId: ended }), false, 'a removed session is not re-added');
-  assert.deepEqual([...client.connection.heldLiveSessions()], [[live, liveSession]]);
+  assert.equal(await call(other, 'getLiveSession', { connectionId: late }), true, 'a session added while down is bound');
+  assert.deepEqual([...client.connection.heldLiveSessions()].sort(), [[live, liveSession], [late, lateSession]].sort());
 
   const body = payload();
   const { messageId } = await call(other, 'addMessage', { connectionId: live, recipientDids: [didKey()], payload: body });
