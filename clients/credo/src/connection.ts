@@ -41,6 +41,11 @@ export interface MprConnectionOptions {
   reconnectIntervalMs?: number
   /** Longest delay between reconnect attempts. Default 30000. */
   maxReconnectIntervalMs?: number
+  /**
+   * A `ping` call this often; one unanswered within callTimeoutMs drops the socket and
+   * reconnects (a half-open TCP connection never closes by itself). Default 10000; 0: off.
+   */
+  heartbeatIntervalMs?: number
   logger?: MprLogger
 }
 
@@ -64,6 +69,7 @@ export class MprConnection extends EventEmitter {
   private readonly callTimeoutMs: number
   private readonly reconnectIntervalMs: number
   private readonly maxReconnectIntervalMs: number
+  private readonly heartbeatIntervalMs: number
   readonly logger: MprLogger
 
   private client?: Client
@@ -87,6 +93,7 @@ export class MprConnection extends EventEmitter {
     this.callTimeoutMs = options.callTimeoutMs ?? 5000
     this.reconnectIntervalMs = options.reconnectIntervalMs ?? 500
     this.maxReconnectIntervalMs = Math.max(options.maxReconnectIntervalMs ?? 30000, this.reconnectIntervalMs)
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 10000
     this.logger = options.logger ?? quietLogger
   }
 
@@ -133,7 +140,7 @@ export class MprConnection extends EventEmitter {
     this.firstAttempt?.reject(new MprConnectionError('not-connected', 'mpr connection closed before it opened'))
     if (client) {
       client.removeAllListeners()
-      closeQuietly(client)
+      closeQuietly(client, true)
     }
   }
 
@@ -299,14 +306,16 @@ export class MprConnection extends EventEmitter {
     this.client = client
     let opened = false
     let lost = false
+    let heartbeat: NodeJS.Timeout | undefined
 
     const onLost = (why: string) => {
       if (lost || this.client !== client) return
       lost = true
+      clearInterval(heartbeat)
       this.client = undefined
       this.ready = false
       client.removeAllListeners()
-      closeQuietly(client)
+      closeQuietly(client, false)
       this.failRunning(new MprConnectionError('connection-lost', `mpr connection lost (${why})`))
       if (first && !opened) {
         first.reject(new MprConnectionError('not-connected', `mpr: cannot connect to ${this.url}: ${why}`))
@@ -325,6 +334,16 @@ export class MprConnection extends EventEmitter {
       opened = true
       this.ready = true
       this.failedAttempts = 0
+      if (this.heartbeatIntervalMs > 0) {
+        heartbeat = setInterval(() => {
+          if (this.client !== client) return clearInterval(heartbeat)
+          this.call('ping').catch((error: unknown) => {
+            if (error instanceof MprConnectionError && error.reason === 'timeout') onLost('no answer to a heartbeat ping')
+          })
+        }, this.heartbeatIntervalMs)
+        // A heartbeat alone does not keep the process alive.
+        heartbeat.unref()
+      }
       void this.afterOpen(client, first)
     })
     // The library emits `close` only after `open`; a failed attempt shows as `error` alone.
@@ -439,14 +458,17 @@ function toError(method: string, error: unknown): Error {
  * rpc-websockets 7.11.2 (pinned) keeps their reply timers in its `queue` even after the socket
  * closed, which would keep the process alive and the closures reachable until they fire.
  */
-function closeQuietly(client: Client): void {
+function closeQuietly(client: Client, graceful: boolean): void {
   const queue = (client as unknown as { queue?: Record<string, { timeout?: NodeJS.Timeout }> }).queue
   if (queue) {
     for (const entry of Object.values(queue)) clearTimeout(entry?.timeout)
     ;(client as unknown as { queue: object }).queue = {}
   }
   try {
-    client.close(1000)
+    // A lost socket is cut at once: a close handshake with a peer that is gone waits 30 s in ws.
+    const socket = (client as unknown as { socket?: { terminate?: () => void } }).socket
+    if (!graceful && socket?.terminate) socket.terminate()
+    else client.close(1000)
   } catch {
     // no socket (it already closed)
   }

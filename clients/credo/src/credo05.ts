@@ -4,18 +4,12 @@
 import { wireAgent, withLimitBytes } from './agent'
 import type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePickupApiLike } from './agent'
 import { MprConnection } from './connection'
-import type { EncryptedMessage, MprLogger, MprQueuedMessage, PushNotificationToken } from './connection'
+import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage, PushNotificationToken } from './connection'
 
 export type QueuedMessage = MprQueuedMessage
 
-export interface MessagePickupRepositoryClientOptions {
-  url: string
-  token?: string
-  callTimeoutMs?: number
-  reconnectIntervalMs?: number
-  maxReconnectIntervalMs?: number
-  logger?: MprLogger
-}
+/** `{ url }` as for the 2060 client, plus the optional MprConnectionOptions (token, timeouts, logger). */
+export type MessagePickupRepositoryClientOptions = MprConnectionOptions
 
 export interface MessagesReceivedCallbackParams {
   connectionId: string

@@ -11,6 +11,7 @@ import {
   closeAllClients,
   connect,
   didKey,
+  event,
   freePort,
   payload,
   recorder,
@@ -213,6 +214,36 @@ describe('errors', () => {
       await new Promise((resolve) => wss.close(resolve));
     }
   });
+});
+
+test('a socket that stops answering is dropped by the heartbeat and reconnected', async () => {
+  // A stand-in server whose first socket goes silent (half-open) after the subscription.
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((resolve) => wss.once('listening', resolve));
+  let sockets = 0;
+  wss.on('connection', (ws) => {
+    const silent = sockets++ === 0;
+    let answered = 0;
+    ws.on('message', (data) => {
+      const request = JSON.parse(data.toString());
+      if (silent && answered++ > 0) return;
+      const result = request.method === 'rpc.on' ? { messagesReceived: 'ok' } : 'pong';
+      ws.send(JSON.stringify({ jsonrpc: '2.0', id: request.id, result }));
+    });
+  });
+  const client = newClient({ url: `ws://127.0.0.1:${wss.address().port}`, callTimeoutMs: 500, heartbeatIntervalMs: 200, reconnectIntervalMs: 50 });
+  try {
+    await client.connect();
+    const reconnected = event(client.connection, 'reconnected');
+    await event(client.connection, 'disconnected');
+    await reconnected;
+    assert.equal(sockets, 2);
+    assert.equal(await client.ping(), 'pong');
+  } finally {
+    await client.disconnect();
+    for (const ws of wss.clients) ws.terminate();
+    await new Promise((resolve) => wss.close(resolve));
+  }
 });
 
 describe('token', () => {
