@@ -78,8 +78,11 @@ export function wireAgent(
   connection.onMessagesReceived(async ({ connectionId, messages }) => {
     const session = await pickup.getLiveModeSession({ connectionId, role: MESSAGE_HOLDER })
     if (!session) {
-      // Left in flight: the server makes them pending again (visibility timeout, or the session's end).
+      // A binding this agent cannot serve (e.g. re-added after a reconnect while the recipient
+      // moved to another instance): drop it, so the server stops pushing here and makes these
+      // messages pending again at once. removeLiveSession only ends this socket's own binding.
       logger.warn('mpr: messages pushed for a connection without a live session here', { connectionId, count: messages.length })
+      await connection.removeLiveSession({ connectionId }).catch(failed('removeLiveSession', connectionId))
       return
     }
     await pickup.deliverMessages({ pickupSessionId: session.id, messages })

@@ -125,6 +125,17 @@ describe('Credo 0.6 MprQueueTransportRepository', () => {
     events.emit(CREDO06_LIVE_SESSION_EVENTS.removed, { session });
     assert.equal(await pollUntil(async () => !(await isLive(connectionId)), { timeoutMs: 10_000 }), true);
 
+    // A binding the agent has no session for (Credo's session went while the server still
+    // pushed here): the push lets it go, and the message is pending again for anyone.
+    const orphan = uuid();
+    await repo.connection.addLiveSession({ connectionId: orphan, sessionId: uuid() });
+    const { messageId: stray } = await call(other, 'addMessage', { connectionId: orphan, recipientDids: [didKey()], payload: payload() });
+    assert.equal(await pollUntil(async () => !(await isLive(orphan)), { timeoutMs: 10_000 }), true, 'the unservable binding ended');
+    assert.equal(repo.connection.heldLiveSessions().has(orphan), false, 'and is not re-added on reconnect');
+    assert.ok(await pollUntil(async () => (await call(other, 'getAvailableMessageCount', { connectionId: orphan })) === 1, { timeoutMs: 10_000 }), 'its message is pending again');
+    assert.deepEqual((await call(other, 'takeFromQueue', { connectionId: orphan })).map((m) => m.id), [stray]);
+    assert.equal(pickup.delivered.calls.flatMap((d) => d.messages).some((m) => m.id === stray), false);
+
     detach();
     assert.equal(events.count(CREDO06_LIVE_SESSION_EVENTS.saved), 0);
     assert.equal(events.count(CREDO06_LIVE_SESSION_EVENTS.removed), 0);
