@@ -75,7 +75,20 @@ export function wireAgent(
   events.on(types.saved, onSaved)
   events.on(types.removed, onRemoved)
 
-  connection.onMessagesReceived(async ({ connectionId, messages }) => {
+  // One delivery at a time per connection: Credo sends each deliverMessages as its own
+  // DIDComm message, so two started together can overtake each other on the way out and
+  // the recipient would get the server's order shuffled.
+  const deliveries = new Map<string, Promise<void>>()
+  const deliverInOrder = (connectionId: string, messages: MprQueuedMessage[]) => {
+    const previous = deliveries.get(connectionId) ?? Promise.resolve()
+    const next = previous.then(() => deliver(connectionId, messages)).catch(failed('deliverMessages', connectionId))
+    deliveries.set(connectionId, next)
+    void next.then(() => {
+      if (deliveries.get(connectionId) === next) deliveries.delete(connectionId)
+    })
+    return next
+  }
+  const deliver = async (connectionId: string, messages: MprQueuedMessage[]) => {
     const session = await pickup.getLiveModeSession({ connectionId, role: MESSAGE_HOLDER })
     if (!session) {
       // A binding this agent cannot serve (e.g. re-added after a reconnect while the recipient
@@ -86,7 +99,8 @@ export function wireAgent(
       return
     }
     await pickup.deliverMessages({ pickupSessionId: session.id, messages })
-  })
+  }
+  connection.onMessagesReceived(({ connectionId, messages }) => deliverInOrder(connectionId, messages))
 
   return () => {
     events.off?.(types.saved, onSaved)

@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import {
   CREDO05_LIVE_SESSION_EVENTS,
@@ -139,6 +140,30 @@ describe('Credo 0.6 MprQueueTransportRepository', () => {
     detach();
     assert.equal(events.count(CREDO06_LIVE_SESSION_EVENTS.saved), 0);
     assert.equal(events.count(CREDO06_LIVE_SESSION_EVENTS.removed), 0);
+  });
+});
+
+describe('deliveries keep the server\'s order', () => {
+  test('a slow deliverMessages is not overtaken by the next push for the connection', async () => {
+    const repo = await repository();
+    const events = fakeEvents();
+    // The first delivery is slow; the ones after it are quick and must still wait their turn.
+    let first = true;
+    const pickup = fakePickup({ slow: () => (first ? ((first = false), sleep(300)) : undefined) });
+    repo.attach({ events, didcomm: { messagePickup: pickup } });
+    const connectionId = uuid();
+    const session = { id: uuid(), connectionId, protocolVersion: 'v2', role: 'MessageHolder' };
+    pickup.sessions.set(connectionId, session);
+    events.emit(CREDO06_LIVE_SESSION_EVENTS.saved, { session });
+    assert.equal(await pollUntil(() => isLive(connectionId), { timeoutMs: 10_000 }), true);
+
+    const ids = [];
+    for (let i = 0; i < 5; i++) {
+      ids.push((await call(other, 'addMessage', { connectionId, recipientDids: [didKey()], payload: payload() })).messageId);
+    }
+    await pollUntil(() => pickup.delivered.calls.flatMap((d) => d.messages).length >= 5, { timeoutMs: 10_000 });
+    assert.deepEqual(pickup.delivered.calls.flatMap((d) => d.messages.map((m) => m.id)), ids, 'delivered in the order added');
+    assert.equal(pickup.overlapped, 0, 'one delivery at a time');
   });
 });
 

@@ -71,18 +71,31 @@ export function fakeEvents() {
 }
 
 /** A stand-in for Credo's message pickup API: live sessions by connection, deliveries recorded. */
-export function fakePickup() {
+/**
+ * `messagePickup` of a stand-in agent. `slow(options)` may return a promise a delivery waits
+ * for before it counts as sent; `overlapped` counts deliveries started while another ran.
+ */
+export function fakePickup({ slow } = {}) {
   const sessions = new Map();
   const delivered = recorder();
-  return {
+  let running = 0;
+  const pickup = {
     sessions,
     delivered,
+    overlapped: 0,
     async getLiveModeSession({ connectionId, role }) {
       const session = sessions.get(connectionId);
       return session && (!role || session.role === role) ? session : undefined;
     },
     async deliverMessages(options) {
-      delivered(options);
+      if (running++ > 0) pickup.overlapped++;
+      try {
+        if (slow) await slow(options);
+        delivered(options);
+      } finally {
+        running--;
+      }
     },
   };
+  return pickup;
 }
