@@ -61,26 +61,46 @@ async function queueRepository(config, log) {
   const client = config.client ?? 'memory'
   if (client === 'memory') {
     // DEV AID ONLY: Credo's in-memory queue (the default when none is given); two instances cannot share it.
-    return { repository: undefined, attach: async () => {}, forwarding: DidCommMessageForwardingStrategy.QueueAndLiveModeDelivery }
+    return { repository: undefined, attach: async () => {}, liveEventsFromCredo: true, forwarding: DidCommMessageForwardingStrategy.QueueAndLiveModeDelivery }
   }
   if (client === 'project') {
-    // INTEGRATION POINT: this project's DidCommQueueTransportRepository (clients/credo, branch `client`).
+    // This project's DidCommQueueTransportRepository (clients/credo, built to clients/credo/build).
     const mod = await import('../../../clients/credo/build/index.js')
-    const Repo = mod.MprQueueTransportRepository ?? mod.DidCommMprQueueTransportRepository ?? mod.default
-    if (!Repo) throw new Error(`clients/credo/build exports no repository class (exports: ${Object.keys(mod)})`)
-    const repository = new Repo({ url: config.mprUrl, token: config.mprToken, logger: { log } })
+    const Repo = mod.MprQueueTransportRepository ?? mod.default?.MprQueueTransportRepository
+    if (!Repo) throw new Error(`clients/credo/build exports no MprQueueTransportRepository (exports: ${Object.keys(mod)})`)
+    if (!config.mprUrl) throw new Error('mprUrl is required')
+    const repository = new Repo({ url: config.mprUrl, token: config.mprToken })
     await repository.connect()
     return {
       repository,
       attach: async (agent, emit) => {
-        await repository.attach(agent)
-        repository.on?.('reconnected', () => emit({ event: 'mprReconnected' }))
+        // liveSession / liveSessionRemoved once the server answered addLiveSession / removeLiveSession.
+        const connection = repository.connection
+        const add = connection.addLiveSession.bind(connection)
+        connection.addLiveSession = async (params) => {
+          const result = await add(params)
+          emit({ event: 'liveSession', connectionId: params.connectionId, sessionId: params.sessionId, bound: result })
+          return result
+        }
+        const remove = connection.removeLiveSession.bind(connection)
+        connection.removeLiveSession = async (params) => {
+          const sessionId = connection.heldLiveSessions().get(params.connectionId)
+          const result = await remove(params)
+          emit({ event: 'liveSessionRemoved', connectionId: params.connectionId, sessionId, removed: result })
+          return result
+        }
+        connection.on('reconnected', () => emit({ event: 'mprReconnected' }))
+        repository.attach(agent, { logger: agent.config.logger })
       },
+      liveEventsFromCredo: false,
       forwarding: DidCommMessageForwardingStrategy.QueueOnly,
     }
   }
   throw new Error(`client ${client} is not available for Credo 0.6`)
 }
+
+const strategy = (pickup) =>
+  pickup === 'poll' ? DidCommMediatorPickupStrategy.PickUpV2 : DidCommMediatorPickupStrategy.PickUpV2LiveMode
 
 export async function startAgent(config, { log, emit, handlers }) {
   const role = config.role
@@ -101,7 +121,7 @@ export async function startAgent(config, { log, emit, handlers }) {
     didcomm.mediator = { autoAcceptMediationRequests: true, messageForwardingStrategy: queue.forwarding }
   } else if (role === 'recipient') {
     didcomm.mediationRecipient = {
-      mediatorPickupStrategy: config.pickup === 'poll' ? DidCommMediatorPickupStrategy.PickUpV2 : DidCommMediatorPickupStrategy.PickUpV2LiveMode,
+      mediatorPickupStrategy: strategy(config.pickup),
       mediatorPollingInterval: config.pollingIntervalMs ?? 1000,
     }
   } else if (role === 'sender') {
@@ -136,13 +156,33 @@ export async function startAgent(config, { log, emit, handlers }) {
     return { url: oob.outOfBandInvitation.toUrl({ domain: 'https://example.org' }) }
   }
 
-  if (role === 'mediator') {
+  if (role === 'mediator' && queue.liveEventsFromCredo) {
     agent.events.on(DidCommMessagePickupEventTypes.LiveSessionSaved, ({ payload: { session } }) =>
       emit({ event: 'liveSession', connectionId: session.connectionId, sessionId: session.id }))
     agent.events.on(DidCommMessagePickupEventTypes.LiveSessionRemoved, ({ payload: { session } }) =>
       emit({ event: 'liveSessionRemoved', connectionId: session.connectionId, sessionId: session.id }))
-    await queue.attach(agent, emit)
   }
+  if (role === 'mediator' && process.env.E2E_TRACE) {
+    // diagnostics: the order in which this instance queues and delivers
+    const pickup = api.messagePickup
+    const deliver = pickup.deliverMessages.bind(pickup)
+    pickup.deliverMessages = async (options) => {
+      const ids = options.messages.map((m) => m.id).join(',')
+      log(`trace deliverMessages start ${ids}`)
+      try { return await deliver(options) } finally { log(`trace deliverMessages end ${ids}`) }
+    }
+    const repo = queue.repository
+    if (repo) {
+      const addMessage = repo.addMessage.bind(repo)
+      repo.addMessage = async (ctx, options) => {
+        const t = Date.now()
+        const id = await addMessage(ctx, options)
+        log(`trace addMessage ${id} (${Date.now() - t} ms)`)
+        return id
+      }
+    }
+  }
+  if (role === 'mediator') await queue.attach(agent, emit)
 
   if (role === 'recipient') {
     let mediation
@@ -156,10 +196,11 @@ export async function startAgent(config, { log, emit, handlers }) {
       if (config.pickup !== 'poll') await api.mediationRecipient.initiateMessagePickup(mediation)
       return { connectionId: connection.id }
     }
-    handlers.startPickup = async () => {
+    handlers.startPickup = async ({ pickup } = {}) => {
       mediation ??= await api.mediationRecipient.findDefaultMediator()
       if (!mediation) throw new Error('no mediator')
-      await api.mediationRecipient.initiateMessagePickup(mediation)
+      // args.pickup ("live" | "poll", optional) overrides the configured strategy for this start
+      await api.mediationRecipient.initiateMessagePickup(mediation, strategy(pickup ?? config.pickup))
       return {}
     }
     handlers.stopPickup = async () => {

@@ -1,6 +1,8 @@
 // Dev aid: drives the Credo 0.6 agent processes through the e2e protocol and checks what arrives.
-//   node smoke.mjs            (client "memory": Credo's in-memory queue, single mediator instance)
-//   MPR_URL=ws://127.0.0.1:P node smoke.mjs project   (this project's client against a running mpr)
+//   node smoke.mjs            client "memory": Credo's in-memory queue, one mediator instance
+//   node smoke.mjs project    this project's client (clients/credo/build) against mpr + redis-server
+//                             started through tests/conformance/harness.mjs (MPR_BIN to pick the binary);
+//                             adds two mediator instances sharing one wallet behind a switchable proxy
 import { fork } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -8,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import assert from 'node:assert/strict'
+import { connect as tcpConnect } from 'node:net'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const client = process.argv[2] ?? 'memory'
@@ -69,11 +72,38 @@ async function waitCount(r, n, timeoutMs = 30000) {
   return contents(r)
 }
 
+// A TCP proxy playing the load balancer in front of both mediator instances: every new
+// connection goes to the instance `target` names at that moment; open connections stay put.
+function balancer(port, targets) {
+  const lb = { target: 0, sockets: new Set() }
+  lb.server = createServer((inbound) => {
+    const outbound = tcpConnect(targets[lb.target], '127.0.0.1')
+    lb.sockets.add(inbound); lb.sockets.add(outbound)
+    inbound.pipe(outbound); outbound.pipe(inbound)
+    const end = () => { inbound.destroy(); outbound.destroy() }
+    inbound.on('error', end); outbound.on('error', end); inbound.on('close', end); outbound.on('close', end)
+  })
+  lb.listening = new Promise((resolve) => lb.server.listen(port, '127.0.0.1', resolve))
+  lb.close = () => { for (const s of lb.sockets) s.destroy(); lb.server.close() }
+  return lb
+}
+
+let harness, lb
 try {
-  const [p1, p2] = [await freePort(), await freePort()]
-  const endpoints = [`ws://127.0.0.1:${p1}`, `ws://127.0.0.1:${p2}`]
+  let mprUrl
+  if (client === 'project') {
+    harness = await import('../../conformance/harness.mjs')
+    const redis = await harness.startRedis()
+    const mpr = await harness.startServer({ redis, prefix: harness.uniquePrefix() })
+    mprUrl = mpr.url
+    stamp(`redis-server + mpr ready (${mprUrl})`)
+  }
+  const [p1, p2, pLb] = [await freePort(), await freePort(), await freePort()]
+  // project: both instances advertise the balancer; memory: A alone, on its own port
+  const endpoints = client === 'project' ? [`ws://127.0.0.1:${pLb}`] : [`ws://127.0.0.1:${p1}`]
+  if (client === 'project') { lb = balancer(pLb, [p1, p2]); await lb.listening }
   const mediatorWallet = join(dir, 'mediator.sqlite')
-  const mediatorConfig = { role: 'mediator', walletPath: mediatorWallet, walletKey: 'mediator-key', client, mprUrl: process.env.MPR_URL, endpoints }
+  const mediatorConfig = { role: 'mediator', walletPath: mediatorWallet, walletKey: 'mediator-key', client, mprUrl, endpoints }
   const A = start({ ...mediatorConfig, label: 'mediatorA', inboundPort: p1 })
   const R = start({ role: 'recipient', label: 'recipient', walletPath: join(dir, 'recipient.sqlite'), walletKey: 'r', pickup: 'live' })
   const S = start({ role: 'sender', label: 'sender', walletPath: join(dir, 'sender.sqlite'), walletKey: 's' })
@@ -108,19 +138,33 @@ try {
   assert.deepEqual(contents(Rp), offline, 'poll: all 5 once, in order'); stamp('recipient (poll) got the 5 offline, once, in order')
   await Rp.call('stopPickup')
 
-  // Second instance of the same mediator (same wallet file and key).
-  const B = start({ ...mediatorConfig, label: 'mediatorB', inboundPort: p2 })
-  await B.ready; stamp('mediatorB ready on the shared wallet')
-  const { url: bInv } = await B.call('createInvitation')
-  const S2 = start({ role: 'sender', label: 'sender2', walletPath: join(dir, 'sender2.sqlite'), walletKey: 's2' })
-  await S2.ready
-  // sender2 reaches mediatorB only: B must route for a recipient connected through A.
-  await S2.call('receiveInvitation', { url: bInv }); stamp('sender2 connected to mediatorB (shared wallet readable by B)')
+  if (client === 'project') {
+    // Second instance of the same mediator (same wallet file and key), behind the balancer.
+    await Rp.call('startPickup', { pickup: 'live' })
+    await A.waitFor((e) => e.event === 'liveSession' && A.events.filter((x) => x.event === 'liveSession').length >= 2, 10000, 'second liveSession')
+    stamp('recipient back in live mode on mediatorA')
+    const B = start({ ...mediatorConfig, label: 'mediatorB', inboundPort: p2 })
+    await B.ready; stamp('mediatorB ready on the shared wallet')
+    lb.target = 1 // from now on new connections (the sender's) reach B; the recipient stays on A
+    const { url: inv2 } = await Rp.call('createInvitation')
+    const S2 = start({ role: 'sender', label: 'sender2', walletPath: join(dir, 'sender2.sqlite'), walletKey: 's2' })
+    await S2.ready
+    const { connectionId: c2 } = await S2.call('receiveInvitation', { url: inv2 })
+    stamp('sender2 connected to the recipient through mediatorB (DID exchange crossed B -> mpr -> A)')
+    const cross = Array.from({ length: 10 }, (_, i) => `cross-${i}`)
+    for (const content of cross) await S2.call('send', { connectionId: c2, content })
+    await waitCount(Rp, 5 + 10)
+    await new Promise((res) => setTimeout(res, 500))
+    assert.deepEqual(contents(Rp), [...offline, ...cross], 'cross-instance: all 10 once, in order')
+    stamp('recipient (live on A) got the 10 sent through B, once, in order')
+  }
   console.log('SMOKE OK')
 } catch (error) {
   console.error('SMOKE FAILED:', error)
   process.exitCode = 1
 } finally {
   for (const a of agents) a.child.kill()
+  lb?.close()
+  await harness?.stopAll()
   rmSync(dir, { recursive: true, force: true })
 }
