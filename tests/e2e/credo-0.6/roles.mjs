@@ -184,6 +184,15 @@ export async function startAgent(config, { log, emit, handlers }) {
   }
   if (role === 'mediator') await queue.attach(agent, emit)
 
+  if (role === 'recipient' && process.env.E2E_TRACE) {
+    const { DidCommEventTypes } = await import('@credo-ts/didcomm')
+    let seq = 0
+    agent.events.on(DidCommEventTypes.DidCommMessageReceived, () => { seq += 1 })
+    agent.events.on(DidCommEventTypes.DidCommMessageProcessed, ({ payload: { message } }) => {
+      if (!message.type.includes('messagepickup/2.0/delivery')) return
+      log(`trace delivery processed (received so far ${seq}): ${(message.appendedAttachments ?? message.attachments ?? []).map((a) => a.id).join(',')}`)
+    })
+  }
   if (role === 'recipient') {
     let mediation
     agent.events.on(DidCommBasicMessageEventTypes.DidCommBasicMessageStateChanged, ({ payload }) => {

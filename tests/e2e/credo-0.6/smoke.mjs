@@ -163,7 +163,8 @@ try {
   console.error('SMOKE FAILED:', error)
   process.exitCode = 1
 } finally {
-  for (const a of agents) a.child.kill()
+  await Promise.all(agents.map((a) => a.call('shutdown', {}, 10000).catch((error) => console.error(String(error)))))
+  for (const a of agents) if (a.child.exitCode === null) a.child.kill()
   lb?.close()
   await harness?.stopAll()
   rmSync(dir, { recursive: true, force: true })
