@@ -24,11 +24,12 @@ export const FLAVOURS = [
 
 /** Native Askar each Credo line loads, as its install script leaves it. */
 function nativeEnv(flavour) {
-  const lib = path.join(here, flavour.dir, 'native', 'libaries_askar.so');
-  if (!fs.existsSync(lib) || !fs.existsSync(path.join(here, flavour.dir, 'node_modules'))) {
+  const dir = path.join(here, flavour.dir, 'native');
+  if (!fs.existsSync(path.join(dir, 'libaries_askar.so')) || !fs.existsSync(path.join(here, flavour.dir, 'node_modules'))) {
     throw new Error(`${flavour.dir} is not installed: run scripts/ensure-credo`);
   }
-  return flavour.dir === 'credo-0.5' ? { LIB_ARIES_ASKAR_PATH: lib } : { LIB_ASKAR_PATH: lib };
+  // Both name the directory holding libaries_askar.so; 0.6 renamed the variable.
+  return flavour.dir === 'credo-0.5' ? { LIB_ARIES_ASKAR_PATH: dir } : { LIB_ASKAR_PATH: dir };
 }
 
 const agents = new Set();
@@ -52,7 +53,14 @@ export function scratchDir() {
 export async function startAgent(flavour, config, { readyTimeoutMs = 90_000 } = {}) {
   const child = fork(path.join(here, flavour.dir, flavour.entry), [JSON.stringify({ client: flavour.client, ...config })], {
     cwd: path.join(here, flavour.dir),
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, NODE_ENV: 'test', ...nativeEnv(flavour) },
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_ENV: 'test',
+      // Diagnostics the agents understand: E2E_TRACE=1 (queue and delivery order), E2E_CREDO_LOG=debug.
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('E2E_'))),
+      ...nativeEnv(flavour),
+    },
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
   let log = '';
@@ -157,12 +165,13 @@ export async function startAgent(flavour, config, { readyTimeoutMs = 90_000 } = 
     },
   };
   agents.add(agent);
-  await Promise.race([
-    agent.waitFor('ready', () => true, readyTimeoutMs),
-    gone.then(({ code, signal }) => {
-      throw new Error(`${config.label} exited before ready (${code ?? signal}):\n${log.slice(-4000)}`);
-    }),
-  ]);
+  try {
+    await agent.waitFor('ready', () => true, readyTimeoutMs);
+  } catch (error) {
+    agent.killNow();
+    error.message += `\n--- agent ${config.label} (pid ${child.pid}) log tail ---\n${log.slice(-4000)}`;
+    throw error;
+  }
   return agent;
 }
 

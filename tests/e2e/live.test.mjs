@@ -4,10 +4,11 @@
 
 import { after, describe, test } from 'node:test';
 import { flavours } from './flavours.mjs';
-import { assertReceived, assertSettled, newRun, percentile, scenario, sendSequence, startWorld, stopWorld, waitForAll } from './world.mjs';
+import { worldLogs, assertReceived, assertSettled, newRun, percentile, scenario, sendSequence, startWorld, stopWorld, waitForAll } from './world.mjs';
 
-/** MPR_E2E_MESSAGES raises the count for a latency measurement (docs/performance.md). */
 const COUNT = Number(process.env.MPR_E2E_MESSAGES || 30);
+/** Messages sent one at a time for the latency figure; MPR_E2E_LATENCY_MESSAGES=300 for docs/performance.md. */
+const ONE_BY_ONE = Number(process.env.MPR_E2E_LATENCY_MESSAGES || 20);
 
 for (const flavour of flavours) {
   describe(`live mode: ${flavour.name}`, () => {
@@ -22,7 +23,20 @@ for (const flavour of flavours) {
       const arrivals = assertReceived(world, run, COUNT);
       await assertSettled(world, run);
       const latencies = arrivals.map((m) => m.receivedAt - m.sentAt).sort((a, b) => a - b);
-      t.diagnostic(`sender send -> recipient receive over ${latencies.length} messages: p50 ${percentile(latencies, 50)} ms, p99 ${percentile(latencies, 99)} ms, max ${latencies.at(-1)} ms`);
+      if (process.env.E2E_TRACE) console.log(worldLogs(world));
+      t.diagnostic(`burst of ${COUNT}: sender send -> recipient receive p50 ${percentile(latencies, 50)} ms, max ${latencies.at(-1)} ms (queued behind each other)`);
+    }));
+
+    // One message in flight at a time: the path's own latency, not a queue's.
+    test(`${ONE_BY_ONE} messages one at a time: each arrives once; latency from send to receive`, scenario(() => world, async (t) => {
+      const run = newRun();
+      for (let seq = 0; seq < ONE_BY_ONE; seq++) {
+        await sendSequence(world, run, 1, { from: seq });
+        await waitForAll(world, run, seq + 1);
+      }
+      const arrivals = assertReceived(world, run, ONE_BY_ONE);
+      const latencies = arrivals.map((m) => m.receivedAt - m.sentAt).sort((a, b) => a - b);
+      t.diagnostic(`${flavour.name}: sender send -> recipient receive over ${latencies.length} messages one at a time: p50 ${percentile(latencies, 50)} ms, p99 ${percentile(latencies, 99)} ms, max ${latencies.at(-1)} ms`);
     }));
   });
 }
