@@ -15,13 +15,14 @@ import { agentLogs, scratchDir, startAgent, startBalancer, stopAgents } from './
 
 /**
  * Server settings every scenario shares: dead mediator sockets are found within about a
- * second (pings 300 ms × 3), and messages pushed to a session that ended are pending again
- * at once (short visibility timeout, frequent sweeps).
+ * second (pings 300 ms × 3). A pushed message unacknowledged after the visibility timeout is
+ * pushed again: 8 s is long enough for a Credo recipient working through a backlog (about
+ * 70 ms per message here) and short enough to see in a test that nothing comes again.
  */
 const SERVER_ENV = {
   WS_PING_INTERVAL_MS: '300',
   WS_PING_MISSES: '3',
-  VISIBILITY_TIMEOUT_MS: '3000',
+  VISIBILITY_TIMEOUT_MS: '8000',
   REDELIVERY_INTERVAL_MS: '200',
   LIVENESS_TIMEOUT_MS: '2000',
 };
