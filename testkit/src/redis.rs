@@ -135,6 +135,8 @@ pub(crate) async fn start_retrying(
                 failures.join("\n")
             );
         }
+        // Said, so that a test's output shows a port race it got over.
+        eprintln!("redis-server did not come up on port {port}; trying a fresh port");
         port = fresh()?;
     }
 }
