@@ -96,7 +96,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_counter!(
         CALLS,
-        "JSON-RPC calls by method and outcome (ok, invalid, error)"
+        "JSON-RPC calls by method, outcome (ok, invalid, error) and tenant (empty: none)"
     );
     metrics::describe_histogram!(CALL_DURATION, "JSON-RPC call latency by method");
     metrics::describe_counter!(

@@ -1,6 +1,7 @@
 //! The Redis Cluster the cluster runs use (`testkit::RedisCluster`, `MPR_TEST_REDIS=cluster`),
 //! proven with redis-cli alone: keys spread over the primaries by hash tag, a killed primary is
-//! replaced by its replica with the data, and comes back as a replica.
+//! replaced by its replica with the data, and comes back as a replica; nodes whose picked ports
+//! were taken meanwhile come up on fresh ones.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -100,4 +101,27 @@ async fn a_killed_primary_is_replaced_by_its_replica_and_rejoins_as_a_replica() 
          {:?} in all",
         began.elapsed()
     );
+}
+
+/// Ports taken between picking and starting (by another test's server, or a node's bus port):
+/// those nodes come up on fresh ports and the cluster forms all the same.
+#[tokio::test]
+async fn a_cluster_forms_when_ports_picked_for_it_are_taken() {
+    let opts = RedisClusterOpts::new("redis-server").expect("free ports");
+    let (port_taken, bus_taken) = (opts.ports[1], opts.ports[4]);
+    let hold = |port| std::net::TcpListener::bind(("127.0.0.1", port)).expect("still free");
+    let _held = [
+        hold(port_taken),
+        hold(bus_taken + testkit::CLUSTER_BUS_OFFSET),
+    ];
+    let cluster = RedisCluster::start(opts)
+        .await
+        .expect("the cluster forms on fresh ports");
+    let nodes = cluster.nodes();
+    assert_eq!(nodes.len(), 6);
+    for port in [port_taken, bus_taken] {
+        assert!(!nodes.contains(&format!("127.0.0.1:{port}")), "{nodes:?}");
+    }
+    assert_eq!(cluster.primaries().await.unwrap().len(), 3);
+    assert_eq!(cluster.replicas().await.unwrap().len(), 3);
 }

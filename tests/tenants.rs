@@ -1,7 +1,7 @@
 //! Tenants: a token written `token=tenant` puts its sockets in that tenant. Two mediators using
 //! the same connectionId in two tenants share one server and one Redis and never meet: neither
 //! counts, takes, removes nor binds the other's connection, and each tenant's keys are under its
-//! own prefix.
+//! own prefix. Calls are counted by tenant.
 
 mod support;
 
@@ -97,4 +97,12 @@ async fn two_tenants_with_the_same_connection_id_never_meet() {
     );
     let untenanted = redis.cli(&["--scan", "--pattern", "mpr:{c-shared}*"]);
     assert_eq!(untenanted, "", "nothing outside the tenants");
+
+    // Calls are counted by tenant: acme added twice, globex once.
+    let added = async |tenant: &str| {
+        let labels = format!(r#"method="addMessage",outcome="ok",tenant="{tenant}""#);
+        server.metric("mpr_calls_total", &labels).await
+    };
+    assert_eq!(added("acme").await, 2.0);
+    assert_eq!(added("globex").await, 1.0);
 }

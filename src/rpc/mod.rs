@@ -216,7 +216,10 @@ async fn handle_request(
     let result = methods::dispatch(caller, method, request.params, reply_budget).await;
     let label = methods::metric_label(method);
     let outcome = result.as_ref().map_or_else(RpcError::outcome, |_| "ok");
-    metrics::counter!(telemetry::CALLS, "method" => label, "outcome" => outcome).increment(1);
+    // Tenants are the configured set (AUTH_TOKENS), so the label stays bounded; "" without one.
+    let tenant = caller.tenant.unwrap_or_default().to_owned();
+    metrics::counter!(telemetry::CALLS, "method" => label, "outcome" => outcome, "tenant" => tenant)
+        .increment(1);
     metrics::histogram!(telemetry::CALL_DURATION, "method" => label)
         .record(started.elapsed().as_secs_f64());
     if let Err(error) = &result

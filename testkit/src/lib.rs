@@ -13,6 +13,7 @@ mod redis_cluster;
 mod secantus;
 mod socketdock;
 
+use std::hash::BuildHasher;
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -29,16 +30,66 @@ pub use socketdock::{SocketDock, SocketDockOpts};
 
 /// A 127.0.0.1 port nobody listens on right now (never 6379).
 pub fn free_port() -> Result<u16> {
-    // The system may give the port a caller just released to the next bind(0): two tests
-    // running at once would then start servers on one port. A port is handed out once per
-    // process.
+    pick_port(&[0])
+}
+
+/// How far above its port a Redis Cluster node binds its cluster bus port.
+pub const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// A port for a Redis Cluster node: nobody listens on it nor on its cluster bus port (port +
+/// [`CLUSTER_BUS_OFFSET`], which the node binds too) right now.
+pub fn free_cluster_port() -> Result<u16> {
+    pick_port(&[0, CLUSTER_BUS_OFFSET])
+}
+
+/// A port `p` such that every `p + offset` is free now and was never handed out here before.
+///
+/// Ports are picked at random below the range the system hands out to bind(0) and to outgoing
+/// connections (ip_local_port_range), bus ports included: an outgoing connection of any process
+/// cannot take one between picking and binding it, nor while a test restarts a server on it.
+/// Other processes picking the same way can still race for one: the starters retry on fresh
+/// ports (see [`RedisServer::start_on_free_port`]).
+fn pick_port(offsets: &[u16]) -> Result<u16> {
+    // A port is handed out once per process (bus ports included), so two tests running at once
+    // never get the same one.
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if port != 6379 && HANDED_OUT.lock().expect("ports lock").insert(port) {
+    static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let range = quiet_ports();
+    let width = u64::from(range.end - range.start);
+    for _ in 0..10_000 {
+        let draw = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let random = std::hash::RandomState::new().hash_one(draw);
+        let port = range.start + (random % width) as u16;
+        let ports: Vec<u16> = offsets.iter().map(|offset| port + offset).collect();
+        let mut handed_out = HANDED_OUT.lock().expect("ports lock");
+        if ports.iter().any(|p| *p == 6379 || handed_out.contains(p)) {
+            continue;
+        }
+        if ports
+            .iter()
+            .all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            handed_out.extend(ports);
             return Ok(port);
         }
+    }
+    anyhow::bail!("no free port in {range:?}")
+}
+
+/// Ports below the system's ephemeral range whose bus ports are below it too; when the system
+/// leaves too few of those, every port a cluster node can have.
+fn quiet_ports() -> std::ops::Range<u16> {
+    const LOW: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let end = ephemeral_low.saturating_sub(CLUSTER_BUS_OFFSET);
+    if end >= LOW + 2_000 {
+        LOW..end
+    } else {
+        1024..u16::MAX - CLUSTER_BUS_OFFSET
     }
 }
 

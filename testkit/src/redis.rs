@@ -40,11 +40,22 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts it and waits until it answers PING.
+    /// Starts it on `opts.port` and waits until it answers.
     pub async fn start(opts: RedisOpts) -> Result<Self> {
         let mut redis = Self { opts, proc: None };
         redis.restart().await?;
         Ok(redis)
+    }
+
+    /// [`Self::start`], and when it does not come up on `opts.port` (someone took the port
+    /// after it was picked) again on fresh free ports, a few times; [`Self::port`] says where.
+    pub async fn start_on_free_port(opts: RedisOpts) -> Result<Self> {
+        let first = opts.port;
+        start_retrying(first, free_port, |port| RedisOpts {
+            port,
+            ..opts.clone()
+        })
+        .await
     }
 
     pub fn port(&self) -> u16 {
@@ -60,7 +71,8 @@ impl RedisServer {
         self.proc.as_ref().map(Proc::pid)
     }
 
-    /// Starts it (again) on the same port, with the same arguments; waits until it answers PING.
+    /// Starts it (again) on the same port, with the same arguments; waits until it answers
+    /// PING as itself (its pid in INFO: not another server that holds the port).
     pub async fn restart(&mut self) -> Result<()> {
         let port = self.opts.port;
         if self.proc.is_some() {
@@ -74,10 +86,13 @@ impl RedisServer {
             .proc
             .insert(Proc::spawn(cmd, "redis-server", &self.opts.spawn)?);
         let log = &self.opts.spawn.log;
-        let what = format!("redis-server on port {port} did not answer PING");
-        let (within, every) = (Duration::from_secs(10), Duration::from_millis(20));
+        let pid = proc.pid();
+        let what = format!("redis-server on port {port} (pid {pid}) did not answer");
+        // Generous: dozens of servers may be starting at once on a loaded machine. One that
+        // cannot bind its ports exits at once, which ends the wait early.
+        let (within, every) = (Duration::from_secs(30), Duration::from_millis(20));
         let ready = proc
-            .wait_ready(log, &what, within, every, || pings(port))
+            .wait_ready(log, &what, within, every, || answers_as(port, pid))
             .await;
         if ready.is_err() {
             self.stop();
@@ -98,9 +113,41 @@ impl RedisServer {
     }
 }
 
-/// Whether a redis-server on `port` answers PING with PONG.
-async fn pings(port: u16) -> bool {
-    matches!(command(port, &["PING"]).await.as_deref(), Ok("PONG"))
+/// How many ports [`start_retrying`] tries.
+const START_ATTEMPTS: usize = 4;
+
+/// Starts a redis-server as `opts_on(port)` says, first on `port`, then, each time it does not
+/// come up, on a port from `fresh`, up to [`START_ATTEMPTS`] ports.
+pub(crate) async fn start_retrying(
+    mut port: u16,
+    fresh: fn() -> Result<u16>,
+    opts_on: impl Fn(u16) -> RedisOpts,
+) -> Result<RedisServer> {
+    let mut failures = Vec::new();
+    loop {
+        match RedisServer::start(opts_on(port)).await {
+            Ok(server) => return Ok(server),
+            Err(error) => failures.push(format!("{error:#}")),
+        }
+        if failures.len() == START_ATTEMPTS {
+            bail!(
+                "redis-server did not start on {START_ATTEMPTS} ports:\n{}",
+                failures.join("\n")
+            );
+        }
+        // Said, so that a test's output shows a port race it got over.
+        eprintln!("redis-server did not come up on port {port}; trying a fresh port");
+        port = fresh()?;
+    }
+}
+
+/// Whether the redis-server answering on `port` is the process `pid`.
+async fn answers_as(port: u16, pid: u32) -> bool {
+    let Ok(info) = command(port, &["INFO", "server"]).await else {
+        return false;
+    };
+    let own = format!("process_id:{pid}");
+    info.lines().any(|line| line.trim_end() == own)
 }
 
 /// How long one [`command`] may take, connecting included.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
-use crate::redis::command;
-use crate::{RedisOpts, RedisServer, Spawn, free_port, running};
+use crate::redis::{command, start_retrying};
+use crate::{RedisOpts, RedisServer, Spawn, free_cluster_port, running};
 
 /// Slots of a Redis Cluster: 0..16384.
 const SLOTS: u32 = 16384;
@@ -21,7 +21,9 @@ pub struct RedisClusterOpts {
     pub bin: String,
     /// The redis-cli that creates the cluster and serves [`RedisCluster::cli`].
     pub cli: String,
-    /// One node per port; half of them end up primaries, half replicas.
+    /// One node per port; half of them end up primaries, half replicas. A node that does not
+    /// come up on its port (taken by someone else after it was picked: the port or its bus
+    /// port, port + 10000) is started on a fresh one instead; [`RedisCluster::nodes`] tells.
     pub ports: Vec<u16>,
     /// Node configs, AOF directories and logs (`redis-<port>.log`); removed on drop.
     pub dir: PathBuf,
@@ -42,9 +44,12 @@ pub struct RedisClusterOpts {
 }
 
 impl RedisClusterOpts {
-    /// Six nodes of `bin` on free ports, in a fresh directory under the system's temp dir.
+    /// Six nodes of `bin` on free ports (bus ports free too), in a fresh directory under the
+    /// system's temp dir.
     pub fn new(bin: &str) -> Result<Self> {
-        let ports = (0..6).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+        let ports = (0..6)
+            .map(|_| free_cluster_port())
+            .collect::<Result<Vec<_>>>()?;
         let dir = std::env::temp_dir().join(format!(
             "testkit-redis-cluster-{}-{}",
             std::process::id(),
@@ -57,7 +62,9 @@ impl RedisClusterOpts {
             dir,
             args: Vec::new(),
             spawn: Spawn::default(),
-            settle_within: Duration::from_secs(30),
+            // Generous: on a loaded machine with clusters starting in parallel, forming one
+            // (a full sync per replica) can take many seconds.
+            settle_within: Duration::from_secs(90),
             announce_host: None,
         })
     }
@@ -87,8 +94,11 @@ impl RedisCluster {
             nodes: Vec::new(),
             slots_of_killed: Vec::new(),
         };
-        for &port in &cluster.opts.ports {
-            let node = RedisServer::start(cluster.node_opts(port)).await?;
+        for index in 0..cluster.opts.ports.len() {
+            let picked = cluster.opts.ports[index];
+            let node = start_retrying(picked, free_cluster_port, |port| cluster.node_opts(port));
+            let node = node.await?;
+            cluster.opts.ports[index] = node.port();
             cluster.nodes.push(node);
         }
         let mut create = Command::new(&cluster.opts.cli);

@@ -106,7 +106,47 @@ export async function freePort() {
   }
 }
 
-function tcpPing(port, timeoutMs = 500) {
+/** Whether 127.0.0.1:`port` can be bound right now. */
+function bindable(port) {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.unref();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/** How far above its port a Redis Cluster node binds its cluster bus port. */
+const CLUSTER_BUS_OFFSET = 10_000;
+
+/** Ports handed out by freeClusterPort (bus ports included), never handed out again here. */
+const clusterPortsHandedOut = new Set();
+
+/**
+ * A port for a Redis Cluster node: it and its bus port (port + 10000) are free right now. Both
+ * lie below the range the system hands out to bind(0) and outgoing connections (testkit's
+ * free_cluster_port does the same), so no connection takes them before the node binds them;
+ * other processes picking the same way can still race, which startRedisCluster retries.
+ */
+async function freeClusterPort() {
+  const ephemeralLow = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').split(/\s+/)[0]) || 32768;
+  const [low, end] = ephemeralLow - CLUSTER_BUS_OFFSET >= 12_000 ? [10_000, ephemeralLow - CLUSTER_BUS_OFFSET] : [1024, 65535 - CLUSTER_BUS_OFFSET];
+  for (;;) {
+    const port = low + Math.floor(Math.random() * (end - low));
+    const pair = [port, port + CLUSTER_BUS_OFFSET];
+    if (pair.some((p) => p === 6379 || clusterPortsHandedOut.has(p))) continue;
+    if ((await bindable(pair[0])) && (await bindable(pair[1]))) {
+      pair.forEach((p) => clusterPortsHandedOut.add(p));
+      return port;
+    }
+  }
+}
+
+/**
+ * Whether the redis-server answering on `port` is the process `pid` (INFO server names it): not
+ * another server holding the port while ours fails to bind it.
+ */
+function answersAs(port, pid, timeoutMs = 1000) {
   return new Promise((resolve) => {
     const socket = net.connect({ host: '127.0.0.1', port });
     let buffer = '';
@@ -116,11 +156,14 @@ function tcpPing(port, timeoutMs = 500) {
     };
     socket.setTimeout(timeoutMs, () => done(false));
     socket.once('error', () => done(false));
+    socket.once('close', () => done(false));
     socket.on('data', (chunk) => {
       buffer += chunk.toString();
-      if (buffer.includes('\r\n')) done(buffer.startsWith('+PONG'));
+      const found = buffer.match(/process_id:(\d+)\r\n/);
+      if (found) done(Number(found[1]) === pid);
+      else if (buffer.startsWith('-')) done(false);
     });
-    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.once('connect', () => socket.write('INFO server\r\n'));
   });
 }
 
@@ -145,7 +188,7 @@ export function singleNodeOnly(why) {
   return CLUSTER_MODE ? `needs a single redis-server (${why}); MPR_TEST_REDIS=cluster` : false;
 }
 
-/** Spawns one redis-server on `port` with `args` after the defaults; resolves once it answers PING. */
+/** Spawns one redis-server on `port` with `args` after the defaults; resolves once it answers as itself. */
 async function spawnRedis(port, args = [], { cwd } = {}) {
   if (port === 6379) throw new Error('never use port 6379');
   const child = spawn(
@@ -157,9 +200,11 @@ async function spawnRedis(port, args = [], { cwd } = {}) {
   let output = '';
   child.stdout.on('data', (d) => (output += d));
   child.stderr.on('data', (d) => (output += d));
-  const deadline = Date.now() + 10_000;
+  // Generous: many servers may start at once on a loaded machine; one that cannot bind its
+  // ports exits at once, which ends the wait early.
+  const deadline = Date.now() + 30_000;
   while (Date.now() < deadline && child.exitCode === null) {
-    if (await tcpPing(port)) return child;
+    if (await answersAs(port, child.pid)) return child;
     await sleep(50);
   }
   await stopChild(child, 500);
@@ -249,10 +294,7 @@ async function clusterView(port) {
 export async function startRedisCluster() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mpr-conformance-cluster-'));
   const ports = [];
-  while (ports.length < 6) {
-    const port = await freePort();
-    if (!ports.includes(port)) ports.push(port);
-  }
+  let nodes;
   const nodeArgs = (port) => [
     '--cluster-enabled', 'yes', '--cluster-node-timeout', '2000',
     '--appendonly', 'yes', '--appendfsync', 'always',
@@ -262,7 +304,6 @@ export async function startRedisCluster() {
     '--dir', dir, '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
     '--appenddirname', `appendonly-${port}`, '--dbfilename', `dump-${port}.rdb`,
   ];
-  const nodes = ports.map((port) => `127.0.0.1:${port}`);
   clusterDirs.add(dir);
   const stop = async () => {
     await Promise.all(nodeChildren.map((child) => stopChild(child)));
@@ -271,14 +312,29 @@ export async function startRedisCluster() {
   };
   const nodeChildren = [];
   try {
-    for (const port of ports) nodeChildren.push(await spawnRedis(port, nodeArgs(port)));
+    // A node that does not come up (its port or bus port taken after it was picked) is
+    // started again on a fresh one, a few times.
+    while (ports.length < 6) {
+      for (let attempt = 1; ; attempt++) {
+        const port = await freeClusterPort();
+        try {
+          nodeChildren.push(await spawnRedis(port, nodeArgs(port)));
+          ports.push(port);
+          break;
+        } catch (error) {
+          if (attempt === 4) throw error;
+        }
+      }
+    }
+    nodes = ports.map((port) => `127.0.0.1:${port}`);
     await execFileAsync('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '1', '--cluster-yes']);
-    const deadline = Date.now() + 30_000;
+    // Generous, as testkit's settle_within: forming a cluster under load takes a while.
+    const deadline = Date.now() + 90_000;
     let last;
     for (;;) {
       last = await Promise.all(ports.map((port) => clusterView(port).catch((error) => ({ ok: false, agreed: error.message }))));
       if (last.every((view) => view.ok && view.agreed === last[0].agreed)) break;
-      if (Date.now() >= deadline) throw new Error(`the cluster did not settle within 30 s: ${JSON.stringify(last)}`);
+      if (Date.now() >= deadline) throw new Error(`the cluster did not settle within 90 s: ${JSON.stringify(last)}`);
       await sleep(100);
     }
   } catch (error) {

@@ -96,7 +96,7 @@ impl Redis {
     fn start_single(args: &[&str]) -> Self {
         let mut opts = testkit::RedisOpts::new("redis-server").expect("a free port");
         opts.args = args.iter().map(|arg| arg.to_string()).collect();
-        let server = testkit::block_on(testkit::RedisServer::start(opts))
+        let server = testkit::block_on(testkit::RedisServer::start_on_free_port(opts))
             .expect("redis-server is installed and starts");
         Self {
             port: server.port(),
