@@ -3,7 +3,13 @@
 // Protocol: ../README.md ("Agent process protocol"). Config is process.argv[2] (JSON); commands
 // arrive over the IPC channel as {id, cmd, args} and are answered {id, ok, result|error}.
 const path = require('node:path');
-if (!process.env.LIB_ARIES_ASKAR_PATH) process.env.LIB_ARIES_ASKAR_PATH = path.join(__dirname, 'native', 'libaries_askar.so');
+// aries-askar-nodejs 0.2 wants the DIRECTORY holding libaries_askar.so in LIB_ARIES_ASKAR_PATH; a
+// path to the .so itself (as a harness may pass) is turned into its directory.
+{
+  const given = process.env.LIB_ARIES_ASKAR_PATH;
+  if (!given) process.env.LIB_ARIES_ASKAR_PATH = path.join(__dirname, 'native');
+  else if (given.endsWith('.so')) process.env.LIB_ARIES_ASKAR_PATH = path.dirname(given);
+}
 
 require('reflect-metadata');
 const { ariesAskar } = require('@hyperledger/aries-askar-nodejs');
@@ -11,9 +17,11 @@ const { AskarModule } = require('@credo-ts/askar');
 const {
   Agent, ConsoleLogger, LogLevel, KeyDerivationMethod, WsOutboundTransport, HttpOutboundTransport,
   ConnectionsModule, MediatorModule, MediationRecipientModule, MessagePickupModule, MediatorPickupStrategy,
-  MessageForwardingStrategy, MessagePickupEventTypes, BasicMessageEventTypes, BasicMessageRole,
+  MessagePickupEventTypes, BasicMessageEventTypes, BasicMessageRole,
 } = require('@credo-ts/core');
 const { agentDependencies } = require('@credo-ts/node');
+// not re-exported from the @credo-ts/core 0.5.19 index
+const { MessageForwardingStrategy } = require('@credo-ts/core/build/modules/routing/MessageForwardingStrategy');
 const { KeepOpenWsInboundTransport } = require('./ws-inbound.cjs');
 
 const config = JSON.parse(process.argv[2] || '{}');
@@ -31,7 +39,8 @@ let mediatorRecord;
 
 function walletConfig() {
   return {
-    id: config.label || config.role,
+    // the wallet id is Askar's profile name: processes sharing a wallet file must share it too
+    id: config.walletId || (config.walletPath ? path.basename(config.walletPath).replace(/\.[^.]*$/, '') : config.role),
     key: config.walletKey || 'mpr-e2e-key',
     keyDerivationMethod: KeyDerivationMethod.Argon2IInt,
     storage: { type: 'sqlite', config: { path: config.walletPath } },
@@ -93,7 +102,25 @@ async function buildMprProject() {
   // ---- end client: "project" ----
 }
 
+function freePort() {
+  const net = require('node:net');
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
 async function init() {
+  // A sender needs an inbound endpoint of its own: the recipient's DID exchange response and
+  // acks come back to it (it has no mediator). `inboundPort` optional; a free port otherwise.
+  if (config.role === 'sender') {
+    if (!config.inboundPort) config.inboundPort = await freePort();
+    if (!config.endpoints) config.endpoints = [`ws://127.0.0.1:${config.inboundPort}`];
+  }
   const modules = {
     askar: new AskarModule({ ariesAskar }),
     connections: new ConnectionsModule({ autoAcceptConnections: true }),
@@ -114,7 +141,7 @@ async function init() {
     config: {
       label: config.label || config.role,
       walletConfig: walletConfig(),
-      endpoints: config.role === 'mediator' ? config.endpoints : undefined,
+      endpoints: config.role === 'recipient' ? undefined : config.endpoints,
       logger: new ConsoleLogger(process.env.CREDO_LOG === 'debug' ? LogLevel.debug : LogLevel.warn),
     },
     dependencies: agentDependencies,
@@ -123,7 +150,7 @@ async function init() {
   wsOutbound = new WsOutboundTransport();
   agent.registerOutboundTransport(wsOutbound);
   agent.registerOutboundTransport(new HttpOutboundTransport());
-  if (config.role === 'mediator') agent.registerInboundTransport(new KeepOpenWsInboundTransport({ port: config.inboundPort }));
+  if (config.role !== 'recipient') agent.registerInboundTransport(new KeepOpenWsInboundTransport({ port: config.inboundPort }));
   if (config.role === 'recipient') {
     agent.events.on(BasicMessageEventTypes.BasicMessageStateChanged, ({ payload: { basicMessageRecord } }) => {
       if (basicMessageRecord.role === BasicMessageRole.Receiver) emit({ event: 'basicMessage', content: basicMessageRecord.content, receivedAt: Date.now() });
