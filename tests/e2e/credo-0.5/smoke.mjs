@@ -94,7 +94,8 @@ try {
   const mediatorWallet = path.join(dir, 'mediator.sqlite');
   const base = { walletKey: 'mpr-e2e-mediator-key', walletPath: mediatorWallet, client: '2060' };
   // the mediator advertises B first: a sender picks the first endpoint (mediator instance B)
-  const endpoints = [`ws://127.0.0.1:${portB}`, `ws://127.0.0.1:${portA}`];
+  // SMOKE_VIA=A: advertise [A, B] instead, so the sender goes through A (same instance as the live session)
+  const endpoints = process.env.SMOKE_VIA === 'A' ? [`ws://127.0.0.1:${portA}`, `ws://127.0.0.1:${portB}`] : [`ws://127.0.0.1:${portB}`, `ws://127.0.0.1:${portA}`];
   const medA = startAgent({ ...base, role: 'mediator', label: 'mediatorA', inboundPort: portA, endpoints, mprUrl: mprA.url });
   await ready(medA);
   stamp('mediator A ready');
