@@ -129,7 +129,7 @@ try {
   await sleep(2000);
   got = recipient.events.filter((e) => e.event === 'basicMessage').map((e) => e.content);
   checkBatch(got, batch1, 'live via B');
-  stamp('20 messages sent through B received once, in order, live on A');
+  stamp(`20 messages sent through ${process.env.SMOKE_VIA === 'A' ? 'A' : 'B'} received, live on A`);
 
   // --- 3. offline: stopPickup, send 5, startPickup (poll), all 5
   await recipient.call('stopPickup');
