@@ -68,7 +68,10 @@ for (const flavour of flavours) {
       a.signal('SIGKILL');
       await b.waitFor('liveSession', (e) => e.connectionId === world.recipientConnectionId, 60_000);
       await waitForAll(world, run, 10);
-      assertReceived(world, run, 10);
+      // Once, but not necessarily in order: when the recipient opens live mode on B, the
+      // server re-pushes what A held while Credo takes the rest with its own delivery-request,
+      // and the two paths interleave (docs/credo.md).
+      assertReceived(world, run, 10, { ordered: false });
       await assertSettled(world, run);
     }));
   });

@@ -20,7 +20,7 @@ for (const flavour of flavours) {
       const run = newRun();
       await sendSequence(world, run, COUNT);
       await waitForAll(world, run, COUNT);
-      const arrivals = assertReceived(world, run, COUNT);
+      const arrivals = assertReceived(world, run, COUNT, { ordered: flavour.pushOrder });
       await assertSettled(world, run);
       const latencies = arrivals.map((m) => m.receivedAt - m.sentAt).sort((a, b) => a - b);
       if (process.env.E2E_TRACE) console.log(worldLogs(world));

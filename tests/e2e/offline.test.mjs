@@ -34,7 +34,7 @@ for (const flavour of flavours) {
 
       await world.recipient.call('startPickup');
       await waitForAll(world, run, COUNT);
-      assertReceived(world, run, COUNT);
+      assertReceived(world, run, COUNT, { ordered: flavour.batchOrder });
       await assertSettled(world, run);
     }));
   });

@@ -85,21 +85,18 @@ async function buildMpr2060() {
 }
 
 async function buildMprProject() {
-  // ---- client: "project" (clients/credo, branch `client`) -- TO BE FINISHED AT INTEGRATION ----
-  // Expected API: MessagePickupRepositoryClient({url, token}) like the 2060 class, plus a helper
-  // doing the wiring of buildMpr2060().wire (name assumed here: wireMediator).
-  const pkg = require('../../../clients/credo/build');
-  const client = new pkg.MessagePickupRepositoryClient({ url: config.mprUrl, token: config.mprToken });
+  // This project's client (clients/credo): the same class, and the wiring in one call.
+  const { MessagePickupRepositoryClient, attachToCredo05Agent } = require('../../../clients/credo/build');
+  const { reportLiveSessions } = require('../observe.cjs');
+  const client = new MessagePickupRepositoryClient({ url: config.mprUrl, token: config.mprToken });
   await client.connect();
+  reportLiveSessions(client.connection, emit);
   return {
     repository: client,
     wire(agent) {
-      const helper = pkg.wireMediator || pkg.wireMediatorAgent;
-      if (!helper) throw new Error('clients/credo has no wiring helper (integration pending)');
-      helper({ agent, client, onLiveSession: (s) => emit({ event: 'liveSession', ...s }), onLiveSessionRemoved: (s) => emit({ event: 'liveSessionRemoved', ...s }), onReconnected: () => emit({ event: 'mprReconnected' }) });
+      attachToCredo05Agent(agent, client, { logger: agent.config.logger });
     },
   };
-  // ---- end client: "project" ----
 }
 
 function freePort() {

@@ -10,11 +10,13 @@ import {
   DidCommBasicMessageRole,
   DidCommMediatorPickupStrategy,
   DidCommMessageForwardingStrategy,
-  DidCommMessagePickupEventTypes,
   DidCommModule,
   DidCommWsOutboundTransport,
 } from '@credo-ts/didcomm'
 import { KeepOpenWsInboundTransport } from './ws-inbound.mjs'
+import observe from '../observe.cjs'
+
+const { reportLiveSessions } = observe
 
 const logLevel = LogLevel[process.env.E2E_CREDO_LOG ?? 'warn'] ?? LogLevel.warn
 
@@ -58,11 +60,7 @@ const freePort = () =>
   })
 
 async function queueRepository(config, log) {
-  const client = config.client ?? 'memory'
-  if (client === 'memory') {
-    // DEV AID ONLY: Credo's in-memory queue (the default when none is given); two instances cannot share it.
-    return { repository: undefined, attach: async () => {}, liveEventsFromCredo: true, forwarding: DidCommMessageForwardingStrategy.QueueAndLiveModeDelivery }
-  }
+  const client = config.client
   if (client === 'project') {
     // This project's DidCommQueueTransportRepository (clients/credo, built to clients/credo/build).
     const mod = await import('../../../clients/credo/build/index.js')
@@ -74,25 +72,9 @@ async function queueRepository(config, log) {
     return {
       repository,
       attach: async (agent, emit) => {
-        // liveSession / liveSessionRemoved once the server answered addLiveSession / removeLiveSession.
-        const connection = repository.connection
-        const add = connection.addLiveSession.bind(connection)
-        connection.addLiveSession = async (params) => {
-          const result = await add(params)
-          emit({ event: 'liveSession', connectionId: params.connectionId, sessionId: params.sessionId, bound: result })
-          return result
-        }
-        const remove = connection.removeLiveSession.bind(connection)
-        connection.removeLiveSession = async (params) => {
-          const sessionId = connection.heldLiveSessions().get(params.connectionId)
-          const result = await remove(params)
-          emit({ event: 'liveSessionRemoved', connectionId: params.connectionId, sessionId, removed: result })
-          return result
-        }
-        connection.on('reconnected', () => emit({ event: 'mprReconnected' }))
+        reportLiveSessions(repository.connection, emit)
         repository.attach(agent, { logger: agent.config.logger })
       },
-      liveEventsFromCredo: false,
       forwarding: DidCommMessageForwardingStrategy.QueueOnly,
     }
   }
@@ -117,7 +99,7 @@ export async function startAgent(config, { log, emit, handlers }) {
     queue = await queueRepository(config, log)
     didcomm.endpoints = config.endpoints ?? [`ws://127.0.0.1:${config.inboundPort}`]
     didcomm.transports.inbound = [new KeepOpenWsInboundTransport({ port: config.inboundPort })]
-    if (queue.repository) didcomm.queueTransportRepository = queue.repository
+    didcomm.queueTransportRepository = queue.repository
     didcomm.mediator = { autoAcceptMediationRequests: true, messageForwardingStrategy: queue.forwarding }
   } else if (role === 'recipient') {
     didcomm.mediationRecipient = {
@@ -156,12 +138,6 @@ export async function startAgent(config, { log, emit, handlers }) {
     return { url: oob.outOfBandInvitation.toUrl({ domain: 'https://example.org' }) }
   }
 
-  if (role === 'mediator' && queue.liveEventsFromCredo) {
-    agent.events.on(DidCommMessagePickupEventTypes.LiveSessionSaved, ({ payload: { session } }) =>
-      emit({ event: 'liveSession', connectionId: session.connectionId, sessionId: session.id }))
-    agent.events.on(DidCommMessagePickupEventTypes.LiveSessionRemoved, ({ payload: { session } }) =>
-      emit({ event: 'liveSessionRemoved', connectionId: session.connectionId, sessionId: session.id }))
-  }
   if (role === 'mediator' && process.env.E2E_TRACE) {
     // diagnostics: the order in which this instance queues and delivers
     const pickup = api.messagePickup
