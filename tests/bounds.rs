@@ -141,8 +141,10 @@ async fn connections_that_never_finish_their_upgrade_or_headers_block_nothing_an
     let server = Server::start(
         &redis,
         &[
-            ("WS_HANDSHAKE_TIMEOUT_MS", "5000"),
-            ("HTTP_HEADER_READ_TIMEOUT_MS", "5000"),
+            // Long enough that opening them all and checking on a loaded 2-core CI machine
+            // (the other tests of this file run beside it) ends well before it.
+            ("WS_HANDSHAKE_TIMEOUT_MS", "15000"),
+            ("HTTP_HEADER_READ_TIMEOUT_MS", "15000"),
         ],
     )
     .await;

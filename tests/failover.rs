@@ -1,4 +1,4 @@
-//! Redis Cluster failover under load: writers and consumers over two instances while the
+//! Redis Cluster failover under load: writers and consumers over three instances while the
 //! primary of some of their connections is killed -9, its replica takes over and the old
 //! primary rejoins as a replica, then an instance is killed -9 (`support::reconcile`). With
 //! REDIS_WAIT_REPLICAS=1 no acknowledged message may be lost; without it, what replication had
