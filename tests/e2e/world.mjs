@@ -125,10 +125,34 @@ export function scenario(getWorld, fn) {
 
 export const newRun = () => randomBytes(4).toString('hex');
 
-/** Sends seq 0..count-1 of `run` from the sender to the recipient, one after the other. */
+/** The servers' successful addMessage calls so far (a server that does not answer counts 0). */
+async function messagesAdded(world) {
+  const counts = await Promise.all(world.servers.map(async (server) => {
+    try {
+      const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+      return text.split('\n')
+        .filter((line) => line.startsWith('mpr_calls_total{') && line.includes('method="addMessage"') && line.includes('outcome="ok"'))
+        .reduce((sum, line) => sum + Number(line.split(' ').at(-1)), 0);
+    } catch {
+      return 0;
+    }
+  }));
+  return counts.reduce((a, b) => a + b, 0);
+}
+
+/**
+ * Sends seq 0..count-1 of `run` from the sender to the recipient, one after the other: each
+ * once a server has queued the one before. A Credo mediator works on the forwards that reach
+ * its socket together concurrently, so two sent back to back can reach the server swapped;
+ * waiting makes the order the server accepts the send order, and the recipient's order then
+ * tests what the server and the clients do with it. Pushes to the recipient stay pipelined.
+ */
 export async function sendSequence(world, run, count, { from = 0 } = {}) {
   for (let seq = from; seq < from + count; seq++) {
+    const before = await messagesAdded(world);
     await world.sender.call('send', { connectionId: world.senderConnectionId, content: JSON.stringify({ run, seq, sentAt: Date.now() }) });
+    const queued = await pollUntil(async () => (await messagesAdded(world)) > before, { timeoutMs: 20_000, intervalMs: 10 });
+    assert.ok(queued, `seq ${seq} of run ${run} was queued by a server within 20 s of sending`);
   }
 }
 
