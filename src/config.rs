@@ -488,6 +488,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// The URL of the node at `address` (`host:port`) with the scheme and credentials of the URL
+/// `template` (`rediss://user:password@...`): how one URL reaches every node of a cluster.
+pub fn redis_url_for(template: &str, address: &str) -> String {
+    let (scheme, rest) = template.split_once("://").unwrap_or(("redis", template));
+    let credentials = rest
+        .split_once('@')
+        .map(|(userinfo, _)| format!("{userinfo}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{credentials}{address}")
+}
+
 fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
@@ -534,13 +545,9 @@ impl RedisSettings {
     /// credentials.
     pub fn cluster_urls(&self) -> Result<Vec<String>, String> {
         let template = &self.redis_url;
-        let (scheme, rest) = template
-            .split_once("://")
-            .ok_or_else(|| format!("REDIS_URL {template:?} is not a URL"))?;
-        let credentials = rest
-            .split_once('@')
-            .map(|(userinfo, _)| format!("{userinfo}@"))
-            .unwrap_or_default();
+        if !template.contains("://") {
+            return Err(format!("REDIS_URL {template:?} is not a URL"));
+        }
         let nodes: Vec<String> = self
             .redis_nodes
             .iter()
@@ -550,7 +557,7 @@ impl RedisSettings {
                 if node.contains("://") {
                     node.to_owned()
                 } else {
-                    format!("{scheme}://{credentials}{node}")
+                    redis_url_for(template, node)
                 }
             })
             .collect();

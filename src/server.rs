@@ -65,6 +65,9 @@ impl Server {
         match store.prepare().await {
             Ok(()) => {}
             Err(error @ StoreError::Unsupported(_)) => return Err(error).context("REDIS_URL"),
+            Err(error) if error.is_access_refused() => {
+                return Err(error).context("REDIS_URL: Redis refused this user or its permissions");
+            }
             Err(error) => {
                 tracing::warn!(%error, "Redis is not reachable yet; calls fail until it is")
             }

@@ -1,5 +1,7 @@
 //! Bad settings stop the server at start with a message naming the setting.
 
+mod support;
+
 use std::process::Command;
 
 fn start_with(env: &[(&str, &str)]) -> (i32, String) {
@@ -120,32 +122,10 @@ fn old_redis() -> u16 {
 #[test]
 fn a_redis_without_functions_is_refused_naming_its_version() {
     let url = format!("redis://127.0.0.1:{}", old_redis());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mpr"))
-        .env_clear()
-        .env("WS_PORT", "0")
-        .env("APP_PORT", "0")
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env("REDIS_URL", &url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mpr binary");
     // A server that accepted the old Redis would run on: it must exit by itself, and soon.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("mpr kept running on a Redis without functions");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(output.status.code(), Some(1), "{said}");
+    let env = [("REDIS_URL".to_owned(), url)];
+    let (code, said) = support::run_until_exit(&env, std::time::Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("Redis 6.2.14 cannot run mpr"), "{said}");
     assert!(said.contains("7.0 or later"), "{said}");
 }

@@ -103,6 +103,13 @@ impl StoreError {
         matches!(self, Self::Redis(error) if error.code() == Some("FENCED"))
     }
 
+    /// Redis refused the credentials of REDIS_URL, or its user may not run what the server
+    /// needs (ACL): a setting to fix, not an outage to wait out.
+    pub fn is_access_refused(&self) -> bool {
+        matches!(self, Self::Redis(error) if error.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(error.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS")))
+    }
+
     fn is_missing_function(&self) -> bool {
         matches!(self, Self::Redis(error) if error.to_string().contains("Function not found"))
     }
@@ -241,10 +248,10 @@ impl Store {
         Ok(())
     }
 
+    /// Readiness: Redis answers, takes these credentials and runs the library for this user
+    /// (a PING would pass for a user that may run nothing else).
     pub async fn ping(&self) -> StoreResult<()> {
-        Ok(redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?)
+        self.instance_alive("", Duration::ZERO).await.map(drop)
     }
 
     /// Runs one command on the shared connection.

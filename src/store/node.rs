@@ -27,11 +27,6 @@ impl NodeRedis {
         let Ok(nodes) = nodes else {
             return Ok(vec![first]); // not a cluster
         };
-        let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
-        let credentials = rest
-            .split_once('@')
-            .map(|(userinfo, _)| format!("{userinfo}@"))
-            .unwrap_or_default();
         let mut primaries = Vec::new();
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -43,7 +38,7 @@ impl NodeRedis {
             }
             // `ip:port@cport[,hostname]`
             let address = address.split('@').next().unwrap_or(address);
-            primaries.push(Self::open(&format!("{scheme}://{credentials}{address}")).await?);
+            primaries.push(Self::open(&crate::config::redis_url_for(url, address)).await?);
         }
         Ok(primaries)
     }

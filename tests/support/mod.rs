@@ -606,6 +606,41 @@ impl Drop for Mongo {
     }
 }
 
+/// Runs the mpr binary on free 127.0.0.1 ports with only `env`, expecting it to exit by
+/// itself within `within` (it is killed and the test fails if not): its exit code and
+/// everything it printed.
+pub fn run_until_exit(env: &[(String, String)], within: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mpr"))
+        .env_clear()
+        .env("WS_PORT", "0")
+        .env("APP_PORT", "0")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpr binary");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("child status").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("child output");
+            panic!(
+                "mpr kept running for {within:?} with {env:?}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("child output");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), said)
+}
+
 /// Polls until the condition holds; returns how long it took.
 pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
     let started = Instant::now();
