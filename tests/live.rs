@@ -213,18 +213,21 @@ async fn sessions_of_a_killed_instance_stop_being_live_within_the_bound_and_its_
     a.kill();
     let killed = Instant::now();
     let id = sender.add(&connection, DID, "for a dead instance").await;
-    eventually(Duration::from_secs(4), async || {
+    // The bound is the 2 s liveness timeout; the slack is for a loaded machine (in a cluster run
+    // eight tests each start six redis-servers on two cores). Anything near the 60 s visibility
+    // timeout, the alternative, fails.
+    eventually(Duration::from_secs(10), async || {
         !is_live(&mut sender, &connection).await
     })
     .await;
     let detected = killed.elapsed();
     assert!(
-        detected <= Duration::from_millis(2000 + 500),
+        detected <= Duration::from_millis(2000 + 5000),
         "took {detected:?}"
     );
     // The event sent to the dead instance is taken over and its message released well before the
     // 60 s visibility timeout; it is delivered exactly once.
-    eventually(Duration::from_secs(4), async || {
+    eventually(Duration::from_secs(10), async || {
         sender.count(&connection).await == 1
     })
     .await;
