@@ -25,7 +25,7 @@ pub use mpr::{MprOpts, MprServer};
 pub use proc::{Log, Proc, Spawn, die_with_parent, kill_all, running, stop};
 pub use redis::{RedisOpts, RedisServer};
 pub use redis_cluster::{RedisCluster, RedisClusterOpts};
-pub use secantus::{Secantus, SecantusOpts};
+pub use secantus::{Secantus, SecantusOpts, SecantusTls};
 pub use socketdock::{SocketDock, SocketDockOpts};
 
 /// A 127.0.0.1 port nobody listens on right now (never 6379).

@@ -26,7 +26,18 @@ pub struct SecantusOpts {
     pub log_level: Option<String>,
     /// Runs it on these CPUs alone (a `taskset -c` list); None: wherever.
     pub cpus: Option<String>,
+    /// Serves TLS only, with these files; None: cleartext.
+    pub tls: Option<SecantusTls>,
     pub log: Log,
+}
+
+/// PEM files for a SecantusDB that speaks TLS.
+#[derive(Clone, Debug)]
+pub struct SecantusTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA that signed `cert_file`, for the clients its `uri` makes.
+    pub ca_file: PathBuf,
 }
 
 impl SecantusOpts {
@@ -38,6 +49,7 @@ impl SecantusOpts {
             storage: storage.to_owned(),
             log_level: None,
             cpus: None,
+            tls: None,
             log: Log::Quiet,
         })
     }
@@ -67,10 +79,15 @@ impl Secantus {
         self.opts.port
     }
 
-    /// The URI of database `db`, for a client or MONGODB_URI.
+    /// The URI of database `db`, for a client or MONGODB_URI (trusting its CA when it speaks
+    /// TLS).
     pub fn uri(&self, db: &str) -> String {
+        let tls = match &self.opts.tls {
+            Some(tls) => format!("&tls=true&tlsCAFile={}", tls.ca_file.display()),
+            None => String::new(),
+        };
         format!(
-            "mongodb://127.0.0.1:{}/{db}?directConnection=true",
+            "mongodb://127.0.0.1:{}/{db}?directConnection=true{tls}",
             self.opts.port
         )
     }
@@ -107,9 +124,17 @@ impl Secantus {
             Some(level) => format!(" --log-level {level}"),
             None => String::new(),
         };
+        let tls = match &self.opts.tls {
+            Some(tls) => format!(
+                " --tls-cert-file '{}' --tls-key-file '{}'",
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ),
+            None => String::new(),
+        };
         // taskset execs the server, so `$!` is the server's pid either way.
         let script = format!(
-            "{pin}{bin} --host 127.0.0.1 --port {port} --storage-path '{storage}'{level} & server=$!; \
+            "{pin}{bin} --host 127.0.0.1 --port {port} --storage-path '{storage}'{level}{tls} & server=$!; \
              echo $server > '{}'; \
              trap 'kill $server 2>/dev/null; wait $server; exit' TERM; \
              while kill -0 {} 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 0.5; done; \

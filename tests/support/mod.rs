@@ -564,9 +564,19 @@ impl Mongo {
 
     /// A server of the test's own; `storage` is `:memory:` or a directory that survives restarts.
     pub fn start(storage: &str) -> Self {
+        Self::launch(storage, None)
+    }
+
+    /// A server of the test's own, in memory, speaking TLS only; its `url` trusts `tls.ca_file`.
+    pub fn start_tls(tls: testkit::SecantusTls) -> Self {
+        Self::launch(":memory:", Some(tls))
+    }
+
+    fn launch(storage: &str, tls: Option<testkit::SecantusTls>) -> Self {
         let program = std::env::var("MPR_SECANTUSD").unwrap_or_else(|_| "secantusd-py".into());
         let mut opts = testkit::SecantusOpts::new(&program, storage).expect("a free port");
         opts.log_level = Some("ERROR".into());
+        opts.tls = tls;
         let server = testkit::block_on(testkit::Secantus::start(opts))
             .expect("SecantusDB did not start (pip install SecantusDB==0.7.0b3)");
         Self {
