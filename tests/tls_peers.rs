@@ -63,13 +63,7 @@ async fn the_server_speaks_tls_to_redis() {
     opts.clear_env = true;
     opts.env = vec![("SSL_CERT_FILE".into(), ca_file.as_str().into())];
     let server = testkit::MprServer::spawn(opts).expect("mpr starts");
-    support::eventually(Duration::from_secs(20), async || {
-        server
-            .http_get("/ready")
-            .await
-            .is_ok_and(|(status, _)| status == 200)
-    })
-    .await;
+    server.wait_ready().await.expect("mpr ready over rediss://");
     let mut client = Client::connect(&server.url()).await;
     let connection = support::unique_id("c");
     client.add(&connection, "did:key:z6MkTls", "over TLS").await;
@@ -113,18 +107,17 @@ async fn the_server_moves_messages_to_a_mongodb_that_speaks_tls_and_reads_them_b
     let id = client
         .add(&connection, "did:key:z6MkMongoTls", "cold over TLS")
         .await;
-    // The test's own client reaches the documents over TLS too.
-    let messages = mongo.messages(&database).await;
+    // The mover writes MongoDB first and commits the move in Redis after: once Redis says the
+    // message is cold, its document is there.
+    let cold_ids = format!("mpr:{{{connection}}}:cold");
     support::eventually(Duration::from_secs(30), async || {
-        messages
-            .count_documents(doc! {"messageId": &id})
-            .await
-            .unwrap()
-            == 1
+        redis.cli(&["ZCARD", &cold_ids]) == "1"
     })
     .await;
-    let cold_ids = redis.cli(&["ZCARD", &format!("mpr:{{{connection}}}:cold")]);
-    assert_eq!(cold_ids, "1", "the message moved to the cold tier");
+    // The test's own client reaches the documents over TLS too.
+    let messages = mongo.messages(&database).await;
+    let documents = messages.count_documents(doc! {"messageId": &id}).await;
+    assert_eq!(documents.unwrap(), 1, "the moved message's document");
     let taken = client
         .take(json!({"connectionId": connection, "deleteMessages": true}))
         .await;
