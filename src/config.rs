@@ -316,6 +316,16 @@ pub struct SocketDockSettings {
     /// Most bytes of a callback body, and of a mediator's reply.
     #[arg(long, env = "SOCKETDOCK_MAX_BODY_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..=(256 << 20)))]
     pub socketdock_max_body_bytes: u64,
+
+    /// Most messages the mediator wraps in one pickup delivery (acknowledged delivery, for
+    /// recipients in Pickup V2 live mode).
+    #[arg(long, env = "SOCKETDOCK_DELIVERY_BATCH", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub socketdock_delivery_batch: u64,
+
+    /// Most messages in flight, unacknowledged, to a recipient in acknowledged delivery; the
+    /// next delivery waits for its messages-received (or their visibility timeout).
+    #[arg(long, env = "SOCKETDOCK_DELIVERY_WINDOW", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub socketdock_delivery_window: u64,
 }
 
 /// The cold tier (MongoDB) and retention.

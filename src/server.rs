@@ -85,6 +85,7 @@ impl Server {
         let messages = Arc::new(messages);
         let socketdock = SocketDock::new(
             &config.socketdock,
+            &config.queue,
             store.clone(),
             live.clone(),
             messages.clone(),

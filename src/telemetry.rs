@@ -105,7 +105,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_counter!(
         SOCKETDOCK_DELIVERIES,
-        "Messages POSTed to SocketDock sockets, by outcome (ok, failed)"
+        "Frames POSTed to SocketDock sockets, by mode (raw: a message; pickup: a delivery the mediator wrapped) and outcome (ok, failed, unwrapped: the mediator did not wrap)"
     );
     metrics::describe_histogram!(
         SOCKETDOCK_SEND_SECONDS,

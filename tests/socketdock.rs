@@ -462,3 +462,227 @@ async fn cold_messages_are_delivered_in_their_place() {
     assert_eq!(delivered(&mut agent, 5).await, expected);
     support::eventually(WAIT, async || sender.count(&connection).await == 0).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Acknowledged delivery: a recipient in Pickup V2 live mode gets its messages in deliveries the
+// mediator wraps; they stay in flight until the recipient's messages-received removes them.
+
+/// As `bind_on_request`, plus `live <c>` (a live-delivery-change: binds c with
+/// `X-Mpr-Live-Delivery: on`) and `unlive <c>` (off). A request to wrap messages (header
+/// `X-Mpr-Deliver`) is answered with `{"delivery": [ids], "texts": [ciphertexts]}`, which the
+/// stand-in makes instead of a packed pickup delivery.
+fn mediator_with_pickup(received: &Received) -> Reply {
+    if let [connection] = received.header_values("x-mpr-deliver").as_slice() {
+        let request = received.json();
+        assert_eq!(request["connectionId"], connection.as_str());
+        let messages = request["messages"].as_array().expect("messages");
+        let delivery = json!({
+            "delivery": support::ids(messages),
+            "texts": support::texts(messages),
+        });
+        return Reply::ok().body(&delivery.to_string());
+    }
+    let (live, connection) = match received.body.split_once(' ') {
+        Some(("live", connection)) => ("on", connection),
+        Some(("unlive", connection)) => ("off", connection),
+        _ => return bind_on_request(received),
+    };
+    Reply::ok()
+        .header("X-Mpr-Connection-Id", connection)
+        .header("X-Mpr-Live-Delivery", live)
+        .body(&received.body)
+}
+
+/// The next pickup delivery the agent gets: its message ids and ciphertexts.
+async fn next_delivery(agent: &mut Agent, within: Duration) -> Option<(Vec<String>, Vec<String>)> {
+    let text = agent.next_text(within).await?;
+    let delivery: Value = serde_json::from_str(&text).expect("a delivery");
+    let strings = |field: &str| -> Vec<String> {
+        delivery[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("not a delivery: {text}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    Some((strings("delivery"), strings("texts")))
+}
+
+/// Connects an agent through `dock` and sends `frame`, which the mediator answers with a
+/// return-route reply; returns the agent once the reply arrived.
+async fn agent_saying(dock: &testkit::SocketDock, frame: &str) -> Agent {
+    let mut agent = Agent::connect(&dock.ws_url()).await;
+    agent.send_text(frame);
+    assert_eq!(agent.next_text(WAIT).await.as_deref(), Some(frame));
+    agent
+}
+
+#[tokio::test]
+async fn a_live_recipient_acknowledges_deliveries_and_what_it_did_not_comes_back_to_its_next_socket()
+ {
+    let deployment = deploy_with(2, 2, &[("VISIBILITY_TIMEOUT_MS", "3000")]).await;
+    deployment.mediator.reply_with(mediator_with_pickup);
+    let mut sender = Client::connect(&deployment.servers[1].url()).await;
+    let connection = unique_id("c");
+    let backlog = numbered("queued while away", 3);
+    add_all(&mut sender, &connection, &backlog).await;
+
+    let mut agent = agent_saying(&deployment.docks[0], &format!("live {connection}")).await;
+    let (ids, texts) = next_delivery(&mut agent, WAIT)
+        .await
+        .expect("the backlog, wrapped");
+    assert_eq!(texts, backlog, "one delivery, oldest first");
+    // The wrap request named the connection and carried QueuedMessages.
+    let wraps: Vec<Received> = deployment
+        .mediator
+        .requests()
+        .into_iter()
+        .filter(|r| !r.header_values("x-mpr-deliver").is_empty())
+        .collect();
+    assert_eq!(wraps.len(), 1);
+    assert_eq!(wraps[0].header_values("content-type"), ["application/json"]);
+    let message = &wraps[0].json()["messages"][0];
+    assert!(message["receivedAt"].is_string(), "{message}");
+    assert_eq!(
+        message["encryptedMessage"]["ciphertext"],
+        backlog[0].as_str()
+    );
+
+    // Delivered is not removed: in flight, until the recipient acknowledges.
+    assert_eq!(sender.count(&connection).await, 0);
+    let live = numbered("while connected", 2);
+    add_all(&mut sender, &connection, &live).await;
+    let (mut live_ids, mut live_texts, mut deliveries) = (Vec::new(), Vec::new(), 1);
+    while live_texts.len() < live.len() {
+        let (more_ids, more) = next_delivery(&mut agent, WAIT).await.expect("live");
+        live_ids.extend(more_ids);
+        live_texts.extend(more);
+        deliveries += 1;
+    }
+    assert_eq!(live_texts, live);
+    // messages-received for all but the oldest of the backlog.
+    let acknowledged: Vec<String> = ids[1..].iter().chain(&live_ids).cloned().collect();
+    sender
+        .call(
+            "removeMessages",
+            json!({"connectionId": connection, "messageIds": acknowledged}),
+        )
+        .await;
+
+    // The unacknowledged one comes back after the visibility timeout, to the socket bound
+    // then: the recipient is back through the other SocketDock (a plain bind: live mode holds).
+    agent.abort().await;
+    let mut back = bind_agent(&deployment.docks[1], &connection).await;
+    let (again, again_texts) = next_delivery(&mut back, WAIT).await.expect("redelivered");
+    assert_eq!(again, ids[..1], "only the unacknowledged message, once");
+    assert_eq!(again_texts, backlog[..1]);
+    assert!(
+        next_delivery(&mut back, QUIET).await.is_none(),
+        "nothing else"
+    );
+    sender
+        .call(
+            "removeMessages",
+            json!({"connectionId": connection, "messageIds": again}),
+        )
+        .await;
+    // Live mode off: raw frames again, and this socket is no longer pushed to.
+    back.send_text(&format!("unlive {connection}"));
+    assert_eq!(
+        back.next_text(WAIT).await,
+        Some(format!("unlive {connection}"))
+    );
+    add_all(&mut sender, &connection, &numbered("after", 1)).await;
+    assert!(back.next_text(QUIET).await.is_none(), "not pushed");
+    let mut raw = bind_agent(&deployment.docks[0], &connection).await;
+    assert_eq!(delivered(&mut raw, 1).await, numbered("after", 1));
+    assert_eq!(
+        deployment.servers[0]
+            .metric(
+                "mpr_socketdock_deliveries_total",
+                "mode=\"pickup\",outcome=\"ok\""
+            )
+            .await
+            + deployment.servers[1]
+                .metric(
+                    "mpr_socketdock_deliveries_total",
+                    "mode=\"pickup\",outcome=\"ok\""
+                )
+                .await,
+        f64::from(deliveries + 1)
+    );
+}
+
+#[tokio::test]
+async fn a_live_recipient_gets_no_more_than_its_window_until_it_acknowledges() {
+    let deployment = deploy_with(
+        1,
+        1,
+        &[
+            ("SOCKETDOCK_DELIVERY_BATCH", "2"),
+            ("SOCKETDOCK_DELIVERY_WINDOW", "4"),
+        ],
+    )
+    .await;
+    deployment.mediator.reply_with(mediator_with_pickup);
+    let mut sender = Client::connect(&deployment.servers[0].url()).await;
+    let connection = unique_id("c");
+    let messages = numbered("m", 7);
+    add_all(&mut sender, &connection, &messages).await;
+    let mut agent = agent_saying(&deployment.docks[0], &format!("live {connection}")).await;
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let (ids, texts) = next_delivery(&mut agent, WAIT).await.expect("a delivery");
+        assert_eq!(ids.len(), 2, "batches of SOCKETDOCK_DELIVERY_BATCH");
+        received.push((ids, texts));
+    }
+    assert!(
+        next_delivery(&mut agent, QUIET).await.is_none(),
+        "the window is full: nothing until an acknowledgement"
+    );
+    for (ids, _) in &received {
+        sender
+            .call(
+                "removeMessages",
+                json!({"connectionId": connection, "messageIds": ids}),
+            )
+            .await;
+    }
+    let mut texts: Vec<String> = received.into_iter().flat_map(|(_, t)| t).collect();
+    while texts.len() < messages.len() {
+        let (ids, more) = next_delivery(&mut agent, WAIT).await.expect("the rest");
+        sender
+            .call(
+                "removeMessages",
+                json!({"connectionId": connection, "messageIds": ids}),
+            )
+            .await;
+        texts.extend(more);
+    }
+    assert_eq!(texts, messages, "every message once, in order");
+    assert_eq!(sender.count(&connection).await, 0);
+}
+
+#[tokio::test]
+async fn messages_the_mediator_did_not_wrap_are_delivered_once_it_does() {
+    let deployment = deploy(1, 1).await;
+    deployment.mediator.reply_with(mediator_with_pickup);
+    let mut sender = Client::connect(&deployment.servers[0].url()).await;
+    let connection = unique_id("c");
+    let mut agent = agent_saying(&deployment.docks[0], &format!("live {connection}")).await;
+    // The mediator fails the first wrap (down, or restarting).
+    deployment.mediator.reply_next(Reply::status(503));
+    add_all(&mut sender, &connection, &numbered("m", 1)).await;
+    let (_, texts) = next_delivery(&mut agent, WAIT).await.expect("tried again");
+    assert_eq!(texts, numbered("m", 1));
+    assert!(next_delivery(&mut agent, QUIET).await.is_none(), "once");
+    assert_eq!(
+        deployment.servers[0]
+            .metric(
+                "mpr_socketdock_deliveries_total",
+                "mode=\"pickup\",outcome=\"unwrapped\""
+            )
+            .await,
+        1.0
+    );
+}

@@ -143,6 +143,18 @@ impl Live {
         Ok(ended)
     }
 
+    /// Ends the connection's binding to a SocketDock socket, if it is still that one.
+    pub async fn unbind_relay(&self, connection_id: &str, socket_id: &str) -> StoreResult<()> {
+        let bound = PeerAddress::Relay {
+            socket: socket_id.to_owned(),
+        }
+        .bound();
+        if let Some(step) = self.store.unbind(connection_id, &bound).await? {
+            self.wake_for(connection_id, &step);
+        }
+        Ok(())
+    }
+
     /// Ends the session if this socket holds it; returns whether it did. What was pushed to it
     /// is pending again, and the phone is woken for it.
     pub async fn unbind(&self, socket: &LocalSocket, connection_id: &str) -> StoreResult<bool> {

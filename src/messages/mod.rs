@@ -307,8 +307,11 @@ impl Messages {
             return Ok(());
         }
         let ids: Vec<String> = message_ids.into_iter().map(String::from).collect();
-        let trashed = self.store.remove_messages(connection_id, &ids).await?;
-        self.discard(connection_id, trashed);
+        let removed = self.store.remove_messages(connection_id, &ids).await?;
+        self.discard(connection_id, removed.trashed);
+        if removed.resume_relay {
+            self.live.kicks().kick(connection_id);
+        }
         Ok(())
     }
 

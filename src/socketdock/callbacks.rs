@@ -13,8 +13,7 @@ use axum::routing::post;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::{CONNECTION_HEADER, SESSION_PREFIX, SOCKET_HEADER, SocketDock};
-use crate::model::ConnectionId;
+use super::{SESSION_PREFIX, SocketDock};
 use crate::telemetry;
 
 type Reply = (StatusCode, &'static str);
@@ -157,6 +156,15 @@ async fn message(
     let session = format!("{SESSION_PREFIX}{socket}");
     let mut bound = Vec::new();
     for connection_id in answer.connections {
+        if let Some(on) = answer.live_delivery
+            && let Err(error) = dock.set_live_delivery(&connection_id, socket, on).await
+        {
+            tracing::warn!(socket, connection_id = &*connection_id, %error, "live delivery not changed");
+            continue;
+        }
+        if answer.live_delivery == Some(false) {
+            continue;
+        }
         match dock.bind_quietly(&connection_id, socket, &session).await {
             Ok(Ok(step)) => bound.push((connection_id, step)),
             Ok(Err(refused)) => {
@@ -200,62 +208,4 @@ async fn disconnect(
     dock.socket_gone(&gone.connection_id, None, "disconnect_callback")
         .await;
     (StatusCode::OK, "OK")
-}
-
-/// What the mediator answered a frame with.
-pub(super) struct Answer {
-    /// A return-route reply for the agent ("" for none).
-    pub reply: String,
-    /// Connections to bind to the socket (`X-Mpr-Connection-Id`, repeated or comma-separated).
-    pub connections: Vec<ConnectionId>,
-}
-
-impl SocketDock {
-    /// POSTs a frame to the mediator. Err names the failure (a metric label).
-    async fn forward(&self, socket: &str, frame: String) -> Result<Answer, &'static str> {
-        let response = self
-            .http
-            .post(&self.mediator_url)
-            .header("content-type", "application/didcomm-envelope-enc")
-            .header(SOCKET_HEADER, socket)
-            .timeout(self.mediator_timeout)
-            .body(frame)
-            .send()
-            .await
-            .map_err(|error| {
-                tracing::debug!(%error, "mediator unreachable");
-                if error.is_timeout() {
-                    "mediator_timeout"
-                } else {
-                    "mediator_unreachable"
-                }
-            })?;
-        if !response.status().is_success() {
-            return Err("mediator_status");
-        }
-        let connections = response
-            .headers()
-            .get_all(CONNECTION_HEADER)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|id| ConnectionId::parse(id.trim().to_owned()).ok())
-            .collect();
-        let reply = read_bounded(response, self.max_body_bytes)
-            .await
-            .ok_or("mediator_reply_too_large")?;
-        Ok(Answer { reply, connections })
-    }
-}
-
-/// The response body as text, None when over `limit` bytes (or unreadable).
-async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Option<String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.ok()? {
-        if body.len() + chunk.len() > limit {
-            return None;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).ok()
 }

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::SocketDock;
 use crate::messages::ColdBody;
-use crate::store::{PeerAddress, RelayStep, Sent};
+use crate::store::{HandOut, Outcome, PeerAddress, RelayStep, Sent, TakenMessage};
 use crate::telemetry;
 
 /// Takes kicks and starts a delivery loop for each connection whose lease this instance gets.
@@ -49,6 +49,24 @@ pub(super) async fn dispatch(
     }
 }
 
+/// How a delivery reaches the agent.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// The message's encryptedMessage as it is: gone from the queue once SocketDock took it.
+    Raw,
+    /// A Pickup V2 delivery the mediator wraps: in flight until the recipient acknowledges it.
+    Pickup,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Pickup => "pickup",
+        }
+    }
+}
+
 /// The encryptedMessage of a QueuedMessage, as JSON text.
 #[derive(Deserialize)]
 struct Queued<'a> {
@@ -74,7 +92,7 @@ impl SocketDock {
         let token = format!("{}:{:016x}", self.instance, rand::random::<u64>());
         let taken = self
             .store
-            .take_relay_lease(connection_id, &token, self.in_flight_window())
+            .take_relay_lease(connection_id, &token, self.policy.raw_window)
             .await?;
         Ok(taken.then_some((socket, token)))
     }
@@ -88,16 +106,13 @@ impl SocketDock {
                 return;
             }
         };
-        let mut last: Option<(String, i64, bool)> = None;
+        let mut last: Option<(Outcome, Vec<String>, i64)> = None;
         loop {
             let sent = match &last {
-                None => Sent::Nothing,
-                Some((id, deadline, true)) => Sent::Taken {
-                    id,
-                    deadline: *deadline,
-                },
-                Some((id, deadline, false)) => Sent::Failed {
-                    id,
+                None => Sent::NOTHING,
+                Some((outcome, ids, deadline)) => Sent {
+                    outcome: *outcome,
+                    ids,
                     deadline: *deadline,
                 },
             };
@@ -109,12 +124,13 @@ impl SocketDock {
                     &token,
                     &socket,
                     sent,
-                    self.in_flight_window(),
+                    &self.policy,
                     hot_only,
                 )
                 .await;
-            let (id, body, deadline) = match step {
-                Ok(RelayStep::Next { id, body, deadline }) => (id, body, deadline),
+            let (hand_out, mode) = match step {
+                Ok(RelayStep::Raw(hand_out)) => (hand_out, Mode::Raw),
+                Ok(RelayStep::Wrap(hand_out)) => (hand_out, Mode::Pickup),
                 Ok(RelayStep::Failed) => {
                     self.socket_gone(&socket, Some(&connection_id), "send_failed")
                         .await;
@@ -125,50 +141,122 @@ impl SocketDock {
                     self.live.kicks().kick(&connection_id);
                     return;
                 }
-                Ok(RelayStep::Idle | RelayStep::Fenced) => return,
+                Ok(RelayStep::Idle | RelayStep::Retry | RelayStep::Fenced) => return,
                 Err(error) => {
                     tracing::warn!(%connection_id, %error, "SocketDock delivery stopped; back at the lease's end");
                     return;
                 }
             };
+            let HandOut { deadline, messages } = hand_out;
+            let ids = messages.iter().map(|m| m.id.clone()).collect();
             let Some(url) = &send_url else {
                 // The socket was forgotten (gone, or silent past its TTL).
-                last = Some((id, deadline, false));
+                last = Some((Outcome::Failed, ids, deadline));
                 continue;
             };
-            let body = match body {
-                Some(body) => Some(body),
-                None => match self.messages.cold_body(&connection_id, &id, deadline).await {
-                    Ok(ColdBody::Found(body)) => Some(body),
-                    // Gone from MongoDB, and so from the queue: on to the next.
-                    Ok(ColdBody::Gone) => None,
+            let Some(bodies) = self.bodies(&connection_id, messages, deadline).await else {
+                return;
+            };
+            if bodies.is_empty() {
+                // Gone from MongoDB, and so from the queue: on to the next.
+                last = None;
+                continue;
+            }
+            let outcome = match mode {
+                Mode::Raw => self.send_raw(url, &bodies[0]).await,
+                Mode::Pickup => self.send_wrapped(&connection_id, url, &bodies).await,
+            };
+            metrics::counter!(telemetry::SOCKETDOCK_DELIVERIES, "mode" => mode.label(), "outcome" => match outcome {
+                Outcome::Taken | Outcome::Wrapped => "ok",
+                Outcome::Failed => "failed",
+                Outcome::Unwrapped => "unwrapped",
+            })
+            .increment(1);
+            last = Some((outcome, ids, deadline));
+        }
+    }
+
+    /// The QueuedMessage JSON of each message handed out, cold ones read from MongoDB; those
+    /// gone from MongoDB (and so from the queue) are left out. None when MongoDB cannot be
+    /// read: the loop stops, and the messages come back at their deadline.
+    async fn bodies(
+        &self,
+        connection_id: &str,
+        messages: Vec<TakenMessage>,
+        deadline: i64,
+    ) -> Option<Vec<String>> {
+        let mut bodies = Vec::with_capacity(messages.len());
+        for message in messages {
+            let body = match message.body {
+                Some(body) => body,
+                None => match self
+                    .messages
+                    .cold_body(connection_id, &message.id, deadline)
+                    .await
+                {
+                    Ok(ColdBody::Found(body)) => body,
+                    Ok(ColdBody::Gone) => continue,
                     Ok(ColdBody::Unreadable) => {
-                        tracing::warn!(%connection_id, "cold message not read; delivery resumes at the lease's end");
-                        return;
+                        tracing::warn!(%connection_id, "cold message not read; delivery resumes at its deadline");
+                        return None;
                     }
                     Err(error) => {
-                        tracing::warn!(%connection_id, %error, "cold message not read; delivery resumes at the lease's end");
-                        return;
+                        tracing::warn!(%connection_id, %error, "cold message not read; delivery resumes at its deadline");
+                        return None;
                     }
                 },
             };
-            let Some(body) = body else {
-                last = None;
-                continue;
-            };
-            let delivered = match serde_json::from_str::<Queued<'_>>(&body) {
-                Ok(queued) => {
-                    self.post_to_socket(url, queued.encrypted_message.get().to_owned())
-                        .await
-                }
-                Err(_) => Err("unreadable_record"),
-            };
-            let outcome = if delivered.is_ok() { "ok" } else { "failed" };
-            metrics::counter!(telemetry::SOCKETDOCK_DELIVERIES, "outcome" => outcome).increment(1);
-            if let Err(failure) = delivered {
-                tracing::info!(%connection_id, socket, failure, "SocketDock send failed; the socket counts as gone");
+            bodies.push(body);
+        }
+        Some(bodies)
+    }
+
+    /// Sends one message as a raw frame: its encryptedMessage.
+    async fn send_raw(&self, url: &str, body: &str) -> Outcome {
+        let sent = match serde_json::from_str::<Queued<'_>>(body) {
+            Ok(queued) => {
+                self.post_to_socket(url, queued.encrypted_message.get().to_owned())
+                    .await
             }
-            last = Some((id, deadline, delivered.is_ok()));
+            Err(_) => Err("unreadable_record"),
+        };
+        match sent {
+            Ok(()) => Outcome::Taken,
+            Err(failure) => {
+                tracing::info!(
+                    url,
+                    failure,
+                    "SocketDock send failed; the socket counts as gone"
+                );
+                Outcome::Failed
+            }
+        }
+    }
+
+    /// Has the mediator wrap the messages in a pickup delivery for the connection's recipient,
+    /// then sends that.
+    async fn send_wrapped(&self, connection_id: &str, url: &str, bodies: &[String]) -> Outcome {
+        let envelope = match self.wrap(connection_id, bodies).await {
+            Ok(envelope) => envelope,
+            Err(failure) => {
+                tracing::warn!(
+                    connection_id,
+                    failure,
+                    "mediator did not wrap a pickup delivery; tried again shortly"
+                );
+                return Outcome::Unwrapped;
+            }
+        };
+        match self.post_to_socket(url, envelope).await {
+            Ok(()) => Outcome::Wrapped,
+            Err(failure) => {
+                tracing::info!(
+                    url,
+                    failure,
+                    "SocketDock send failed; the socket counts as gone"
+                );
+                Outcome::Failed
+            }
         }
     }
 

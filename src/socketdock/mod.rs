@@ -8,6 +8,7 @@
 
 mod callbacks;
 mod delivery;
+mod mediator;
 mod urls;
 
 use std::sync::Arc;
@@ -16,10 +17,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::SocketDockSettings;
+use crate::config::{QueueSettings, SocketDockSettings};
 use crate::live::Live;
 use crate::messages::Messages;
-use crate::store::{AttachRefused, Step, Store, StoreResult};
+use crate::store::{AttachRefused, RelayPolicy, Step, Store, StoreResult};
 use crate::telemetry;
 
 pub use callbacks::router;
@@ -29,6 +30,12 @@ pub use urls::Endpoints;
 pub const SOCKET_HEADER: &str = "x-mpr-socket-id";
 /// The header a mediator answers a frame with to bind a connection to that socket.
 pub const CONNECTION_HEADER: &str = "x-mpr-connection-id";
+/// The header a mediator answers a live-delivery-change frame with: `on` or `off`.
+pub const LIVE_DELIVERY_HEADER: &str = "x-mpr-live-delivery";
+/// The header naming the connection whose messages the mediator is asked to wrap.
+pub const DELIVER_HEADER: &str = "x-mpr-deliver";
+/// How long messages the mediator did not wrap wait before they are tried again.
+const WRAP_RETRY: Duration = Duration::from_secs(1);
 /// The sessionId prefix that makes addLiveSession bind a connection to a SocketDock socket.
 pub const SESSION_PREFIX: &str = "socketdock:";
 
@@ -42,6 +49,8 @@ pub struct SocketDock {
     endpoints: Endpoints,
     send_timeout: Duration,
     mediator_timeout: Duration,
+    /// How the delivery loops hand messages out.
+    policy: RelayPolicy,
     socket_ttl: Duration,
     max_connections_per_socket: u64,
     max_body_bytes: usize,
@@ -53,6 +62,7 @@ impl SocketDock {
     /// The adapter, when MEDIATOR_URL is set.
     pub fn new(
         settings: &SocketDockSettings,
+        queue: &QueueSettings,
         store: Store,
         live: Arc<Live>,
         messages: Arc<Messages>,
@@ -74,6 +84,16 @@ impl SocketDock {
             endpoints: Endpoints::new(&settings.socketdock_endpoints),
             send_timeout: settings.send_timeout(),
             mediator_timeout: settings.mediator_timeout(),
+            policy: RelayPolicy {
+                raw_window: settings.send_timeout() * 2,
+                wrap_lease: settings.mediator_timeout() + settings.send_timeout() * 2,
+                visibility: queue.visibility_timeout(),
+                retry: WRAP_RETRY,
+                batch: settings.socketdock_delivery_batch,
+                // Half the body bound: the wrapped delivery is larger than its messages.
+                batch_bytes: settings.socketdock_max_body_bytes / 2,
+                most_in_flight: settings.socketdock_delivery_window,
+            },
             socket_ttl: settings.socket_ttl(),
             max_connections_per_socket: settings.socketdock_max_connections_per_socket,
             max_body_bytes: settings.socketdock_max_body_bytes as usize,
@@ -88,11 +108,6 @@ impl SocketDock {
             tracker.clone(),
             shutdown.clone(),
         ));
-    }
-
-    /// How long a message may be in flight to a socket (and a relay lease lasts).
-    fn in_flight_window(&self) -> Duration {
-        self.send_timeout * 2
     }
 
     /// Binds a connection to a recorded socket: the newest binding wins, and the socket's
@@ -137,6 +152,23 @@ impl SocketDock {
             .await?;
         metrics::counter!(telemetry::SOCKETDOCK_BINDS, "outcome" => "bound").increment(1);
         Ok(Ok(step))
+    }
+
+    /// The connection's recipient turned Pickup V2 live mode on or off (a frame's answer said
+    /// so). On: its messages go to whatever socket it is bound to as acknowledged pickup
+    /// deliveries, from now on. Off: raw frames again, and its binding to this socket ends
+    /// (it asked not to be pushed to); what was in flight to it is pending again.
+    async fn set_live_delivery(
+        &self,
+        connection_id: &str,
+        socket_id: &str,
+        on: bool,
+    ) -> StoreResult<()> {
+        self.store.set_acknowledged(connection_id, on).await?;
+        if !on {
+            self.live.unbind_relay(connection_id, socket_id).await?;
+        }
+        Ok(())
     }
 
     /// A socket is gone (disconnect callback, or a send that failed): every connection bound to

@@ -32,10 +32,10 @@ pub use instances::Heartbeat;
 pub use keys::{CONNECTION_KEYS, ConnectionKeys, DEADLINE_SHARDS, Keys, VISIT_SHARDS};
 pub use live::{Bound, PeerAddress, RELAY_KIND};
 pub use node::NodeRedis;
-pub use queue::{Added, LiveDelivery, RemovedAll, Settle, Take, Taken, TakenMessage};
+pub use queue::{Added, LiveDelivery, Removed, RemovedAll, Settle, Take, Taken, TakenMessage};
 pub use record::{Record, record_tail};
 pub use redelivery::{Claimed, Redelivery, Step};
-pub use relay::{AttachRefused, RelayStep, Sent};
+pub use relay::{AttachRefused, HandOut, Outcome, RelayPolicy, RelayStep, Sent};
 pub use tiering::{MoveOutcome, Visits};
 
 /// The oldest Redis with functions (Valkey 7.2 reports a `redis_version` of 7.2 as well).

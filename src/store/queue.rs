@@ -61,6 +61,14 @@ pub struct TakenMessage {
     pub body: Option<String>,
 }
 
+/// What removeMessages did.
+pub struct Removed {
+    /// Ids of cold messages whose documents are the caller's to delete.
+    pub trashed: Vec<String>,
+    /// The connection's SocketDock delivery loop has room again (acknowledged delivery): kick it.
+    pub resume_relay: bool,
+}
+
 /// What removeAllMessages did.
 pub struct RemovedAll {
     pub removed: u64,
@@ -271,11 +279,14 @@ impl Store {
         &self,
         connection_id: &str,
         ids: &[String],
-    ) -> StoreResult<Vec<String>> {
+    ) -> StoreResult<Removed> {
         let mut call = self.connection_call(&REMOVE_MESSAGES, connection_id, &[]);
         call.arg(ids);
-        let (_, trashed): (u64, Vec<String>) = self.write(&call, connection_id).await?;
-        Ok(trashed)
+        let (_, trashed, resume): (u64, Vec<String>, u8) = self.write(&call, connection_id).await?;
+        Ok(Removed {
+            trashed,
+            resume_relay: resume == 1,
+        })
     }
 
     /// Removes every message of the connection, or of one recipient DID. The DID's messages

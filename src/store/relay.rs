@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::functions::{
     Function, RELAY_LEASE, RELAY_NEXT, SOCKET_ATTACH, SOCKET_FORGET, SOCKET_RECORD,
 };
-use super::queue::decode;
+use super::queue::{TakenMessage, decode};
 use super::{Store, StoreError, StoreResult, flag};
 
 /// Why a connection could not be bound to a socket.
@@ -23,32 +23,86 @@ pub enum AttachRefused {
     Full,
 }
 
-/// How the message a delivery loop last sent ended.
+/// How what a delivery loop last handed out ended.
 #[derive(Clone, Copy)]
-pub enum Sent<'a> {
-    /// Nothing sent yet.
-    Nothing,
-    /// SocketDock took it (200 `OK`): it leaves the queue.
-    Taken { id: &'a str, deadline: i64 },
-    /// The socket is gone: the message goes back to its place.
-    Failed { id: &'a str, deadline: i64 },
+pub enum Outcome {
+    /// A raw frame SocketDock took (200 `OK`): it leaves the queue.
+    Taken,
+    /// A pickup delivery SocketDock took: its messages stay in flight until the recipient's
+    /// messages-received removes them (or their visibility timeout passes).
+    Wrapped,
+    /// The socket is gone: back to their places.
+    Failed,
+    /// The mediator did not wrap them: in flight for the retry delay, then back.
+    Unwrapped,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Taken => "ok",
+            Self::Wrapped => "wrapped",
+            Self::Failed => "failed",
+            Self::Unwrapped => "retry",
+        }
+    }
+}
+
+/// What a delivery loop last handed out, and how it ended (nothing the first time).
+#[derive(Clone, Copy)]
+pub struct Sent<'a> {
+    pub outcome: Outcome,
+    pub ids: &'a [String],
+    pub deadline: i64,
+}
+
+impl Sent<'_> {
+    pub const NOTHING: Sent<'static> = Sent {
+        outcome: Outcome::Wrapped,
+        ids: &[],
+        deadline: 0,
+    };
+}
+
+/// How a delivery loop hands messages out.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayPolicy {
+    /// How long a raw frame may be in flight, and the lease last after handing one out.
+    pub raw_window: Duration,
+    /// How long the lease lasts after handing out a pickup delivery (wrap, then send).
+    pub wrap_lease: Duration,
+    /// How long a pickup delivery's messages stay in flight unacknowledged.
+    pub visibility: Duration,
+    /// How long messages the mediator did not wrap wait before they are tried again.
+    pub retry: Duration,
+    /// Most messages, and bytes of them, in one pickup delivery.
+    pub batch: u64,
+    pub batch_bytes: u64,
+    /// Most messages in flight to a connection in pickup mode (the window a recipient acknowledges).
+    pub most_in_flight: u64,
+}
+
+/// Messages a delivery loop handed out, in flight until `deadline`.
+pub struct HandOut {
+    pub deadline: i64,
+    pub messages: Vec<TakenMessage>,
 }
 
 /// What a delivery loop does next.
 pub enum RelayStep {
-    /// Send this message (no body: it is in MongoDB).
-    Next {
-        id: String,
-        body: Option<String>,
-        deadline: i64,
-    },
-    /// Nothing pending: the lease is given up.
+    /// Send this message as it is (a raw frame).
+    Raw(HandOut),
+    /// Have the mediator wrap these in a pickup delivery, then send that.
+    Wrap(HandOut),
+    /// Nothing pending, or as many in flight as the window allows: the lease is given up.
     Idle,
     /// The connection is bound elsewhere (or not at all) now: the lease is given up.
     Unbound,
-    /// The socket failed: the message is back in its place, the lease given up; the caller
-    /// ends the socket's bindings.
+    /// The socket failed: the messages are back in their places, the lease given up; the
+    /// caller ends the socket's bindings.
     Failed,
+    /// The mediator did not wrap: the lease is given up; the deadline sweep comes back.
+    Retry,
     /// Another holder has the lease (this one outlived it): stop without touching anything.
     Fenced,
 }
@@ -150,22 +204,24 @@ impl Store {
         token: &str,
         socket_id: &str,
         sent: Sent<'_>,
-        window: Duration,
+        policy: &RelayPolicy,
         hot_only: bool,
     ) -> StoreResult<RelayStep> {
-        let (id, deadline, outcome) = match sent {
-            Sent::Nothing => ("", 0, "ok"),
-            Sent::Taken { id, deadline } => (id, deadline, "ok"),
-            Sent::Failed { id, deadline } => (id, deadline, "failed"),
-        };
+        let ms = |d: Duration| d.as_millis() as u64;
         let mut call = self.connection_call(&RELAY_NEXT, connection_id, &[]);
         call.arg(token)
             .arg(socket_id)
-            .arg(id)
-            .arg(deadline)
-            .arg(outcome)
-            .arg(window.as_millis() as u64)
-            .arg(flag(hot_only));
+            .arg(sent.outcome.label())
+            .arg(sent.deadline)
+            .arg(ms(policy.raw_window))
+            .arg(flag(hot_only))
+            .arg(ms(policy.visibility))
+            .arg(ms(policy.retry))
+            .arg(policy.batch)
+            .arg(policy.batch_bytes)
+            .arg(policy.most_in_flight)
+            .arg(ms(policy.wrap_lease))
+            .arg(sent.ids);
         let reply: Vec<redis::Value> = match self.call(&call).await {
             Ok(reply) => reply,
             Err(StoreError::Redis(error)) if error.code() == Some("FENCED") => {
@@ -176,22 +232,53 @@ impl Store {
         let mut reply = reply.into_iter();
         let kind: String = decode(reply.next())?;
         match kind.as_str() {
-            "failed" => Ok(RelayStep::Failed),
-            "next" => {
-                let id = decode(reply.next())?;
-                let body: String = decode(reply.next())?;
+            "raw" | "wrap" => {
                 let deadline = decode(reply.next())?;
                 if decode::<u8>(reply.next())? == 1 {
                     self.index_due(connection_id, deadline).await?;
                 }
-                Ok(RelayStep::Next {
-                    id,
-                    body: (!body.is_empty()).then_some(body),
-                    deadline,
+                let mut messages = Vec::new();
+                while let Some(id) = reply.next() {
+                    let body: String = decode(reply.next())?;
+                    messages.push(TakenMessage {
+                        id: decode(Some(id))?,
+                        body: (!body.is_empty()).then_some(body),
+                    });
+                }
+                let hand_out = HandOut { deadline, messages };
+                Ok(if kind == "raw" {
+                    RelayStep::Raw(hand_out)
+                } else {
+                    RelayStep::Wrap(hand_out)
                 })
             }
+            "retry" => {
+                if decode::<u8>(reply.next())? == 1 {
+                    let at = crate::model::now_ms() + ms(policy.retry) as i64;
+                    self.index_due(connection_id, at).await?;
+                }
+                Ok(RelayStep::Retry)
+            }
+            "failed" => Ok(RelayStep::Failed),
             "unbound" => Ok(RelayStep::Unbound),
             _ => Ok(RelayStep::Idle),
         }
+    }
+
+    /// Turns the connection's acknowledged (Pickup V2 live mode) delivery on or off: on, a
+    /// socket it is bound to gets its messages wrapped in pickup deliveries by the mediator,
+    /// which stay in flight until the recipient acknowledges them. It holds across bindings.
+    pub async fn set_acknowledged(&self, connection_id: &str, on: bool) -> StoreResult<()> {
+        let conn = self.keys.connection(connection_id).key("conn");
+        let cmd = if on {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(conn).arg("ack").arg(1);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(conn).arg("ack");
+            cmd
+        };
+        self.query::<u8>(&cmd).await.map(drop)
     }
 }
