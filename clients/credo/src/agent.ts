@@ -3,6 +3,7 @@
 // structurally so that nothing of Credo is loaded at runtime (0.5 is CommonJS, 0.6 ESM-only).
 
 import type { MprConnection, MprLogger, MprQueuedMessage, PushNotificationToken } from './connection'
+import { relayLiveSession } from './socketdock'
 
 /** What the mediator knows about a connection: its device's push token and how much one take may return. */
 export interface ConnectionInfo {
@@ -60,6 +61,8 @@ export function wireAgent(
   const onSaved = (event: LiveSessionEventLike) => {
     const session = event?.payload?.session
     if (!session || (session.role !== undefined && session.role !== MESSAGE_HOLDER)) return
+    // Behind SocketDock the recipient's socket is SocketDock's: the frame's answer binds it.
+    if (relayLiveSession(session.connectionId, true)) return
     // A failure while disconnected is repaired on reconnect (the session is remembered).
     connection
       .addLiveSession({ connectionId: session.connectionId, sessionId: session.id })
@@ -68,6 +71,7 @@ export function wireAgent(
   const onRemoved = (event: LiveSessionEventLike) => {
     const session = event?.payload?.session
     if (!session || (session.role !== undefined && session.role !== MESSAGE_HOLDER)) return
+    if (relayLiveSession(session.connectionId, false)) return
     // Only if it is still the session we bound: a newer one for the connection may have replaced it.
     if (connection.heldLiveSessions().get(session.connectionId) !== session.id) return
     connection.removeLiveSession({ connectionId: session.connectionId }).catch(failed('removeLiveSession', session.connectionId))

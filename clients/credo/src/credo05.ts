@@ -5,8 +5,14 @@ import { wireAgent, withLimitBytes } from './agent'
 import type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePickupApiLike } from './agent'
 import { MprConnection } from './connection'
 import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage, PushNotificationToken } from './connection'
+import { captureWrapped } from './relay'
+import { SocketDockEndpoint } from './socketdock'
+import type { SocketDockTransportOptions } from './socketdock'
 
 export type QueuedMessage = MprQueuedMessage
+
+/** What addMessage returns for a pickup delivery being wrapped (it is not queued). */
+const WRAPPED = 'wrapped-pickup-delivery'
 
 /** `{ url }` as for the 2060 client, plus the optional MprConnectionOptions (token, timeouts, logger). */
 export type MessagePickupRepositoryClientOptions = MprConnectionOptions
@@ -92,6 +98,7 @@ export class MessagePickupRepositoryClient {
 
   /** Returns the message id (the 2060 client returned the JSON text of the reply instead). */
   async addMessage(params: ExtendedAddMessageOptions): Promise<string> {
+    if (captureWrapped(params.connectionId, params.payload)) return WRAPPED
     const info = await this.connectionInfo(params.connectionId)
     return this.connection.addMessage({
       ...params,
@@ -153,4 +160,66 @@ export function attachToCredo05Agent(
     options.eventTypes ?? CREDO05_LIVE_SESSION_EVENTS,
     options.logger ?? client.connection.logger,
   )
+}
+
+/**
+ * The classes of `@credo-ts/core` 0.5 the SocketDock transport resolves from the agent: pass
+ * the module itself (`require('@credo-ts/core')`), so that nothing of Credo is loaded here.
+ */
+export interface Credo05CoreModule {
+  MessageReceiver: unknown
+  TransportService: unknown
+  MessageSender: unknown
+  ConnectionService: unknown
+  OutboundMessageContext: new (message: unknown, options: { agentContext: unknown; connection: unknown }) => unknown
+}
+
+interface Credo05AgentForTransport {
+  dependencyManager: { resolve(token: unknown): any }
+  context: unknown
+  messagePickup: { getProtocol(version: string): any }
+  config: { logger: MprLogger }
+}
+
+/**
+ * Credo 0.5's inbound transport for a mediator behind SocketDock: serves the server's
+ * MEDIATOR_URL (see socketdock.ts). `agent.registerInboundTransport(...)` it beside an HTTP
+ * inbound transport for senders; the repository must be this package's client.
+ */
+export class Credo05SocketDockInboundTransport {
+  private readonly endpoint: SocketDockEndpoint
+
+  constructor(private readonly options: SocketDockTransportOptions & { core: Credo05CoreModule }) {
+    this.endpoint = new SocketDockEndpoint(options)
+  }
+
+  async start(agent: Credo05AgentForTransport): Promise<void> {
+    const core = this.options.core
+    const resolve = (token: unknown) => agent.dependencyManager.resolve(token)
+    const receiver = resolve(core.MessageReceiver)
+    const transports = resolve(core.TransportService)
+    const sender = resolve(core.MessageSender)
+    const connections = resolve(core.ConnectionService)
+    const agentContext = agent.context
+    await this.endpoint.start(
+      {
+        receive: (message, session) => receiver.receiveMessage(message, { session }),
+        endSession: (session) => transports.removeSession(session),
+        async sendDelivery(connectionId, messages) {
+          const connection = await connections.getById(agentContext, connectionId)
+          const created = await agent.messagePickup.getProtocol('v2').createDeliveryMessage(agentContext, { connectionRecord: connection, messages })
+          if (!created) throw new Error('Credo made no delivery of the messages')
+          // Credo never queues a delivery; here the queue path is only where Credo packs it for
+          // a recipient without an endpoint, and the repository hands it back (captureWrapped).
+          created.message.allowQueueTransport = true
+          await sender.sendMessage(new core.OutboundMessageContext(created.message, { agentContext, connection }))
+        },
+      },
+      agent.config.logger,
+    )
+  }
+
+  stop(): Promise<void> {
+    return this.endpoint.stop()
+  }
 }

@@ -6,8 +6,14 @@ import { wireAgent, withLimitBytes } from './agent'
 import type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePickupApiLike } from './agent'
 import { MprConnection } from './connection'
 import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage } from './connection'
+import { captureWrapped } from './relay'
+import { SocketDockEndpoint } from './socketdock'
+import type { SocketDockTransportOptions } from './socketdock'
 
 export type QueuedDidCommMessage = MprQueuedMessage
+
+/** What addMessage returns for a pickup delivery being wrapped (it is not queued). */
+const WRAPPED = 'wrapped-pickup-delivery'
 
 export interface MprQueueTransportRepositoryOptions extends MprConnectionOptions {
   /** Push token and maxReceiveBytes of a connection (as the 0.5 client's setConnectionInfo). */
@@ -59,6 +65,7 @@ export class MprQueueTransportRepository {
     agentContext: unknown,
     options: { connectionId: string; recipientDids: string[]; payload: EncryptedMessage; receivedAt?: Date },
   ): Promise<string> {
+    if (captureWrapped(options.connectionId, options.payload)) return WRAPPED
     const info = await this.connectionInfo?.(options.connectionId, agentContext)
     return this.connection.addMessage({
       connectionId: options.connectionId,
@@ -85,5 +92,67 @@ export class MprQueueTransportRepository {
       options.eventTypes ?? CREDO06_LIVE_SESSION_EVENTS,
       options.logger ?? this.connection.logger,
     )
+  }
+}
+
+/**
+ * The classes of `@credo-ts/didcomm` 0.6 the SocketDock transport resolves from the agent:
+ * pass the module itself (`import * as didcomm from '@credo-ts/didcomm'`), so that nothing of
+ * Credo is loaded here.
+ */
+export interface Credo06DidcommModule {
+  DidCommMessageReceiver: unknown
+  DidCommTransportService: unknown
+  DidCommMessageSender: unknown
+  DidCommMessagePickupApi: unknown
+  DidCommConnectionService: unknown
+  DidCommOutboundMessageContext: new (message: unknown, options: { agentContext: unknown; connection: unknown }) => unknown
+}
+
+interface AgentContextLike {
+  dependencyManager: { resolve(token: unknown): any }
+  config: { logger: MprLogger }
+}
+
+/**
+ * Credo 0.6's inbound transport for a mediator behind SocketDock: serves the server's
+ * MEDIATOR_URL (see socketdock.ts). Give it in `DidCommModule({ transports: { inbound } })`
+ * beside an HTTP inbound transport for senders; the queue repository must be this package's.
+ */
+export class MprSocketDockInboundTransport {
+  private readonly endpoint: SocketDockEndpoint
+
+  constructor(private readonly options: SocketDockTransportOptions & { didcomm: Credo06DidcommModule }) {
+    this.endpoint = new SocketDockEndpoint(options)
+  }
+
+  async start(agentContext: AgentContextLike): Promise<void> {
+    const didcomm = this.options.didcomm
+    const resolve = (token: unknown) => agentContext.dependencyManager.resolve(token)
+    const receiver = resolve(didcomm.DidCommMessageReceiver)
+    const transports = resolve(didcomm.DidCommTransportService)
+    const sender = resolve(didcomm.DidCommMessageSender)
+    const pickup = resolve(didcomm.DidCommMessagePickupApi)
+    const connections = resolve(didcomm.DidCommConnectionService)
+    await this.endpoint.start(
+      {
+        receive: (message, session) => receiver.receiveMessage(message, { session }),
+        endSession: (session) => transports.removeSession(session),
+        async sendDelivery(connectionId, messages) {
+          const connection = await connections.getById(agentContext, connectionId)
+          const created = await pickup.getProtocol('v2').createDeliveryMessage(agentContext, { connectionRecord: connection, messages })
+          if (!created) throw new Error('Credo made no delivery of the messages')
+          // Credo never queues a delivery; here the queue path is only where Credo packs it for
+          // a recipient without an endpoint, and the repository hands it back (captureWrapped).
+          created.message.allowQueueTransport = true
+          await sender.sendMessage(new didcomm.DidCommOutboundMessageContext(created.message, { agentContext, connection }))
+        },
+      },
+      agentContext.config.logger,
+    )
+  }
+
+  stop(): Promise<void> {
+    return this.endpoint.stop()
   }
 }

@@ -9,9 +9,10 @@ export type {
   PushNotificationToken,
 } from './connection'
 export type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePickupApiLike, PickupSessionLike } from './agent'
-export { MessagePickupRepositoryClient, attachToCredo05Agent, CREDO05_LIVE_SESSION_EVENTS } from './credo05'
+export { MessagePickupRepositoryClient, attachToCredo05Agent, CREDO05_LIVE_SESSION_EVENTS, Credo05SocketDockInboundTransport } from './credo05'
 export type {
   AddLiveSessionOptions,
+  Credo05CoreModule,
   ConnectionIdOptions,
   Credo05AgentLike,
   ExtendedAddMessageOptions,
@@ -23,5 +24,6 @@ export type {
   RemoveAllMessagesOptions,
   RemoveMessagesOptions,
 } from './credo05'
-export { MprQueueTransportRepository, CREDO06_LIVE_SESSION_EVENTS } from './credo06'
-export type { Credo06AgentLike, MprQueueTransportRepositoryOptions, QueuedDidCommMessage } from './credo06'
+export { MprQueueTransportRepository, CREDO06_LIVE_SESSION_EVENTS, MprSocketDockInboundTransport } from './credo06'
+export type { Credo06AgentLike, Credo06DidcommModule, MprQueueTransportRepositoryOptions, QueuedDidCommMessage } from './credo06'
+export type { SocketDockTransportOptions } from './socketdock'

@@ -146,8 +146,17 @@ async function init() {
   });
   wsOutbound = new WsOutboundTransport();
   agent.registerOutboundTransport(wsOutbound);
-  agent.registerOutboundTransport(new HttpOutboundTransport());
-  if (config.role !== 'recipient') agent.registerInboundTransport(new KeepOpenWsInboundTransport({ port: config.inboundPort }));
+  // A mobile recipient reaches its mediator over WebSocket only (wsOnly).
+  if (!(config.role === 'recipient' && config.wsOnly)) agent.registerOutboundTransport(new HttpOutboundTransport());
+  if (config.role === 'mediator' && config.socketdockPort) {
+    // Behind SocketDock: the server's MEDIATOR_URL, and HTTP for senders.
+    const { Credo05SocketDockInboundTransport } = require('../../../clients/credo/build');
+    const { HttpInboundTransport } = require('@credo-ts/node');
+    agent.registerInboundTransport(new Credo05SocketDockInboundTransport({ port: config.socketdockPort, core: require('@credo-ts/core') }));
+    agent.registerInboundTransport(new HttpInboundTransport({ port: config.inboundPort }));
+  } else if (config.role !== 'recipient') {
+    agent.registerInboundTransport(new KeepOpenWsInboundTransport({ port: config.inboundPort }));
+  }
   if (config.role === 'recipient') {
     agent.events.on(BasicMessageEventTypes.BasicMessageStateChanged, ({ payload: { basicMessageRecord } }) => {
       if (basicMessageRecord.role === BasicMessageRole.Receiver) emit({ event: 'basicMessage', content: basicMessageRecord.content, receivedAt: Date.now() });

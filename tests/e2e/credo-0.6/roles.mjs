@@ -4,8 +4,10 @@ import { createServer } from 'node:net'
 import { askar, Store } from '@openwallet-foundation/askar-nodejs' // before @credo-ts/askar
 import { AskarModule } from '@credo-ts/askar'
 import { Agent, ConsoleLogger, LogLevel } from '@credo-ts/core'
-import { agentDependencies } from '@credo-ts/node'
+import { agentDependencies, DidCommHttpInboundTransport } from '@credo-ts/node'
+import * as didcommModule from '@credo-ts/didcomm'
 import {
+  DidCommHttpOutboundTransport,
   DidCommBasicMessageEventTypes,
   DidCommBasicMessageRole,
   DidCommMediatorPickupStrategy,
@@ -98,7 +100,17 @@ export async function startAgent(config, { log, emit, handlers }) {
     if (!config.inboundPort) throw new Error('inboundPort is required')
     queue = await queueRepository(config, log)
     didcomm.endpoints = config.endpoints ?? [`ws://127.0.0.1:${config.inboundPort}`]
-    didcomm.transports.inbound = [new KeepOpenWsInboundTransport({ port: config.inboundPort })]
+    if (config.socketdockPort) {
+      // Behind SocketDock: the server's MEDIATOR_URL, and HTTP for senders.
+      const { MprSocketDockInboundTransport } = await import('../../../clients/credo/build/index.js')
+      didcomm.transports.inbound = [
+        new MprSocketDockInboundTransport({ port: config.socketdockPort, didcomm: didcommModule }),
+        new DidCommHttpInboundTransport({ port: config.inboundPort }),
+      ]
+      didcomm.transports.outbound.push(new DidCommHttpOutboundTransport())
+    } else {
+      didcomm.transports.inbound = [new KeepOpenWsInboundTransport({ port: config.inboundPort })]
+    }
     didcomm.queueTransportRepository = queue.repository
     didcomm.mediator = { autoAcceptMediationRequests: true, messageForwardingStrategy: queue.forwarding }
   } else if (role === 'recipient') {
@@ -107,6 +119,7 @@ export async function startAgent(config, { log, emit, handlers }) {
       mediatorPollingInterval: config.pollingIntervalMs ?? 1000,
     }
   } else if (role === 'sender') {
+    if (config.httpOutbound) didcomm.transports.outbound.push(new DidCommHttpOutboundTransport())
     // The sender needs an endpoint of its own for the recipient's DID exchange response.
     const port = config.inboundPort ?? (await freePort())
     didcomm.endpoints = [`ws://127.0.0.1:${port}`]
