@@ -90,10 +90,17 @@ async function startAgent(repository) {
     } catch (error) {
       await agent.shutdown().catch(() => {})
       if (attempt === 5) throw error
-      logger.warn(`starting the agent failed (attempt ${attempt} of 5), retrying: ${error.message}`)
+      logger.warn(`starting the agent failed (attempt ${attempt} of 5), retrying: ${causes(error)}`)
       await sleep(200 + Math.random() * 800)
     }
   }
+}
+
+/** An error's message with those of its causes (Credo wraps Askar's errors). */
+function causes(error) {
+  const messages = []
+  for (let e = error; e && messages.length < 5; e = e.cause) messages.push(e.message ?? String(e))
+  return messages.join(': ')
 }
 
 let invitationUrl
@@ -131,7 +138,7 @@ try {
   console.log(`mediator ready: HTTP ${config.httpPort}, ${config.inboundMode} ${config.inboundMode === 'websocket' ? config.wsPort : config.socketDockPort}, endpoints ${config.endpoints.join(' ')}`)
   console.log(`invitation: ${invitationUrl}`)
 } catch (error) {
-  console.error(`mediator: start failed: ${error?.stack ?? error}`)
+  console.error(`mediator: start failed: ${causes(error)}\n${error?.stack ?? ''}`)
   await agent?.shutdown().catch(() => {})
   process.exit(1)
 }
