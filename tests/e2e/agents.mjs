@@ -253,3 +253,77 @@ export async function startBalancer(targetPort) {
   balancers.add(balancer);
   return balancer;
 }
+
+/**
+ * A TCP load balancer on a free 127.0.0.1 port in front of several backends that fails over:
+ * each new connection goes to the first backend that accepts it, trying the preferred one
+ * (`route(port)`, at first `ports[0]`) and then the others in order, so a dead backend is
+ * skipped. A connection no backend accepts is closed. Open connections live and die with the
+ * backend connection they were paired with.
+ */
+export async function startFailoverBalancer(ports) {
+  if (!ports.length) throw new Error('startFailoverBalancer needs at least one backend port');
+  let preferred = ports[0];
+  const pairs = new Set();
+  const order = () => [preferred, ...ports.filter((p) => p !== preferred)];
+  const connectFirst = async (candidates) => {
+    for (const port of candidates) {
+      const back = net.connect({ host: '127.0.0.1', port });
+      const accepted = await new Promise((resolve) => {
+        back.once('connect', () => resolve(true));
+        back.once('error', () => resolve(false));
+      });
+      if (accepted) return { back, port };
+      back.destroy();
+    }
+    return null;
+  };
+  const server = net.createServer(async (front) => {
+    front.pause(); // what the client sends first waits for a backend
+    let frontGone = false;
+    front.once('close', () => { frontGone = true; });
+    front.on('error', () => {});
+    const chosen = await connectFirst(order());
+    if (!chosen || frontGone) {
+      chosen?.back.destroy();
+      front.destroy();
+      return;
+    }
+    const { back, port } = chosen;
+    const pair = { front, back, target: port };
+    pairs.add(pair);
+    const close = () => {
+      pairs.delete(pair);
+      front.destroy();
+      back.destroy();
+    };
+    front.on('close', close);
+    back.on('error', close).on('close', close);
+    front.pipe(back);
+    back.pipe(front);
+    front.resume();
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const balancer = {
+    port: server.address().port,
+    ports,
+    /** New connections try `port` first from now on; open ones stay where they are. */
+    route(port) {
+      if (!ports.includes(port)) throw new Error(`${port} is not a backend of this balancer (${ports.join(', ')})`);
+      preferred = port;
+    },
+    /** How many open connections go to `port`. */
+    openTo(port) {
+      return [...pairs].filter((p) => p.target === port).length;
+    },
+    close() {
+      for (const { front, back } of pairs) front.destroy(), back.destroy();
+      server.close();
+    },
+  };
+  balancers.add(balancer);
+  return balancer;
+}

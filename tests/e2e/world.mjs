@@ -19,7 +19,7 @@ import { agentLogs, scratchDir, startAgent, startBalancer, stopAgents } from './
  * pushed again: 8 s is long enough for a Credo recipient working through a backlog (about
  * 70 ms per message here) and short enough to see in a test that nothing comes again.
  */
-const SERVER_ENV = {
+export const SERVER_ENV = {
   WS_PING_INTERVAL_MS: '300',
   WS_PING_MISSES: '3',
   VISIBILITY_TIMEOUT_MS: '8000',
@@ -125,18 +125,21 @@ export function scenario(getWorld, fn) {
 
 export const newRun = () => randomBytes(4).toString('hex');
 
-/** The servers' successful addMessage calls so far (a server that does not answer counts 0). */
+/** One server's successful addMessage calls so far (a server that does not answer counts 0). */
+export async function messagesAddedBy(server) {
+  try {
+    const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+    return text.split('\n')
+      .filter((line) => line.startsWith('mpr_calls_total{') && line.includes('method="addMessage"') && line.includes('outcome="ok"'))
+      .reduce((sum, line) => sum + Number(line.split(' ').at(-1)), 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** The servers' successful addMessage calls so far. */
 async function messagesAdded(world) {
-  const counts = await Promise.all(world.servers.map(async (server) => {
-    try {
-      const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
-      return text.split('\n')
-        .filter((line) => line.startsWith('mpr_calls_total{') && line.includes('method="addMessage"') && line.includes('outcome="ok"'))
-        .reduce((sum, line) => sum + Number(line.split(' ').at(-1)), 0);
-    } catch {
-      return 0;
-    }
-  }));
+  const counts = await Promise.all(world.servers.map(messagesAddedBy));
   return counts.reduce((a, b) => a + b, 0);
 }
 

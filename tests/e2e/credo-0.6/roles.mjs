@@ -12,6 +12,7 @@ import {
   DidCommBasicMessageRole,
   DidCommMediatorPickupStrategy,
   DidCommMessageForwardingStrategy,
+  DidCommHttpOutboundTransport,
   DidCommModule,
   DidCommWsOutboundTransport,
 } from '@credo-ts/didcomm'
@@ -124,6 +125,8 @@ export async function startAgent(config, { log, emit, handlers }) {
     const port = config.inboundPort ?? (await freePort())
     didcomm.endpoints = [`ws://127.0.0.1:${port}`]
     didcomm.transports.inbound = [new KeepOpenWsInboundTransport({ port })]
+    // Senders reach a mediator that advertises HTTP for them first (mediators/credo) over HTTP.
+    didcomm.transports.outbound.push(new DidCommHttpOutboundTransport())
   } else {
     throw new Error(`unknown role ${role}`)
   }

@@ -1,0 +1,144 @@
+// A Credo 0.6 mediator whose recipients' messages live in mpr (README.md). Every instance given
+// the same wallet (one PostgreSQL database) and an mpr server of one deployment is the same
+// mediator: nothing about a recipient is held in the process.
+import 'reflect-metadata'
+import { dirname, join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { ConfigError, loadConfig } from './config.mjs'
+
+const here = dirname(fileURLToPath(import.meta.url))
+process.env.LIB_ASKAR_PATH ??= join(here, '..', 'native')
+
+let config
+try {
+  config = loadConfig()
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error
+  console.error(`mediator: ${error.message}`)
+  process.exit(2)
+}
+
+// Askar's Node binding must be loaded before @credo-ts/askar.
+const { askar } = await import('@openwallet-foundation/askar-nodejs')
+const { AskarModule } = await import('@credo-ts/askar')
+const { Agent, ConsoleLogger, LogLevel } = await import('@credo-ts/core')
+const { agentDependencies, DidCommHttpInboundTransport } = await import('@credo-ts/node')
+const { DidCommHttpOutboundTransport, DidCommMessageForwardingStrategy, DidCommModule, DidCommWsOutboundTransport } =
+  await import('@credo-ts/didcomm')
+const { MprQueueTransportRepository } = await import('@mpr/credo-client')
+const { KeepOpenWsInboundTransport } = await import('./keep-open-ws-inbound.mjs')
+const { mediatorInvitationUrl } = await import('./invitation.mjs')
+
+const logger = new ConsoleLogger(LogLevel[config.logLevel])
+
+/** The inbound transport recipients' sockets come through, per INBOUND_MODE. */
+async function recipientsTransport(repository) {
+  if (config.inboundMode === 'websocket') {
+    return new KeepOpenWsInboundTransport({ host: config.bindAddress, port: config.wsPort })
+  }
+  // ---- SocketDock hook (issue 21) -------------------------------------------------------------
+  // INBOUND_MODE=socketdock: recipients' sockets are held by SocketDock, which POSTs their frames
+  // to this instance on SOCKETDOCK_PORT (the server's MEDIATOR_URL). The transport is
+  // clients/credo's; this mediator only constructs it.
+  const { MprSocketDockInboundTransport } = await import('@mpr/credo-client')
+  if (!MprSocketDockInboundTransport) {
+    throw new ConfigError('INBOUND_MODE=socketdock needs MprSocketDockInboundTransport, which this build of clients/credo does not export')
+  }
+  return new MprSocketDockInboundTransport({ host: config.bindAddress, port: config.socketDockPort, repository })
+  // ----------------------------------------------------------------------------------------------
+}
+
+function newAgent(repository, recipients, http) {
+  return new Agent({
+    config: { logger, autoUpdateStorageOnStartup: true },
+    dependencies: agentDependencies,
+    modules: {
+      askar: new AskarModule({
+        askar,
+        store: { id: config.walletId, key: config.walletKey, keyDerivationMethod: 'kdf:argon2i:mod', database: config.database },
+      }),
+      didcomm: new DidCommModule({
+        endpoints: config.endpoints,
+        transports: { inbound: [http, recipients], outbound: [new DidCommHttpOutboundTransport(), new DidCommWsOutboundTransport()] },
+        connections: { autoAcceptConnections: true },
+        queueTransportRepository: repository,
+        mediator: { autoAcceptMediationRequests: true, messageForwardingStrategy: DidCommMessageForwardingStrategy.QueueOnly },
+        mediationRecipient: false,
+      }),
+    },
+  })
+}
+
+/**
+ * Opens the wallet and starts the agent. Instances starting together on a new wallet race to
+ * create its one-per-wallet records (the store itself, the mediator's routing keys, the storage
+ * version); the loser's write fails on the wallet's uniqueness and it starts again, now finding
+ * the winner's records.
+ */
+async function startAgent(repository) {
+  for (let attempt = 1; ; attempt++) {
+    const http = new DidCommHttpInboundTransport({ port: config.httpPort })
+    http.app.get('/invitation', (_req, res) => {
+      if (invitationUrl) res.type('text/plain').send(invitationUrl)
+      else res.status(503).type('text/plain').send('starting')
+    })
+    const agent = newAgent(repository, await recipientsTransport(repository), http)
+    try {
+      await agent.initialize()
+      return agent
+    } catch (error) {
+      await agent.shutdown().catch(() => {})
+      if (attempt === 5) throw error
+      logger.warn(`starting the agent failed (attempt ${attempt} of 5), retrying: ${causes(error)}`)
+      await sleep(200 + Math.random() * 800)
+    }
+  }
+}
+
+/** An error's message with those of its causes (Credo wraps Askar's errors). */
+function causes(error) {
+  const messages = []
+  for (let e = error; e && messages.length < 5; e = e.cause) messages.push(e.message ?? String(e))
+  return messages.join(': ')
+}
+
+let invitationUrl
+let agent
+let repository
+let stopping = false
+
+async function stop(signal) {
+  if (stopping) return
+  stopping = true
+  logger.info(`${signal}: shutting down`)
+  const deadline = setTimeout(() => {
+    console.error('mediator: shutdown took longer than 10 s, exiting')
+    process.exit(1)
+  }, 10_000)
+  deadline.unref()
+  await agent?.shutdown().catch((error) => console.error(`mediator: agent shutdown: ${error.message}`))
+  await repository?.disconnect().catch((error) => console.error(`mediator: mpr disconnect: ${error.message}`))
+  process.exit(0)
+}
+process.on('SIGTERM', () => stop('SIGTERM'))
+process.on('SIGINT', () => stop('SIGINT'))
+
+try {
+  repository = new MprQueueTransportRepository({ url: config.mprUrl, token: config.mprToken, logger })
+  try {
+    await repository.connect()
+  } catch (error) {
+    throw new Error(`cannot reach mpr at MPR_URL=${config.mprUrl}: ${error.message}`)
+  }
+  agent = await startAgent(repository)
+  repository.attach(agent, { logger })
+  const sendersEndpoint = config.endpoints.find((e) => e.startsWith('http')) ?? config.endpoints[0]
+  invitationUrl = await mediatorInvitationUrl(agent, { label: config.label, domain: sendersEndpoint })
+  console.log(`mediator ready: HTTP ${config.httpPort}, ${config.inboundMode} ${config.inboundMode === 'websocket' ? config.wsPort : config.socketDockPort}, endpoints ${config.endpoints.join(' ')}`)
+  console.log(`invitation: ${invitationUrl}`)
+} catch (error) {
+  console.error(`mediator: start failed: ${causes(error)}\n${error?.stack ?? ''}`)
+  await agent?.shutdown().catch(() => {})
+  process.exit(1)
+}
