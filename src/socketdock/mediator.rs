@@ -18,22 +18,33 @@ pub(super) struct Answer {
 }
 
 impl SocketDock {
-    /// POSTs a frame to the mediator. Err names the failure (a metric label).
+    /// POSTs a frame to the mediator. Err names the failure (a metric label). A connection
+    /// that fails without an answer (a mediator instance that died, a pooled connection to it)
+    /// is tried once more, on a new one: SocketDock never sends a frame again, and an agent that
+    /// lost a pickup request may wait for an answer that never comes. The mediator may then
+    /// handle a frame twice (DIDComm receivers drop repeated messages by id).
     pub(super) async fn forward(
         &self,
         socket: &str,
         frame: String,
     ) -> Result<Answer, &'static str> {
-        let response = self
-            .http
-            .post(&self.mediator_url)
-            .header("content-type", "application/didcomm-envelope-enc")
-            .header(SOCKET_HEADER, socket)
-            .timeout(self.mediator_timeout)
-            .body(frame)
-            .send()
-            .await
-            .map_err(failure)?;
+        let post = || {
+            self.http
+                .post(&self.mediator_url)
+                .header("content-type", "application/didcomm-envelope-enc")
+                .header(SOCKET_HEADER, socket)
+                .timeout(self.mediator_timeout)
+                .body(frame.clone())
+                .send()
+        };
+        let response = match post().await {
+            Err(error) if !error.is_timeout() => {
+                tracing::debug!(%error, "mediator unreachable; the frame is tried once more");
+                post().await
+            }
+            sent => sent,
+        }
+        .map_err(failure)?;
         if !response.status().is_success() {
             return Err("mediator_status");
         }

@@ -315,6 +315,11 @@ export async function startFailoverBalancer(ports) {
       if (!ports.includes(port)) throw new Error(`${port} is not a backend of this balancer (${ports.join(', ')})`);
       preferred = port;
     },
+    /** Replaces the backends (for a balancer started before them); the first is preferred. */
+    setBackends(newPorts) {
+      ports.splice(0, ports.length, ...newPorts);
+      preferred = ports[0];
+    },
     /** How many open connections go to `port`. */
     openTo(port) {
       return [...pairs].filter((p) => p.target === port).length;

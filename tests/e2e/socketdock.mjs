@@ -25,12 +25,12 @@ process.on('exit', () => {
  * answers HTTP (any status: it serves no `/`). Allows 3 minutes: a first call builds the
  * launcher's virtualenv from PyPI (`scripts/ensure-socketdock` does that ahead).
  */
-export async function startSocketDock({ backend, secret = backend?.env?.SOCKETDOCK_SECRET, name, logLevel = 'INFO', readyTimeoutMs = 180_000 }) {
+export async function startSocketDock({ backend, secret = backend?.env?.SOCKETDOCK_SECRET, name, logLevel = 'INFO', readyTimeoutMs = 180_000, port: requestedPort }) {
   const base = typeof backend === 'string' ? backend : backend?.httpUrl;
   if (!base) throw new Error('startSocketDock: backend must be an mpr server or its http:// base URL');
   if (!secret) throw new Error('startSocketDock: no secret (give one, or a backend started with SOCKETDOCK_SECRET)');
   const callback = (route) => `${base}/socketdock/${route}?secret=${encodeURIComponent(secret)}`;
-  const port = await freePort();
+  const port = requestedPort ?? (await freePort());
   const endpoint = `http://127.0.0.1:${port}`;
   const label = name ?? `socketdock-${port}`;
   const child = spawn(LAUNCHER, [

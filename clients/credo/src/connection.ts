@@ -46,6 +46,13 @@ export interface MprConnectionOptions {
    * reconnects (a half-open TCP connection never closes by itself). Default 10000; 0: off.
    */
   heartbeatIntervalMs?: number
+  /**
+   * A call made while the socket is being re-opened waits this long for it (then fails with
+   * MprConnectionError('not-connected')); calls running when it dropped fail at once either way.
+   * Default 0: fail at once. A mediator behind a load balancer over several servers sets a few
+   * seconds, so that a server's failover does not fail the frames it is handling meanwhile.
+   */
+  waitForReconnectMs?: number
   logger?: MprLogger
 }
 
@@ -61,7 +68,8 @@ const quietLogger: MprLogger = {
  * mediators use. After the socket drops it reconnects forever (with backoff) and re-adds every
  * live session it registered, because the server ends a socket's sessions when it closes.
  *
- * Events: `reconnected` (after the re-adds), `disconnected` (the socket dropped; reconnecting).
+ * Events: `reconnected` (after the re-adds), `disconnected` (the socket dropped; reconnecting),
+ * `opened` (the socket is open, before the re-adds).
  */
 export class MprConnection extends EventEmitter {
   readonly url: string
@@ -70,6 +78,7 @@ export class MprConnection extends EventEmitter {
   private readonly reconnectIntervalMs: number
   private readonly maxReconnectIntervalMs: number
   private readonly heartbeatIntervalMs: number
+  private readonly waitForReconnectMs: number
   readonly logger: MprLogger
 
   private client?: Client
@@ -88,12 +97,15 @@ export class MprConnection extends EventEmitter {
 
   constructor(options: MprConnectionOptions) {
     super()
+    // Calls waiting for a reconnect listen for `opened`, any number of them.
+    this.setMaxListeners(0)
     this.url = options.url
     this.token = options.token
     this.callTimeoutMs = options.callTimeoutMs ?? 5000
     this.reconnectIntervalMs = options.reconnectIntervalMs ?? 500
     this.maxReconnectIntervalMs = Math.max(options.maxReconnectIntervalMs ?? 30000, this.reconnectIntervalMs)
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 10000
+    this.waitForReconnectMs = options.waitForReconnectMs ?? 0
     this.logger = options.logger ?? quietLogger
   }
 
@@ -264,12 +276,30 @@ export class MprConnection extends EventEmitter {
     return result
   }
 
-  /** One call on the current socket; undefined members of params are not sent. */
-  private call(method: string, params?: Record<string, unknown> | unknown[]): Promise<unknown> {
+  /** One call on the current socket (waiting for a reconnect, if so configured); undefined members of params are not sent. */
+  private async call(method: string, params?: Record<string, unknown> | unknown[]): Promise<unknown> {
+    if (!this.ready && this.started && !this.stopped && this.waitForReconnectMs > 0) await this.reopened(this.waitForReconnectMs)
     const client = this.client
     if (!client || !this.ready) {
-      return Promise.reject(new MprConnectionError('not-connected', `mpr ${method}: not connected to ${this.url}`))
+      throw new MprConnectionError('not-connected', `mpr ${method}: not connected to ${this.url}`)
     }
+    return this.callOn(client, method, params)
+  }
+
+  /** Resolves once the socket is open again, or after `ms`. */
+  private reopened(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer)
+        this.off('opened', done)
+        resolve()
+      }
+      const timer = setTimeout(done, ms)
+      this.on('opened', done)
+    })
+  }
+
+  private callOn(client: Client, method: string, params?: Record<string, unknown> | unknown[]): Promise<unknown> {
     const wireParams =
       params && !Array.isArray(params) ? Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined)) : params
     return new Promise((resolve, reject) => {
@@ -334,6 +364,7 @@ export class MprConnection extends EventEmitter {
       opened = true
       this.ready = true
       this.failedAttempts = 0
+      this.emit('opened')
       if (this.heartbeatIntervalMs > 0) {
         heartbeat = setInterval(() => {
           if (this.client !== client) return clearInterval(heartbeat)

@@ -189,8 +189,11 @@ interface Credo05AgentForTransport {
 export class Credo05SocketDockInboundTransport {
   private readonly endpoint: SocketDockEndpoint
 
-  constructor(private readonly options: SocketDockTransportOptions & { core: Credo05CoreModule }) {
-    this.endpoint = new SocketDockEndpoint(options)
+  constructor(
+    private readonly options: SocketDockTransportOptions & { core: Credo05CoreModule },
+    kind: 'socketdock' | 'senders' = 'socketdock',
+  ) {
+    this.endpoint = new SocketDockEndpoint(options, kind)
   }
 
   async start(agent: Credo05AgentForTransport): Promise<void> {
@@ -221,5 +224,17 @@ export class Credo05SocketDockInboundTransport {
 
   stop(): Promise<void> {
     return this.endpoint.stop()
+  }
+}
+
+/**
+ * An HTTP inbound transport for senders that answers a message only once Credo handled it: a
+ * forward once it is queued here, an error when it was not. Credo's own HTTP inbound answers a
+ * message that asks for no reply before handling it, so a sender is told "delivered" for a
+ * forward that a mediator instance dying then loses.
+ */
+export class Credo05HttpInboundTransport extends Credo05SocketDockInboundTransport {
+  constructor(options: SocketDockTransportOptions & { core: Credo05CoreModule }) {
+    super(options, 'senders')
   }
 }

@@ -122,8 +122,11 @@ interface AgentContextLike {
 export class MprSocketDockInboundTransport {
   private readonly endpoint: SocketDockEndpoint
 
-  constructor(private readonly options: SocketDockTransportOptions & { didcomm: Credo06DidcommModule }) {
-    this.endpoint = new SocketDockEndpoint(options)
+  constructor(
+    private readonly options: SocketDockTransportOptions & { didcomm: Credo06DidcommModule },
+    kind: 'socketdock' | 'senders' = 'socketdock',
+  ) {
+    this.endpoint = new SocketDockEndpoint(options, kind)
   }
 
   async start(agentContext: AgentContextLike): Promise<void> {
@@ -154,5 +157,17 @@ export class MprSocketDockInboundTransport {
 
   stop(): Promise<void> {
     return this.endpoint.stop()
+  }
+}
+
+/**
+ * An HTTP inbound transport for senders that answers a message only once Credo handled it: a
+ * forward once it is queued here, an error when it was not. Credo's own HTTP inbound answers a
+ * message that asks for no reply before handling it, so a sender is told "delivered" for a
+ * forward that a mediator instance dying then loses.
+ */
+export class MprHttpInboundTransport extends MprSocketDockInboundTransport {
+  constructor(options: SocketDockTransportOptions & { didcomm: Credo06DidcommModule }) {
+    super(options, 'senders')
   }
 }

@@ -9,7 +9,7 @@ export type {
   PushNotificationToken,
 } from './connection'
 export type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePickupApiLike, PickupSessionLike } from './agent'
-export { MessagePickupRepositoryClient, attachToCredo05Agent, CREDO05_LIVE_SESSION_EVENTS, Credo05SocketDockInboundTransport } from './credo05'
+export { MessagePickupRepositoryClient, attachToCredo05Agent, CREDO05_LIVE_SESSION_EVENTS, Credo05HttpInboundTransport, Credo05SocketDockInboundTransport } from './credo05'
 export type {
   AddLiveSessionOptions,
   Credo05CoreModule,
@@ -24,6 +24,6 @@ export type {
   RemoveAllMessagesOptions,
   RemoveMessagesOptions,
 } from './credo05'
-export { MprQueueTransportRepository, CREDO06_LIVE_SESSION_EVENTS, MprSocketDockInboundTransport } from './credo06'
+export { MprQueueTransportRepository, CREDO06_LIVE_SESSION_EVENTS, MprHttpInboundTransport, MprSocketDockInboundTransport } from './credo06'
 export type { Credo06AgentLike, Credo06DidcommModule, MprQueueTransportRepositoryOptions, QueuedDidCommMessage } from './credo06'
 export type { SocketDockTransportOptions } from './socketdock'

@@ -65,7 +65,7 @@ export interface CredoRelay {
   sendDelivery(connectionId: string, messages: MprQueuedMessage[]): Promise<void>
 }
 
-export interface SocketDockTransportOptions {
+export interface InboundEndpointOptions {
   /** Port of the endpoint the server's MEDIATOR_URL names (keep it internal: it is not for agents). */
   port: number
   /** Address to listen on. Default 127.0.0.1. */
@@ -73,14 +73,27 @@ export interface SocketDockTransportOptions {
   /** Largest request body taken, in bytes. Default 4 MiB (the server's SOCKETDOCK_MAX_BODY_BYTES). */
   maxBodyBytes?: number
   logger?: MprLogger
+  /** Answers a GET (e.g. the mediator's invitation): status and text, or undefined for 404. */
+  onGet?: (path: string) => { status: number; body: string } | undefined
 }
 
-/** The HTTP endpoint; started with a CredoRelay once the agent is up. */
+export type SocketDockTransportOptions = InboundEndpointOptions
+
+/**
+ * The HTTP endpoint; started with a CredoRelay once the agent is up. As `socketdock`, it is
+ * the server's MEDIATOR_URL (frames from SocketDock and wrap requests: keep it internal); as
+ * `senders`, a plain DIDComm HTTP endpoint that answers a message only once Credo handled it
+ * (Credo's own HTTP inbound answers a message that asks for no reply, such as a forward,
+ * before handling it: a sender is then told "delivered" for a forward nobody stored).
+ */
 export class SocketDockEndpoint {
   private server?: Server
   private readonly sockets = new Set<import('net').Socket>()
 
-  constructor(private readonly options: SocketDockTransportOptions) {}
+  constructor(
+    private readonly options: InboundEndpointOptions,
+    private readonly kind: 'socketdock' | 'senders' = 'socketdock',
+  ) {}
 
   async start(credo: CredoRelay, logger: MprLogger): Promise<void> {
     const log = this.options.logger ?? logger
@@ -113,12 +126,16 @@ export class SocketDockEndpoint {
   }
 
   private async handle(credo: CredoRelay, log: MprLogger, request: IncomingMessage, response: ServerResponse) {
+    if (request.method === 'GET' && this.options.onGet) {
+      const got = this.options.onGet(request.url ?? '/')
+      return got ? answer(response, got.status, got.body) : answer(response, 404, 'not found')
+    }
     if (request.method !== 'POST') return answer(response, 405, 'POST only')
     const body = await readBody(request, this.options.maxBodyBytes ?? 4 << 20)
     if (body === undefined) return answer(response, 413, 'body too large')
-    const deliverFor = header(request, DELIVER_HEADER)
+    const deliverFor = this.kind === 'socketdock' ? header(request, DELIVER_HEADER) : undefined
     if (deliverFor !== undefined) return this.wrap(credo, log, deliverFor, body, response)
-    const socketId = header(request, SOCKET_HEADER)
+    const socketId = this.kind === 'socketdock' ? header(request, SOCKET_HEADER) : ''
     if (socketId === undefined) return answer(response, 400, `${SOCKET_HEADER} is required`)
     let message: unknown
     try {
@@ -129,7 +146,8 @@ export class SocketDockEndpoint {
     const session = new RelaySession()
     const frame: RelayFrame = { socketId, ending: false }
     try {
-      await inFrame(frame, () => credo.receive(message, session))
+      if (this.kind === 'socketdock') await inFrame(frame, () => credo.receive(message, session))
+      else await credo.receive(message, session)
     } catch (error) {
       log.warn('mpr socketdock: frame not handled', { socketId, error: String((error as Error)?.message ?? error) })
       return answer(response, 500, 'frame not handled')

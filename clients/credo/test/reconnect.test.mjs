@@ -78,3 +78,24 @@ test('reconnects after SIGKILL, re-adds held live sessions, then receives pushes
   assert.deepEqual(push.messages[0].encryptedMessage, body);
   assert.equal(await client.ping(), 'pong');
 });
+
+test('with waitForReconnectMs, a call made while the server is away is answered once it is back', async () => {
+  const first = await startServer({ redis, prefix, name: 'first-wait' });
+  const waiting = new MessagePickupRepositoryClient({ url: first.url, reconnectIntervalMs: 100, maxReconnectIntervalMs: 200, waitForReconnectMs: 20_000 });
+  try {
+    await waiting.connect();
+    const disconnected = event(waiting.connection, 'disconnected');
+    first.kill('SIGKILL');
+    await first.exited();
+    await disconnected;
+    // Made while nothing listens: it waits, and is answered by the server that comes up.
+    const connectionId = uuid();
+    const added = waiting.addMessage({ connectionId, recipientDids: [didKey()], payload: payload() });
+    await startServer({ redis, prefix, name: 'second-wait', env: { WS_PORT: String(first.wsPort) } });
+    const messageId = await added;
+    assert.match(messageId, /^[0-9a-f]{24}$/);
+    assert.equal(await waiting.getAvailableMessageCount({ connectionId }), 1);
+  } finally {
+    await waiting.disconnect();
+  }
+});

@@ -23,10 +23,10 @@ try {
 const { askar } = await import('@openwallet-foundation/askar-nodejs')
 const { AskarModule } = await import('@credo-ts/askar')
 const { Agent, ConsoleLogger, LogLevel } = await import('@credo-ts/core')
-const { agentDependencies, DidCommHttpInboundTransport } = await import('@credo-ts/node')
+const { agentDependencies } = await import('@credo-ts/node')
 const { DidCommHttpOutboundTransport, DidCommMessageForwardingStrategy, DidCommModule, DidCommWsOutboundTransport } =
   await import('@credo-ts/didcomm')
-const { MprQueueTransportRepository } = await import('@mpr/credo-client')
+const { MprHttpInboundTransport, MprQueueTransportRepository } = await import('@mpr/credo-client')
 const { KeepOpenWsInboundTransport } = await import('./keep-open-ws-inbound.mjs')
 const { mediatorInvitationUrl } = await import('./invitation.mjs')
 
@@ -37,16 +37,12 @@ async function recipientsTransport(repository) {
   if (config.inboundMode === 'websocket') {
     return new KeepOpenWsInboundTransport({ host: config.bindAddress, port: config.wsPort })
   }
-  // ---- SocketDock hook (issue 21) -------------------------------------------------------------
-  // INBOUND_MODE=socketdock: recipients' sockets are held by SocketDock, which POSTs their frames
-  // to this instance on SOCKETDOCK_PORT (the server's MEDIATOR_URL). The transport is
-  // clients/credo's; this mediator only constructs it.
+  // INBOUND_MODE=socketdock: recipients' sockets are held by SocketDock; the server POSTs their
+  // frames (and the pickup deliveries it wants wrapped) to this instance on SOCKETDOCK_PORT,
+  // its MEDIATOR_URL. The transport is clients/credo's.
   const { MprSocketDockInboundTransport } = await import('@mpr/credo-client')
-  if (!MprSocketDockInboundTransport) {
-    throw new ConfigError('INBOUND_MODE=socketdock needs MprSocketDockInboundTransport, which this build of clients/credo does not export')
-  }
-  return new MprSocketDockInboundTransport({ host: config.bindAddress, port: config.socketDockPort, repository })
-  // ----------------------------------------------------------------------------------------------
+  const didcomm = await import('@credo-ts/didcomm')
+  return new MprSocketDockInboundTransport({ host: config.bindAddress, port: config.socketDockPort, didcomm })
 }
 
 function newAgent(repository, recipients, http) {
@@ -78,10 +74,13 @@ function newAgent(repository, recipients, http) {
  */
 async function startAgent(repository) {
   for (let attempt = 1; ; attempt++) {
-    const http = new DidCommHttpInboundTransport({ port: config.httpPort })
-    http.app.get('/invitation', (_req, res) => {
-      if (invitationUrl) res.type('text/plain').send(invitationUrl)
-      else res.status(503).type('text/plain').send('starting')
+    // Senders' endpoint: a forward is answered once it is queued (Credo's own HTTP inbound
+    // answers before), so a sender is never told "delivered" for a message nobody stored.
+    const http = new MprHttpInboundTransport({
+      host: config.bindAddress,
+      port: config.httpPort,
+      didcomm: await import('@credo-ts/didcomm'),
+      onGet: (path) => (path === '/invitation' ? (invitationUrl ? { status: 200, body: invitationUrl } : { status: 503, body: 'starting' }) : undefined),
     })
     const agent = newAgent(repository, await recipientsTransport(repository), http)
     try {
@@ -125,7 +124,9 @@ process.on('SIGTERM', () => stop('SIGTERM'))
 process.on('SIGINT', () => stop('SIGINT'))
 
 try {
-  repository = new MprQueueTransportRepository({ url: config.mprUrl, token: config.mprToken, logger })
+  // A call made while the server connection is being re-opened (a server's failover) waits for
+  // it a few seconds rather than failing the frame or forward it serves.
+  repository = new MprQueueTransportRepository({ url: config.mprUrl, token: config.mprToken, logger, waitForReconnectMs: 3000 })
   try {
     await repository.connect()
   } catch (error) {

@@ -7,7 +7,6 @@ import { Agent, ConsoleLogger, LogLevel } from '@credo-ts/core'
 import { agentDependencies, DidCommHttpInboundTransport } from '@credo-ts/node'
 import * as didcommModule from '@credo-ts/didcomm'
 import {
-  DidCommHttpOutboundTransport,
   DidCommBasicMessageEventTypes,
   DidCommBasicMessageRole,
   DidCommMediatorPickupStrategy,
@@ -85,7 +84,8 @@ async function queueRepository(config, log) {
 }
 
 const strategy = (pickup) =>
-  pickup === 'poll' ? DidCommMediatorPickupStrategy.PickUpV2 : DidCommMediatorPickupStrategy.PickUpV2LiveMode
+  ({ poll: DidCommMediatorPickupStrategy.PickUpV2, implicit: DidCommMediatorPickupStrategy.Implicit })[pickup] ??
+  DidCommMediatorPickupStrategy.PickUpV2LiveMode
 
 export async function startAgent(config, { log, emit, handlers }) {
   const role = config.role
@@ -120,7 +120,6 @@ export async function startAgent(config, { log, emit, handlers }) {
       mediatorPollingInterval: config.pollingIntervalMs ?? 1000,
     }
   } else if (role === 'sender') {
-    if (config.httpOutbound) didcomm.transports.outbound.push(new DidCommHttpOutboundTransport())
     // The sender needs an endpoint of its own for the recipient's DID exchange response.
     const port = config.inboundPort ?? (await freePort())
     didcomm.endpoints = [`ws://127.0.0.1:${port}`]
@@ -194,7 +193,7 @@ export async function startAgent(config, { log, emit, handlers }) {
     handlers.connectMediator = async ({ url }) => {
       const connection = await connectByUrl(url)
       mediation = await api.mediationRecipient.provision(connection)
-      if (config.pickup !== 'poll') await api.mediationRecipient.initiateMessagePickup(mediation)
+      if (config.pickup !== 'poll') await api.mediationRecipient.initiateMessagePickup(mediation, strategy(config.pickup))
       return { connectionId: connection.id }
     }
     handlers.startPickup = async ({ pickup } = {}) => {
