@@ -56,19 +56,22 @@ export async function startDockedWorld() {
   const database = walletDatabaseName();
   const walletKey = randomBytes(16).toString('hex');
   const endpoints = `http://127.0.0.1:${world.senders.port},ws://127.0.0.1:${world.agentsBalancer.port}/ws`;
-  world.mediators = await Promise.all(['A', 'B'].map((name, i) => startMediator({
-    label: `mediator-${name}`,
-    env: {
-      MPR_URL: `ws://127.0.0.1:${rpc[i].port}`,
-      WALLET_ID: database,
-      WALLET_KEY: walletKey,
-      HTTP_PORT: String(httpPorts[i]),
-      INBOUND_MODE: 'socketdock',
-      SOCKETDOCK_PORT: String(framePorts[i]),
-      BIND_ADDRESS: '127.0.0.1',
-      ENDPOINTS: endpoints,
-    },
-  })));
+  // One after the other: the first makes the wallet (two at once on a new one race; ha-mediator.test.mjs covers that).
+  for (const [i, name] of ['A', 'B'].entries()) {
+    world.mediators.push(await startMediator({
+      label: `mediator-${name}`,
+      env: {
+        MPR_URL: `ws://127.0.0.1:${rpc[i].port}`,
+        WALLET_ID: database,
+        WALLET_KEY: walletKey,
+        HTTP_PORT: String(httpPorts[i]),
+        INBOUND_MODE: 'socketdock',
+        SOCKETDOCK_PORT: String(framePorts[i]),
+        BIND_ADDRESS: '127.0.0.1',
+        ENDPOINTS: endpoints,
+      },
+    }));
+  }
   world.invitationUrl = world.mediators[0].invitationUrl;
   world.dir = scratchDir();
   world.rpc = rpc;

@@ -115,9 +115,12 @@ describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo 
     await p.recipient.call('startPickup', {});
     await waitForAll(view(p), run, 6);
     assert.ok(world.agentsBalancer.openTo(other) >= 1, 'the recipient came back through the other SocketDock');
+    assert.deepEqual(received(view(p), run).map((m) => m.seq), [0, 1, 2, 3, 4, 5], 'the backlog, oldest first, once');
     await sendAcknowledged(p.sender, p.connectionId, run, 4, { from: 6 });
     await waitForAll(view(p), run, 10);
-    assertReceived(view(p), run, 10, { ordered: true });
+    // Live ones each once. (Their order is not asserted: sent while the recipient may still be
+    // ending its pickup, one can come in a delivery-request's reply and the next in a delivery.)
+    assertReceived(view(p), run, 10, { ordered: false });
   }));
 
   test('implicit pickup and polling through SocketDock', withLogs(async () => {
