@@ -12,12 +12,14 @@ import { after, before, describe, test } from 'node:test';
 import { closeAllClients, freePort, pollUntil, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
 import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents } from './agents.mjs';
 import { joinWorld, metricSum, startDockedWorld } from './docked.mjs';
-import { mediatorLogs, stopMediators } from './mediator.mjs';
+import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
-import { SERVER_ENV, assertReceived, newRun, received, waitForAll } from './world.mjs';
+import { SERVER_ENV, assertReceived, newRun, percentile, received, waitForAll } from './world.mjs';
 
 const F06 = FLAVOURS.find((f) => f.dir === 'credo-0.6');
 const F05 = FLAVOURS.find((f) => f.dir === 'credo-0.5' && f.client === 'project');
+/** Messages sent one at a time, per path, for the latency figure (docs/performance.md: 100). */
+const ONE_BY_ONE = Number(process.env.MPR_E2E_LATENCY_MESSAGES || 10);
 /** After the last expected message: anything more would be a duplicate (or a re-delivery). */
 const SETTLE_MS = Number(SERVER_ENV.VISIBILITY_TIMEOUT_MS) + 2000;
 
@@ -136,6 +138,35 @@ describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo 
 
   /** The 0.6 live recipient of the first test (made here when that one did not run). */
   const live06 = async () => (pairs[F06.dir] ??= await pair(F06, 'live', `recipient-${F06.dir}`));
+
+  test('latency, one message at a time: through SocketDock beside a recipient on a mediator\'s own WebSocket, same run', withLogs(async (t) => {
+    const docked = await live06();
+    // A second mediator (a wallet of its own) on the same servers, recipients on its WebSocket.
+    const [httpPort, wsPort] = [await freePort(), await freePort()];
+    const direct = await startMediator({
+      label: 'mediator-websocket',
+      env: {
+        MPR_URL: world.servers[1].url, WALLET_ID: walletDatabaseName(), WALLET_KEY: 'direct', HTTP_PORT: String(httpPort),
+        WS_PORT: String(wsPort), BIND_ADDRESS: '127.0.0.1', ENDPOINTS: `http://127.0.0.1:${httpPort},ws://127.0.0.1:${wsPort}`,
+      },
+    });
+    const recipient = await joinWorld(world, F06, { role: 'recipient', label: 'recipient-websocket' });
+    await recipient.call('connectMediator', { url: direct.invitationUrl });
+    const { connectionId } = await docked.sender.call('receiveInvitation', { url: (await recipient.call('createInvitation')).url });
+    const onWebSocket = { recipient, sender: docked.sender, connectionId };
+    const run = newRun();
+    for (let seq = 0; seq < ONE_BY_ONE; seq++) {
+      for (const p of [docked, onWebSocket]) {
+        await sendAcknowledged(p.sender, p.connectionId, run, 1, { from: seq });
+        await waitForAll(view(p), run, seq + 1);
+      }
+    }
+    const figures = [['through SocketDock (acknowledged delivery)', docked], ['on the mediator\'s WebSocket', onWebSocket]].map(([path, p]) => {
+      const latencies = assertReceived(view(p), run, ONE_BY_ONE).map((m) => m.receivedAt - m.sentAt).sort((a, b) => a - b);
+      return `${path}: p50 ${percentile(latencies, 50)} ms, p99 ${percentile(latencies, 99)} ms`;
+    });
+    t.diagnostic(`sender send -> recipient receive, ${ONE_BY_ONE} messages one at a time each, interleaved: ${figures.join('; ')}`);
+  }));
 
   test('the recipient frozen while messages go to its socket, killed, started again on its wallet: every message arrives', withLogs(async () => {
     const p = await live06();
