@@ -686,3 +686,26 @@ async fn messages_the_mediator_did_not_wrap_are_delivered_once_it_does() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_message_larger_than_a_deliverys_bytes_goes_alone() {
+    // A delivery carries at most half of SOCKETDOCK_MAX_BODY_BYTES of messages.
+    let deployment = deploy_with(1, 1, &[("SOCKETDOCK_MAX_BODY_BYTES", "8192")]).await;
+    deployment.mediator.reply_with(mediator_with_pickup);
+    let mut sender = Client::connect(&deployment.servers[0].url()).await;
+    let connection = unique_id("c");
+    let large = "L".repeat(5000);
+    let messages = vec!["before".to_owned(), large.clone(), "after".to_owned()];
+    add_all(&mut sender, &connection, &messages).await;
+    let mut agent = agent_saying(&deployment.docks[0], &format!("live {connection}")).await;
+    let mut texts = Vec::new();
+    while texts.len() < messages.len() {
+        let (_, more) = next_delivery(&mut agent, WAIT).await.expect("a delivery");
+        assert!(
+            more.len() == 1 || !more.contains(&large),
+            "the large one alone"
+        );
+        texts.extend(more);
+    }
+    assert_eq!(texts, messages, "every message, in order");
+}

@@ -62,6 +62,8 @@ if redis.call("HGET", Q.conn, "ack") then
   end
   deadline, kind, lease = now + visibility, "wrap", tonumber(ARGV[12])
   taken = hand_out(Q, nil, room, batch_bytes, false, deadline, hot_only)
+  -- A message larger than a batch's bytes goes alone rather than never.
+  if #taken == 0 then taken = hand_out(Q, nil, 1, math.huge, false, deadline, hot_only) end
   -- Under the binding's generation: a new binding (the recipient came back on another
   -- socket) puts them back at once rather than at their deadline.
   local gen = tonumber(redis.call("HGET", Q.conn, "gen")) or 0
