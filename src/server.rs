@@ -169,6 +169,10 @@ impl Server {
             sockets_stop.clone(),
             sockets.clone(),
         ));
+        background.spawn(crate::store::watch_clock(
+            self.store.clone(),
+            background_stop.clone(),
+        ));
         background.spawn(reload_on_hangup(
             self.tokens.clone(),
             self.tls.clone(),

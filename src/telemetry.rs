@@ -24,6 +24,7 @@ pub const QUEUE_FULL: &str = "mpr_queue_full_total";
 pub const REDELIVERY_RELEASED: &str = "mpr_redelivery_released_total";
 pub const REDELIVERY_FAILURES: &str = "mpr_redelivery_failures_total";
 pub const INSTANCES_REAPED: &str = "mpr_instances_reaped_total";
+pub const REDIS_CLOCK_OFFSET: &str = "mpr_redis_clock_offset_seconds";
 pub const COLD_AVAILABLE: &str = "mpr_cold_available";
 pub const COLD_MOVED: &str = "mpr_cold_moved_total";
 pub const COLD_DEGRADED: &str = "mpr_cold_degraded_total";
@@ -163,6 +164,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(
         INSTANCES_REAPED,
         "Dead instances whose events this instance took over"
+    );
+    metrics::describe_gauge!(
+        REDIS_CLOCK_OFFSET,
+        "Redis's clock minus this server's, as last measured (fenced writes need it small)"
     );
     metrics::describe_gauge!(
         COLD_AVAILABLE,
