@@ -170,6 +170,10 @@ impl Server {
             sockets_stop.clone(),
             sockets.clone(),
         ));
+        background.spawn(crate::store::watch_clock(
+            self.store.clone(),
+            background_stop.clone(),
+        ));
         background.spawn(reload_on_hangup(
             self.tokens.clone(),
             self.tls.clone(),
@@ -237,6 +241,7 @@ async fn open_cold(settings: &ColdSettings) -> anyhow::Result<Option<Arc<Cold>>>
     if let Err(error) = cold.ensure_indexes(settings.retention()).await {
         tracing::warn!(%error, "MongoDB is not reachable yet; moving starts when it is");
     }
+    cold.export_available();
     tracing::info!(
         namespace = %cold.namespace(), threshold_ms = settings.threshold_timestamp,
         "cold tier: messages older than the threshold move to MongoDB"

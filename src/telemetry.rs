@@ -4,6 +4,7 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use crate::config::{LogFormat, LogSettings};
@@ -23,6 +24,7 @@ pub const QUEUE_FULL: &str = "mpr_queue_full_total";
 pub const REDELIVERY_RELEASED: &str = "mpr_redelivery_released_total";
 pub const REDELIVERY_FAILURES: &str = "mpr_redelivery_failures_total";
 pub const INSTANCES_REAPED: &str = "mpr_instances_reaped_total";
+pub const REDIS_CLOCK_OFFSET: &str = "mpr_redis_clock_offset_seconds";
 pub const COLD_AVAILABLE: &str = "mpr_cold_available";
 pub const COLD_MOVED: &str = "mpr_cold_moved_total";
 pub const COLD_DEGRADED: &str = "mpr_cold_degraded_total";
@@ -50,7 +52,11 @@ pub fn init_logging(config: &LogSettings) {
         .ok()
         .and_then(|value| EnvFilter::try_new(value).ok())
         .unwrap_or_else(|| EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a person at a terminal: in a file, `docker logs` or journald they
+    // are noise.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -158,6 +164,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(
         INSTANCES_REAPED,
         "Dead instances whose events this instance took over"
+    );
+    metrics::describe_gauge!(
+        REDIS_CLOCK_OFFSET,
+        "Redis's clock minus this server's, as last measured (fenced writes need it small)"
     );
     metrics::describe_gauge!(
         COLD_AVAILABLE,

@@ -75,3 +75,68 @@ async fn every_acknowledged_message_is_delivered_once_and_no_refused_one_is() {
     assert_eq!(counts.lost, 0, "acknowledged messages lost");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// How many calls Redis refused for arriving past their fence (`INFO errorstats`).
+fn fenced_calls(redis: &Redis) -> u64 {
+    let stats = redis.cli(&["INFO", "errorstats"]);
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("errorstat_DEADLINE:count="))
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+/// Calls that reach a frozen Redis wait in its socket buffers; when it resumes past their
+/// deadline, they do nothing. Every add here was answered with an error ("outcome unknown":
+/// Redis never answered), and none of them is stored afterwards: without the fence, every one
+/// would be.
+#[tokio::test]
+async fn adds_whose_caller_gave_up_never_take_effect_later() {
+    // Single node: freezes its redis-server.
+    if support::single_node_only() {
+        return;
+    }
+    const ADDS: usize = 8;
+    let redis = Redis::start();
+    let env = [
+        ("REDIS_TIMEOUT_MS", "300"),
+        ("ADD_SETTLE_TIMEOUT_MS", "300"),
+    ];
+    let server = support::Server::start(&redis, &env).await;
+    let mut client = support::Client::connect(&server.url()).await;
+    let connection = unique_id("c");
+    let before = fenced_calls(&redis);
+
+    signal(redis.pid(), "-STOP");
+    for id in 0..ADDS {
+        let params = serde_json::json!({"connectionId": connection, "recipientDids": ["did:x"],
+            "payload": support::payload(&format!("m{id}"))});
+        let request = serde_json::json!({"jsonrpc": "2.0", "method": "addMessage", "id": id, "params": params});
+        client.send_raw(request.to_string());
+    }
+    let mut replies = Vec::new();
+    while replies.len() < ADDS {
+        match client.next_frame(Duration::from_secs(60)).await {
+            Some(support::Incoming::Text(text)) => replies.push(text),
+            other => panic!("a reply to every add, got {} then {other:?}", replies.len()),
+        }
+    }
+    signal(redis.pid(), "-CONT");
+    for reply in &replies {
+        assert!(reply.contains("\"error\""), "{reply}");
+        assert!(reply.contains("outcome is unknown"), "{reply}");
+    }
+
+    // Redis runs what waited for it, in order: each add either stores its message or is
+    // refused; wait for all of them to have run.
+    let stored = || -> u64 {
+        let records = redis.cli(&["HVALS", &format!("mpr:{{{connection}}}:msg")]);
+        // A record is "<header>\n<body>" (a tombstone is empty); the header has tabs.
+        records.lines().filter(|line| line.contains('\t')).count() as u64
+    };
+    support::eventually(Duration::from_secs(30), async || {
+        stored() + fenced_calls(&redis) - before >= ADDS as u64
+    })
+    .await;
+    assert_eq!(stored(), 0, "adds that took effect after their error reply");
+    assert_eq!(client.count(&connection).await, 0);
+}

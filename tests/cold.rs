@@ -84,6 +84,9 @@ async fn old_messages_move_to_mongodb_in_the_node_format() {
     let database = unique_id("db");
     let env = [("VISIBILITY_TIMEOUT_MS", "1500")];
     let server = cold_server(&redis, &mongo.url(&database), &env).await;
+    // Exported from start, before anything changed it.
+    let (_, metrics) = server.http_get("/metrics").await;
+    assert!(metrics.contains("\nmpr_cold_available 1\n"), "{metrics}");
     let mut client = Client::connect(&server.url()).await;
     let connection = unique_id("conn");
     let first = client.add(&connection, "did:key:z6MkA", "first").await;
@@ -616,6 +619,8 @@ async fn the_server_starts_and_queues_while_mongodb_is_down() {
         server.http_get("/health").await.0 == 200
     })
     .await;
+    let (_, metrics) = server.http_get("/metrics").await;
+    assert!(metrics.contains("\nmpr_cold_available 0\n"), "{metrics}");
     let (status, reason) = server.http_get("/ready").await;
     assert_eq!(status, 503);
     assert!(reason.contains("MongoDB"), "{reason}");

@@ -128,4 +128,33 @@ fn a_redis_without_functions_is_refused_naming_its_version() {
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("Redis 6.2.14 cannot run mpr"), "{said}");
     assert!(said.contains("7.0 or later"), "{said}");
+    // Not a terminal: no colour codes in the log.
+    assert!(
+        !said.contains('\x1b'),
+        "escape sequences in a piped log: {said:?}"
+    );
+}
+
+/// On a terminal the log is coloured (`script` runs the server on a pseudo-terminal).
+#[test]
+fn logs_are_coloured_on_a_terminal_only() {
+    let url = format!("redis://127.0.0.1:{}", old_redis());
+    let output = Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(env!("CARGO_BIN_EXE_mpr"))
+        .arg("/dev/null")
+        .env("REDIS_URL", url)
+        .env("WS_PORT", "0")
+        .env("APP_PORT", "0")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("cannot run mpr"), "{said}");
+    assert!(
+        said.contains("\x1b["),
+        "no colour codes on a terminal: {said:?}"
+    );
 }

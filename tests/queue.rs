@@ -532,7 +532,8 @@ async fn a_connection_at_its_byte_quota_is_refused_until_room_is_made() {
 /// What `settle_add` (run when an add's reply was lost) answers for a message id.
 fn settle(redis: &Redis, connection: &str, id: &str) -> String {
     let keys = mpr::store::Keys::new("mpr");
-    let mut args = mpr::store::functions::SETTLE_ADD.call_args(&keys, connection, &[]);
+    let fence = (mpr::model::now_ms() + 60_000) as u64;
+    let mut args = mpr::store::functions::SETTLE_ADD.call_args(&keys, connection, &[], fence);
     args.insert(0, "FCALL".into());
     args.push(id.into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

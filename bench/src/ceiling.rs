@@ -23,7 +23,11 @@ pub async fn load_library(r: &mut Resp) -> Result<()> {
     Ok(())
 }
 
-/// One FCALL of a function on a connection's keys (and those of `dids`), then `args`.
+/// How far ahead the fence of a direct call is: commands are built once and replayed for a
+/// whole run (redis-benchmark), so the fence must outlast it; Redis checks it all the same.
+const FENCE_AHEAD_MS: i64 = 3_600_000;
+
+/// One FCALL of a function on a connection's keys (and those of `dids`), fenced, then `args`.
 pub fn fcall(
     function: &Function,
     prefix: &str,
@@ -32,7 +36,8 @@ pub fn fcall(
     args: &[String],
 ) -> Vec<String> {
     let mut cmd = vec!["FCALL".to_owned()];
-    cmd.extend(function.call_args(&Keys::new(prefix), connection_id, dids));
+    let fence = (unix_ms() + FENCE_AHEAD_MS) as u64;
+    cmd.extend(function.call_args(&Keys::new(prefix), connection_id, dids, fence));
     cmd.extend(args.iter().cloned());
     cmd
 }

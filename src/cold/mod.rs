@@ -194,9 +194,15 @@ impl Cold {
         result
     }
 
+    /// Exports `mpr_cold_available` as it stands, so that a dashboard sees 1 or 0 from the
+    /// start, not nothing until the first change.
+    pub fn export_available(&self) {
+        metrics::gauge!(telemetry::COLD_AVAILABLE).set(if self.is_available() { 1.0 } else { 0.0 });
+    }
+
     fn set_available(&self, available: bool) {
         if self.available.swap(available, Ordering::Relaxed) != available {
-            metrics::gauge!(telemetry::COLD_AVAILABLE).set(if available { 1.0 } else { 0.0 });
+            self.export_available();
             if available {
                 tracing::info!("MongoDB answers again");
             } else {

@@ -44,10 +44,11 @@ impl RpcError {
     }
 
     pub fn storage(error: StoreError) -> Self {
+        // What is known of a lost reply: the call's fence (see `store::functions`).
         let outcome = if error.is_timeout() {
-            "timed out; the outcome is unknown"
+            "timed out; the outcome is unknown: it took effect before the reply was due, or never will"
         } else if error.outcome_unknown() {
-            "failed; the outcome is unknown"
+            "failed; the outcome is unknown: it took effect before the reply was due, or never will"
         } else {
             "failed"
         };

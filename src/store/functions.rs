@@ -6,6 +6,12 @@
 //!
 //! Its name carries a hash of its source (`mpr_<hash>`, functions `<name>_<hash>`), so instances
 //! of two versions sharing one Redis during a rolling upgrade each call their own.
+//!
+//! Every call is fenced: its first argument is a deadline (ms since the epoch: the caller's
+//! clock plus the time it waits for the reply), and the wrapper does nothing when Redis's clock
+//! (`TIME`) has passed it, answering `DEADLINE`. A call whose reply the caller gave up on can
+//! then only have taken effect before the deadline, never later (a frozen Redis resuming, a
+//! retry of the cluster client). The bodies see ARGV without it.
 
 use std::sync::{LazyLock, OnceLock};
 
@@ -170,24 +176,38 @@ impl Function {
             .get_or_init(|| format!("{}_{}", self.name, LIBRARY.version))
     }
 
-    /// What follows `FCALL` for a call on one connection: the function's name, the number of
-    /// keys, its keys, then those of each recipient DID the call names.
-    pub fn call_args(&self, keys: &Keys, connection_id: &str, dids: &[&str]) -> Vec<String> {
+    /// What follows `FCALL`: the function's name, the number of keys, the keys, then the
+    /// fence (`deadline_ms`, ms since the epoch); the function's own arguments follow.
+    pub fn args(&self, keys: Vec<String>, deadline_ms: u64) -> Vec<String> {
+        let mut args = Vec::with_capacity(keys.len() + 3);
+        args.push(self.fcall_name().to_owned());
+        args.push(keys.len().to_string());
+        args.extend(keys);
+        args.push(deadline_ms.to_string());
+        args
+    }
+
+    /// [`Function::args`] of a call on one connection: its keys, then those of each recipient
+    /// DID the call names.
+    pub fn call_args(
+        &self,
+        keys: &Keys,
+        connection_id: &str,
+        dids: &[&str],
+        deadline_ms: u64,
+    ) -> Vec<String> {
         debug_assert_eq!(self.scope, Scope::Connection);
         let connection = keys.connection(connection_id);
-        let count = self.keys.len() + dids.len() * self.did_keys.len();
-        let mut args = Vec::with_capacity(count + 2);
-        args.push(self.fcall_name().to_owned());
-        args.push(count.to_string());
-        args.extend(self.keys.iter().map(|name| connection.key(name)));
+        let mut all = Vec::with_capacity(self.keys.len() + dids.len() * self.did_keys.len());
+        all.extend(self.keys.iter().map(|name| connection.key(name)));
         for did in dids {
-            args.extend(
+            all.extend(
                 self.did_keys
                     .iter()
                     .map(|name| connection.did_key(did, name)),
             );
         }
-        args
+        self.args(all, deadline_ms)
     }
 
     /// `redis.register_function` of this function, its keys bound by name.
@@ -221,7 +241,7 @@ impl Function {
             format!("  local Q = {{trashed = {{}}{fields}}}\n{did_base}")
         };
         format!(
-            "redis.register_function('{name}_{version}', function(KEYS, ARGV)\n{bind}{body}end)\n",
+            "redis.register_function('{name}_{version}', function(KEYS, ARGV)\n  fence(ARGV)\n{bind}{body}end)\n",
             name = self.name,
             body = self.body,
         )

@@ -17,11 +17,7 @@ pub struct Heartbeat {
 
 impl Store {
     fn instances_call(&self, function: &super::functions::Function) -> redis::Cmd {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(function.fcall_name())
-            .arg(1)
-            .arg(self.keys.instances());
-        cmd
+        self.function_call(function, vec![self.keys.instances()])
     }
 
     /// Records a heartbeat of `instance`; instances silent for `dead_after` are dead.

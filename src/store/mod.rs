@@ -3,6 +3,7 @@
 //! go out as they are. Callers see typed methods, plain Rust values and [`StoreError`]; which
 //! kind of Redis runs behind (one node or a cluster) is known only to `connection`.
 
+mod clock;
 mod connection;
 mod events;
 pub mod functions;
@@ -27,6 +28,7 @@ use crate::config::{QueueSettings, RedisSettings};
 use connection::{RedisClient, RedisConnection};
 use functions::{Function, LIBRARY};
 
+pub use clock::{CLOCK_OFFSET_BOUND, ClockOffset, watch as watch_clock};
 pub use events::{Event, EventBatch, EventReader, StoredEvent};
 pub use instances::Heartbeat;
 pub use keys::{CONNECTION_KEYS, ConnectionKeys, DEADLINE_SHARDS, Keys, VISIT_SHARDS};
@@ -98,6 +100,11 @@ impl StoreError {
         matches!(self, Self::Redis(error) if error.is_io_error() && !error.is_connection_refusal())
     }
 
+    /// The call reached Redis past its fence and did nothing (see `functions`).
+    pub fn is_late(&self) -> bool {
+        matches!(self, Self::Redis(error) if error.code() == Some("DEADLINE"))
+    }
+
     /// A mover's lease passed to another mover (see `to_cold`).
     pub fn is_fenced(&self) -> bool {
         matches!(self, Self::Redis(error) if error.code() == Some("FENCED"))
@@ -153,6 +160,8 @@ pub struct Store {
     visit_after_ms: u64,
     /// How long an add whose reply was lost tries to learn its outcome (`queue::settle_add`).
     settle_within: Duration,
+    /// How long a call waits for its reply (REDIS_TIMEOUT_MS): its fence is that far ahead.
+    fence_after: Duration,
     /// When writes wait for replicas (REDIS_WAIT_REPLICAS).
     waits: Option<Arc<Waits>>,
 }
@@ -208,6 +217,7 @@ impl Store {
                 .first_after()
                 .map_or(0, |after| after.as_millis().max(1) as u64),
             settle_within: settings.add_settle_timeout(),
+            fence_after: settings.timeout(),
             waits: if settings.redis_wait_replicas > 0 {
                 Some(Arc::new(Waits::open(&client, settings).await?))
             } else {
@@ -218,7 +228,8 @@ impl Store {
         })
     }
 
-    /// Checks that Redis can run the library (Redis 7 or later) and loads it. Called at start;
+    /// Checks that Redis can run the library (Redis 7 or later) with this server (clocks within
+    /// [`CLOCK_OFFSET_BOUND`]) and loads it. Called at start;
     /// when Redis is away then, the library is loaded by the first call that finds it missing.
     pub async fn prepare(&self) -> StoreResult<()> {
         let info: redis::Value = redis::cmd("INFO")
@@ -233,6 +244,10 @@ impl Store {
                     MIN_REDIS.0, MIN_REDIS.1
                 )));
             }
+        }
+        let offset = self.clock_offset().await?;
+        if offset.beyond_bound() {
+            return Err(StoreError::Unsupported(offset.to_string()));
         }
         self.load_library().await
     }
@@ -271,14 +286,22 @@ impl Store {
         Ok(claimed.is_some())
     }
 
-    /// FCALL of a function on one connection's keys; `dids` are the recipient DIDs whose keys
-    /// the call declares. Arguments follow with `.arg()` on the returned command.
+    /// The fence of a call made now: when this server stops waiting for its reply. Redis does
+    /// nothing for it past that, by its own clock (see `functions`).
+    fn deadline_ms(&self) -> u64 {
+        crate::model::now_ms().max(0) as u64 + self.fence_after.as_millis() as u64
+    }
+
+    /// FCALL of a function on `keys`, fenced. Arguments follow with `.arg()` on the returned
+    /// command.
+    fn function_call(&self, function: &Function, keys: Vec<String>) -> Cmd {
+        fcall(function.args(keys, self.deadline_ms()))
+    }
+
+    /// FCALL of a function on one connection's keys, fenced; `dids` are the recipient DIDs
+    /// whose keys the call declares. Arguments follow with `.arg()` on the returned command.
     fn connection_call(&self, function: &Function, connection_id: &str, dids: &[&str]) -> Cmd {
-        let mut cmd = redis::cmd("FCALL");
-        for part in function.call_args(&self.keys, connection_id, dids) {
-            cmd.arg(part);
-        }
-        cmd
+        fcall(function.call_args(&self.keys, connection_id, dids, self.deadline_ms()))
     }
 
     /// Runs a function call, loading the library first if Redis lost it (a restart without
@@ -334,6 +357,14 @@ impl Store {
         }
         Ok(written)
     }
+}
+
+fn fcall(args: Vec<String>) -> Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    for arg in args {
+        cmd.arg(arg);
+    }
+    cmd
 }
 
 /// The replies of a pipeline sent on `conn` to the node of `key`; the first error reply is the

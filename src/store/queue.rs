@@ -105,6 +105,7 @@ impl Store {
         message: &NewMessage,
     ) -> StoreResult<Added> {
         let dids: Vec<&str> = message.dids.iter().map(String::as_str).collect();
+        let sent = tokio::time::Instant::now();
         let mut call = self.connection_call(&ADD_MESSAGE, connection_id, &dids);
         call.arg(&message.id)
             .arg(crate::model::now_ms())
@@ -122,7 +123,12 @@ impl Store {
         let reply: Vec<redis::Value> = match self.write(&call, connection_id).await {
             Ok(reply) => reply,
             Err(error) if error.outcome_unknown() => {
-                return self.settle_add(connection_id, &message.id, error).await;
+                return self
+                    .settle_add(connection_id, &message.id, sent, error)
+                    .await;
+            }
+            Err(StoreError::Redis(error)) if error.code() == Some("DEADLINE") => {
+                return Err(StoreError::NotStored(error));
             }
             Err(StoreError::Redis(error)) if error.code() == Some("QUOTA") => {
                 let quota = if error
@@ -168,16 +174,22 @@ impl Store {
     /// Learns whether an add whose reply was lost ran, so that its caller is answered the
     /// truth: stored (Ok; if it went in flight to a live session, the deadline sweep pushes it
     /// then), or not stored and never to be (`NotStored`). Asked again until Redis answers, for
-    /// at most ADD_SETTLE_TIMEOUT_MS; after that the original error stands, outcome unknown.
+    /// ADD_SETTLE_TIMEOUT_MS and at least until the add's fence has passed; after that the
+    /// original error stands, outcome unknown: stored before its fence, or never.
     /// (On the shared connection, commands run in the order sent: the settle runs after the
     /// add, if the add runs at all.)
     async fn settle_add(
         &self,
         connection_id: &str,
         message_id: &str,
+        sent: tokio::time::Instant,
         error: StoreError,
     ) -> StoreResult<Added> {
-        let give_up = tokio::time::Instant::now() + self.settle_within;
+        // Asked at least until the add's fence has passed by Redis's clock too (it was made
+        // when the add was sent; the clocks are within the bound), so that "unknown" is said
+        // only when the add can no longer take effect.
+        let fenced = sent + self.fence_after + super::CLOCK_OFFSET_BOUND;
+        let give_up = fenced.max(tokio::time::Instant::now() + self.settle_within);
         loop {
             let mut call = self.connection_call(&SETTLE_ADD, connection_id, &[]);
             call.arg(message_id);

@@ -99,11 +99,7 @@ impl Store {
     }
 
     fn deadlines_call(&self, function: &Function, shard: u64) -> redis::Cmd {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(function.fcall_name())
-            .arg(1)
-            .arg(self.keys.deadlines(shard));
-        cmd
+        self.function_call(function, vec![self.keys.deadlines(shard)])
     }
 
     /// Claims up to `most` connections of a shard whose deadline passed, for `hold`.

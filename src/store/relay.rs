@@ -109,12 +109,7 @@ pub enum RelayStep {
 
 impl Store {
     fn socket_call(&self, function: &Function, socket_id: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(function.fcall_name()).arg(2);
-        for key in self.keys.socket(socket_id) {
-            cmd.arg(key);
-        }
-        cmd
+        self.function_call(function, self.keys.socket(socket_id).into())
     }
 
     /// Records (or refreshes) a socket and its URLs for `ttl`.

@@ -28,6 +28,12 @@ pub use redis_cluster::{RedisCluster, RedisClusterOpts};
 pub use secantus::{Secantus, SecantusOpts, SecantusTls};
 pub use socketdock::{SocketDock, SocketDockOpts};
 
+/// The server binary the tests start as "Redis": `MPR_TEST_REDIS_SERVER` when set (e.g. a
+/// valkey-server, `scripts/ensure-valkey`), else `redis-server` from PATH.
+pub fn redis_server_bin() -> String {
+    std::env::var("MPR_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
 /// A 127.0.0.1 port nobody listens on right now (never 6379).
 pub fn free_port() -> Result<u16> {
     pick_port(&[0])

@@ -9,7 +9,8 @@
 // raw frames go through `ws`, the library rpc-websockets itself uses.
 //
 // Environment: MPR_BIN (default <repo>/target/debug/mpr); MPR_TEST_REDIS=cluster runs against a
-// Redis Cluster of six instead of one redis-server (startRedis, singleNodeOnly).
+// Redis Cluster of six instead of one redis-server (startRedis, singleNodeOnly);
+// MPR_TEST_REDIS_SERVER names another server binary to start as Redis (e.g. a valkey-server).
 
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
@@ -30,6 +31,7 @@ export { WebSocket, sleep };
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(here, '..', '..');
 export const MPR_BIN = process.env.MPR_BIN || path.join(REPO, 'target', 'debug', 'mpr');
+const REDIS_SERVER = process.env.MPR_TEST_REDIS_SERVER || 'redis-server';
 
 // ---------------------------------------------------------------------------------------------
 // child processes
@@ -192,7 +194,7 @@ export function singleNodeOnly(why) {
 async function spawnRedis(port, args = [], { cwd } = {}) {
   if (port === 6379) throw new Error('never use port 6379');
   const child = spawn(
-    'redis-server',
+    REDIS_SERVER,
     ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', os.tmpdir(), ...args],
     { stdio: ['ignore', 'pipe', 'pipe'], cwd },
   );

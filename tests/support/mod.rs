@@ -73,7 +73,8 @@ impl Redis {
     /// A Redis Cluster (3 primaries, 3 replicas) whatever MPR_TEST_REDIS says: for tests of
     /// what only a cluster does (failover).
     pub fn start_cluster() -> Self {
-        let opts = testkit::RedisClusterOpts::new("redis-server").expect("free ports");
+        let opts =
+            testkit::RedisClusterOpts::new(&testkit::redis_server_bin()).expect("free ports");
         Self::start_cluster_with(opts)
     }
 
@@ -94,7 +95,7 @@ impl Redis {
     }
 
     fn start_single(args: &[&str]) -> Self {
-        let mut opts = testkit::RedisOpts::new("redis-server").expect("a free port");
+        let mut opts = testkit::RedisOpts::new(&testkit::redis_server_bin()).expect("a free port");
         opts.args = args.iter().map(|arg| arg.to_string()).collect();
         let server = testkit::block_on(testkit::RedisServer::start_on_free_port(opts))
             .expect("redis-server is installed and starts");

@@ -270,6 +270,9 @@ pub struct Counts {
     pub acknowledged: usize,
     pub errored: usize,
     pub unknown: usize,
+    /// Answered "outcome unknown" and handed out all the same: they were stored before their
+    /// fence (the reply was lost after Redis ran the add).
+    pub unknown_stored: usize,
     pub unanswered: usize,
     /// Messages in consumers' take replies (re-deliveries included).
     pub taken: usize,
@@ -298,6 +301,7 @@ impl std::ops::AddAssign for Counts {
         self.acknowledged += other.acknowledged;
         self.errored += other.errored;
         self.unknown += other.unknown;
+        self.unknown_stored += other.unknown_stored;
         self.unanswered += other.unanswered;
         self.taken += other.taken;
         self.removed += other.removed;
@@ -517,6 +521,11 @@ impl Ledger {
         self.counts.acknowledged = outcomes.acknowledged.len();
         self.counts.errored = outcomes.errored.len();
         self.counts.unknown = outcomes.unknown.len();
+        self.counts.unknown_stored = outcomes
+            .unknown
+            .iter()
+            .filter(|n| self.handed.contains(n))
+            .count();
         self.counts.unanswered = outcomes.unanswered.len();
         self.counts
     }
@@ -598,6 +607,7 @@ pub async fn reconcile(
         acknowledged,
         errored,
         unknown,
+        unknown_stored,
         unanswered,
         taken,
         removed,
@@ -613,7 +623,8 @@ pub async fn reconcile(
         id_changed,
     } = &counts;
     eprintln!(
-        "acknowledged {acknowledged}, errored {errored}, outcome unknown {unknown}, unanswered {unanswered}; \
+        "acknowledged {acknowledged}, errored {errored}, outcome unknown {unknown}, answered unknown, found stored {unknown_stored}, \
+         unanswered {unanswered}; \
          taken {taken}, removed-acknowledged {removed}, remove failed {remove_failed}, \
          take replies lost {take_lost}, take errored {take_errored}, re-delivered {redelivered}, \
          removal unconfirmed {removal_unconfirmed}; \

@@ -28,6 +28,17 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Every function starts here (the generated wrapper): ARGV[1] is the call's deadline, ms since
+-- the epoch by the caller's clock, when the caller stops waiting for the reply. Past it (by
+-- Redis's clock) the call does nothing and answers DEADLINE, so a call whose caller gave up can
+-- never take effect later. The bodies see their own arguments from ARGV[1] on.
+local function fence(ARGV)
+  local late = now_ms() - tonumber(table.remove(ARGV, 1))
+  if late > 0 then
+    error({err = "DEADLINE the call reached Redis " .. late .. " ms after its deadline; nothing was done"})
+  end
+end
+
 -- seq, size, received ms, dids, cold (no body), index of the first body byte
 local function parse(record)
   local nl = string.find(record, "\n", 1, true)
