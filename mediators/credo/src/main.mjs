@@ -23,10 +23,11 @@ try {
 const { askar } = await import('@openwallet-foundation/askar-nodejs')
 const { AskarModule } = await import('@credo-ts/askar')
 const { Agent, ConsoleLogger, LogLevel } = await import('@credo-ts/core')
-const { agentDependencies, DidCommHttpInboundTransport } = await import('@credo-ts/node')
+const { agentDependencies } = await import('@credo-ts/node')
 const { DidCommHttpOutboundTransport, DidCommMessageForwardingStrategy, DidCommModule, DidCommWsOutboundTransport } =
   await import('@credo-ts/didcomm')
 const { MprQueueTransportRepository } = await import('@mpr/credo-client')
+const { AckedHttpInboundTransport } = await import('./http-inbound.mjs')
 const { KeepOpenWsInboundTransport } = await import('./keep-open-ws-inbound.mjs')
 const { mediatorInvitationUrl } = await import('./invitation.mjs')
 
@@ -82,18 +83,12 @@ const START_RETRY_MS = 60_000
 async function startAgent(repository) {
   const deadline = Date.now() + START_RETRY_MS
   for (let attempt = 1; ; attempt++) {
-    const http = new DidCommHttpInboundTransport({ port: config.httpPort })
-    http.app.get('/invitation', (_req, res) => {
-      if (invitationUrl) res.type('text/plain').send(invitationUrl)
-      else res.status(503).type('text/plain').send('starting')
-    })
+    const http = new AckedHttpInboundTransport({ host: config.bindAddress, port: config.httpPort, invitationUrl: () => invitationUrl })
     const agent = newAgent(repository, await recipientsTransport(repository), http)
     try {
       await agent.initialize()
       return agent
     } catch (error) {
-      // Close the failed attempt's ports: server.close() would wait for kept-alive clients.
-      http.server?.closeAllConnections()
       await Promise.race([agent.shutdown().catch(() => {}), sleep(5000)])
       if (chain(error).some((e) => e.name === 'AskarStoreInvalidKeyError')) {
         throw new Error(`WALLET_KEY does not open the wallet WALLET_ID=${config.walletId}`, { cause: error })
