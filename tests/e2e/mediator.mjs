@@ -80,6 +80,8 @@ export async function startMediator({ label, env, readyTimeoutMs = 120_000 }) {
   const mediator = {
     label,
     pid: child.pid,
+    /** What it was started with (start another instance on the same settings). */
+    env,
     httpPort: Number(env.HTTP_PORT),
     wsPort: Number(env.WS_PORT),
     invitationUrl: undefined,

@@ -66,13 +66,17 @@ function newAgent(repository, recipients, http) {
   })
 }
 
+/** How long an instance keeps trying to start while others are creating the wallet. */
+const START_RETRY_MS = 60_000
+
 /**
  * Opens the wallet and starts the agent. Instances starting together on a new wallet race to
- * create its one-per-wallet records (the store itself, the mediator's routing keys, the storage
- * version); the loser's write fails on the wallet's uniqueness and it starts again, now finding
- * the winner's records.
+ * create its one-per-wallet records (the store and its tables, the mediator's routing keys, the
+ * storage version): a loser finds the store half made, or its write fails on the wallet's
+ * uniqueness, and it starts again until it finds the winner's records. A wrong key is final.
  */
 async function startAgent(repository) {
+  const deadline = Date.now() + START_RETRY_MS
   for (let attempt = 1; ; attempt++) {
     // Senders' endpoint: a forward is answered once it is queued (Credo's own HTTP inbound
     // answers before), so a sender is never told "delivered" for a message nobody stored.
@@ -87,20 +91,26 @@ async function startAgent(repository) {
       await agent.initialize()
       return agent
     } catch (error) {
-      await agent.shutdown().catch(() => {})
-      if (attempt === 5) throw error
-      logger.warn(`starting the agent failed (attempt ${attempt} of 5), retrying: ${causes(error)}`)
-      await sleep(200 + Math.random() * 800)
+      await Promise.race([agent.shutdown().catch(() => {}), sleep(5000)])
+      if (chain(error).some((e) => e.name === 'AskarStoreInvalidKeyError')) {
+        throw new Error(`WALLET_KEY does not open the wallet WALLET_ID=${config.walletId}`, { cause: error })
+      }
+      if (Date.now() > deadline) throw error
+      logger.warn(`starting the agent failed (attempt ${attempt}), retrying: ${causes(error)}`)
+      await sleep(500 + Math.random() * 1000)
     }
   }
 }
 
-/** An error's message with those of its causes (Credo wraps Askar's errors). */
-function causes(error) {
-  const messages = []
-  for (let e = error; e && messages.length < 5; e = e.cause) messages.push(e.message ?? String(e))
-  return messages.join(': ')
+/** An error and its causes (Credo wraps Askar's errors). */
+function chain(error) {
+  const errors = []
+  for (let e = error; e && errors.length < 8; e = e.cause) errors.push(e)
+  return errors
 }
+
+/** An error's message with those of its causes. */
+const causes = (error) => chain(error).map((e) => e.message ?? String(e)).join(': ')
 
 let invitationUrl
 let agent

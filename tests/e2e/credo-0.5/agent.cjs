@@ -139,7 +139,7 @@ async function init() {
       label: config.label || config.role,
       walletConfig: walletConfig(),
       endpoints: config.role === 'recipient' ? undefined : config.endpoints,
-      logger: new ConsoleLogger(process.env.CREDO_LOG === 'debug' ? LogLevel.debug : LogLevel.warn),
+      logger: new ConsoleLogger((process.env.CREDO_LOG || process.env.E2E_CREDO_LOG) === 'debug' ? LogLevel.debug : LogLevel.warn),
     },
     dependencies: agentDependencies,
     modules,
