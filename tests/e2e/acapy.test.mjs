@@ -1,0 +1,149 @@
+// ACA-Py 1.7 mediators with the mpr_acapy plugin (clients/acapy): forwards queued in real mpr
+// servers on a real redis-server, real Credo recipients and senders (tests/e2e agents) picking
+// up with Message Pickup 2.0. Asserts what the recipient received: content, count, order.
+
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { after, describe, test } from 'node:test';
+import { call, closeAllClients, connect, startRedis, startServer, stopAll, uniquePrefix, pollUntil } from '../conformance/harness.mjs';
+import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents, startBalancer } from './agents.mjs';
+import { acapyLogs, newWallet, startAcapyMediator, stopAcapyMediators } from './acapy.mjs';
+
+const SERVER_ENV = { WS_PING_INTERVAL_MS: '300', WS_PING_MISSES: '3', VISIBILITY_TIMEOUT_MS: '8000', REDELIVERY_INTERVAL_MS: '200', LIVENESS_TIMEOUT_MS: '2000' };
+const wanted = (process.env.MPR_E2E_FLAVOURS || '').split(',').filter(Boolean);
+// Recipients and senders only: the project client does not matter, one per Credo line.
+const CREDO = FLAVOURS.filter((f) => f.client === 'project').filter((f) => !wanted.length || wanted.some((w) => f.name.includes(w)));
+
+/**
+ * Redis, `instances` mpr servers, as many ACA-Py instances of one mediator (one wallet),
+ * each on its own server, behind one balancer per transport; a Credo recipient (`pickup`)
+ * mediated by instance A; a Credo sender connected to it whose forwards enter through the last.
+ */
+async function startWorld(flavour, { instances = 1, pickup = 'live' } = {}) {
+  const world = { flavour, servers: [], mediators: [] };
+  try {
+    const redis = await startRedis();
+    const prefix = uniquePrefix();
+    for (let i = 0; i < instances; i++) world.servers.push(await startServer({ redis, prefix, env: SERVER_ENV, name: `mpr-${i + 1}` }));
+    world.http = await startBalancer(0);
+    world.ws = await startBalancer(0);
+    const wallet = newWallet();
+    for (let i = 0; i < instances; i++) {
+      // One after the other: the first provisions the shared wallet.
+      world.mediators.push(await startAcapyMediator({
+        label: `acapy-${'AB'[i]}`, wallet, mprUrl: world.servers[i].url,
+        endpoints: [world.ws.url, `http://127.0.0.1:${world.http.port}`],
+      }));
+    }
+    world.route = (i) => {
+      world.http.route(world.mediators[i].httpPort);
+      world.ws.route(world.mediators[i].wsPort);
+    };
+    world.route(0);
+    const dir = scratchDir();
+    world.recipient = await startAgent(flavour, {
+      role: 'recipient', label: 'recipient', pickup,
+      walletPath: path.join(dir, 'recipient.sqlite'), walletKey: randomBytes(16).toString('hex'),
+    });
+    await world.recipient.call('connectMediator', { url: (await world.mediators[0].createInvitation()).url });
+    world.connectionId = await world.mediators[0].grantedConnectionId();
+    world.route(instances - 1);
+    world.sender = await startAgent(flavour, {
+      role: 'sender', label: 'sender',
+      walletPath: path.join(dir, 'sender.sqlite'), walletKey: randomBytes(16).toString('hex'),
+    });
+    const invitation = await world.recipient.call('createInvitation');
+    world.senderConnectionId = (await world.sender.call('receiveInvitation', { url: invitation.url })).connectionId;
+    world.rpc = await connect(world.servers[0].url);
+    return world;
+  } catch (error) {
+    error.message += `\n${logs(world)}`;
+    throw error;
+  }
+}
+
+async function stopWorld() {
+  await stopAgents();
+  await stopAcapyMediators();
+  await closeAllClients();
+  await stopAll();
+}
+
+function logs(world) {
+  if (!world) return '';
+  return [agentLogs([world.recipient, world.sender]), acapyLogs(world.mediators),
+    ...world.servers.map((s) => `--- ${s.name} log tail ---\n${s.log().slice(-3000)}`)].join('\n');
+}
+
+function scenario(getWorld, fn) {
+  return async (t) => {
+    try {
+      await fn(t);
+    } catch (error) {
+      if (error && typeof error === 'object') error.message += `\n${logs(getWorld())}`;
+      throw error;
+    }
+  };
+}
+
+const queued = (world) => call(world.rpc, 'getAvailableMessageCount', { connectionId: world.connectionId });
+const addsOk = async (world) => {
+  let sum = 0;
+  for (const server of world.servers) {
+    const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+    for (const line of text.split('\n')) {
+      if (line.startsWith('mpr_calls_total{') && line.includes('method="addMessage"') && line.includes('outcome="ok"')) sum += Number(line.split(' ').at(-1));
+    }
+  }
+  return sum;
+};
+
+/** Sends seq 0..count-1, each once a server queued the one before (the send order is the queue order). */
+async function sendSequence(world, run, count, { from = 0 } = {}) {
+  for (let seq = from; seq < from + count; seq++) {
+    const before = await addsOk(world);
+    await world.sender.call('send', { connectionId: world.senderConnectionId, content: JSON.stringify({ run, seq, sentAt: Date.now() }) });
+    assert.ok(await pollUntil(async () => (await addsOk(world)) > before, { timeoutMs: 20_000, intervalMs: 20 }), `seq ${seq} queued within 20 s`);
+  }
+}
+
+function received(world, run) {
+  return world.recipient.events.filter((e) => e.event === 'basicMessage').map((e) => {
+    try {
+      return { ...JSON.parse(e.content), receivedAt: e.receivedAt };
+    } catch {
+      return {};
+    }
+  }).filter((m) => m.run === run);
+}
+
+async function waitForAll(world, run, count, timeoutMs = 60_000) {
+  const complete = () => new Set(received(world, run).map((m) => m.seq)).size >= count;
+  if (!complete()) await world.recipient.waitFor('basicMessage', complete, timeoutMs);
+}
+
+function assertOnceInOrder(world, run, count, { ordered = true } = {}) {
+  const seqs = received(world, run).map((m) => m.seq);
+  assert.deepEqual([...new Set(seqs)].sort((a, b) => a - b), [...Array(count).keys()], 'every message arrived');
+  assert.equal(seqs.length, count, `each once (got ${seqs.join(',')})`);
+  if (ordered) assert.deepEqual(seqs, [...Array(count).keys()], 'in send order');
+}
+
+const newRun = () => randomBytes(4).toString('hex');
+
+for (const flavour of CREDO) {
+  describe(`ACA-Py mediator with mpr_acapy: ${flavour.name} recipient`, () => {
+    let world;
+    after(() => stopWorld());
+
+    test('live mode across two instances: sent through B, live on A, once, in order', scenario(() => world, async () => {
+      world = await startWorld(flavour, { instances: 2 });
+      const run = newRun();
+      await sendSequence(world, run, 20);
+      await waitForAll(world, run, 20);
+      assertOnceInOrder(world, run, 20, { ordered: flavour.pushOrder });
+      assert.ok(await pollUntil(async () => (await queued(world)) === 0, { timeoutMs: 20_000 }), 'the queue drained (acknowledged)');
+    }));
+  });
+}
