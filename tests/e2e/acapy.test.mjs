@@ -54,7 +54,10 @@ async function startWorld(flavour, { instances = 1, pickup = 'live' } = {}) {
       walletPath: path.join(dir, 'sender.sqlite'), walletKey: randomBytes(16).toString('hex'),
     });
     const invitation = await world.recipient.call('createInvitation');
+    // A polling recipient picks up the DID exchange through its mediator, then goes offline.
+    if (pickup === 'poll') await world.recipient.call('startPickup');
     world.senderConnectionId = (await world.sender.call('receiveInvitation', { url: invitation.url })).connectionId;
+    if (pickup === 'poll') await world.recipient.call('stopPickup');
     world.rpc = await connect(world.servers[0].url);
     return world;
   } catch (error) {
@@ -133,17 +136,49 @@ function assertOnceInOrder(world, run, count, { ordered = true } = {}) {
 const newRun = () => randomBytes(4).toString('hex');
 
 for (const flavour of CREDO) {
-  describe(`ACA-Py mediator with mpr_acapy: ${flavour.name} recipient`, () => {
+  describe(`ACA-Py mediator with mpr_acapy, live mode: ${flavour.name} recipient`, () => {
     let world;
     after(() => stopWorld());
 
-    test('live mode across two instances: sent through B, live on A, once, in order', scenario(() => world, async () => {
+    test('across two instances: sent through B, live on A, each once, in order', scenario(() => world, async () => {
       world = await startWorld(flavour, { instances: 2 });
       const run = newRun();
       await sendSequence(world, run, 20);
       await waitForAll(world, run, 20);
       assertOnceInOrder(world, run, 20, { ordered: flavour.pushOrder });
       assert.ok(await pollUntil(async () => (await queued(world)) === 0, { timeoutMs: 20_000 }), 'the queue drained (acknowledged)');
+    }));
+
+    test('instance A killed while live: the recipient reconnects to B and gets every message once', scenario(() => world, async () => {
+      const run = newRun();
+      await sendSequence(world, run, 5);
+      await waitForAll(world, run, 5);
+      assert.ok(await pollUntil(async () => (await queued(world)) === 0, { timeoutMs: 20_000 }), 'the first five acknowledged');
+      world.mediators[0].killNow();
+      await world.mediators[0].exited();
+      // Sent while the recipient has no mediator socket: queued, then picked up through B.
+      await sendSequence(world, run, 10, { from: 5 });
+      await waitForAll(world, run, 15, 90_000);
+      assertOnceInOrder(world, run, 15, { ordered: false });
+      assert.ok(await pollUntil(async () => (await queued(world)) === 0, { timeoutMs: 20_000 }), 'the queue drained');
+    }));
+  });
+
+  describe(`ACA-Py mediator with mpr_acapy, polling: ${flavour.name} recipient`, () => {
+    let world;
+    after(() => stopWorld());
+
+    test('sent while offline, then picked up in pages with status / delivery-request / messages-received', scenario(() => world, async () => {
+      world = await startWorld(flavour, { pickup: 'poll' });
+      const run = newRun();
+      await sendSequence(world, run, 25);
+      // At least: the DID exchange's last message may still be queued too.
+      assert.ok((await queued(world)) >= 25, 'all 25 queued on the server while the recipient is offline');
+      assert.equal(received(world, run).length, 0);
+      await world.recipient.call('startPickup');
+      await waitForAll(world, run, 25);
+      assertOnceInOrder(world, run, 25, { ordered: flavour.batchOrder });
+      assert.ok(await pollUntil(async () => (await queued(world)) === 0, { timeoutMs: 20_000 }), 'the queue drained (messages-received removed them)');
     }));
   });
 }
