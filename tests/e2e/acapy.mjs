@@ -2,7 +2,7 @@
 // installs them: askar wallets in the PostgreSQL at 127.0.0.1:5432, one database per mediator
 // (instances of one mediator share it), HTTP and WebSocket inbound on free 127.0.0.1 ports.
 
-import { spawn, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -12,6 +12,7 @@ import { REPO, freePort } from '../conformance/harness.mjs';
 
 export const ACAPY_VENV = process.env.MPR_ACAPY_VENV || path.join(REPO, 'tmp', 'acapy-venv');
 const ACAPY = path.join(ACAPY_VENV, 'bin', 'aca-py');
+const here = path.dirname(new URL(import.meta.url).pathname);
 const POSTGRES = { host: '127.0.0.1', port: 5432, user: 'postgres' };
 
 const mediators = new Set();
@@ -160,4 +161,14 @@ export async function stopAcapyMediators() {
 /** The tail of each mediator's log, for a failed test's message. */
 export function acapyLogs(list) {
   return list.filter(Boolean).map((m) => `--- ACA-Py ${m.label} (pid ${m.pid}) log tail ---\n${m.log().slice(-6000)}`).join('\n');
+}
+
+/** Posts one forward for `recipientKey` to a mediator's HTTP `endpoint` (acapy-forward.py); resolves with the HTTP status. */
+export function postForward(endpoint, routingKey, recipientKey) {
+  return new Promise((resolve, reject) => {
+    execFile(path.join(ACAPY_VENV, 'bin', 'python'), [path.join(here, 'acapy-forward.py'), endpoint, routingKey, recipientKey], { timeout: 60_000 }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`acapy-forward.py: ${error.message}\n${stderr}`));
+      else resolve(Number(stdout.trim()));
+    });
+  });
 }

@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from acapy_agent.did.did_key import DIDKey
+from acapy_agent.protocols.coordinate_mediation.v1_0.models.mediation_record import (
+    MediationRecord,
+)
+from acapy_agent.storage.error import StorageNotFoundError
+from acapy_agent.transport.inbound.message import InboundMessage
+from acapy_agent.transport.inbound.receipt import MessageReceipt
 from acapy_agent.transport.inbound.manager import InboundTransportManager
 from acapy_agent.transport.inbound.session import InboundSession
 from acapy_agent.transport.outbound.message import OutboundMessage
@@ -26,6 +32,9 @@ from .rpc import MprClient, MprConnectionError, MprError
 LOGGER = logging.getLogger(__name__)
 
 PICKUP = "https://didcomm.org/messagepickup/2.0"
+# How long a live delivery waits for the previous one's messages-received before it goes
+# anyway (what was not acknowledged comes again after the server's visibility timeout).
+ACK_WAIT_SECONDS = 10
 
 
 class SessionGone(Exception):
@@ -80,6 +89,16 @@ class Binding:
     pickup: bool
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     worker: Optional[asyncio.Task] = None
+    # Live mode: ids of the delivery the recipient has not acknowledged yet. The next delivery
+    # waits for its messages-received: a recipient may work on two deliveries at once (Credo
+    # does), and then their messages can reach its application swapped.
+    unacked: set = field(default_factory=set)
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def acknowledge(self, ids) -> None:
+        self.unacked.difference_update(ids)
+        if not self.unacked:
+            self.acked.set()
 
     @property
     def server_session_id(self) -> str:
@@ -101,6 +120,15 @@ class MprMediator:
         # Core's own replies go through the same ordered writer: core drops a reply whose
         # session's one-message buffer is busy (seen: a mediation grant lost that way).
         inbound.return_to_session = self.return_to_session
+        self._core_return_undelivered = inbound.return_undelivered
+        inbound.return_undelivered = self.return_undelivered
+        core_dispatch_complete = inbound.dispatch_complete
+
+        def dispatch_complete(message, completed):
+            core_dispatch_complete(message, completed)
+            self._maybe_implicit(message)
+
+        inbound.dispatch_complete = dispatch_complete
         await self.client.connect()
 
     # -- writing to a recipient's session ---------------------------------------------------
@@ -115,12 +143,35 @@ class MprMediator:
         candidates += [s for s in self.inbound.sessions.values() if s is not preferred]
         for session in candidates:
             if session.select_outbound(outbound):
-                if not self._writes.get(session.session_id) and session.response_buffer is None:
-                    session.set_response(outbound)
-                else:
-                    asyncio.get_running_loop().create_task(self._return_later(session, outbound))
+                self._enqueue(session, outbound)
                 return True
         return False
+
+    def return_undelivered(self, outbound: OutboundMessage) -> bool:
+        """Core's last resort for a message no transport can carry (a mobile recipient has no
+        endpoint): a session the recipient keeps open for replies takes it. Core sends only
+        replies to sessions; a message of its own, e.g. a mediation grant made after the
+        request's handler returned, was otherwise lost without `--enable-undelivered-queue`."""
+        targets = outbound.target_list or ([outbound.target] if outbound.target else [])
+        for target in targets:
+            for key in target.recipient_keys or []:
+                for session in list(self.inbound.sessions.values()):
+                    if (
+                        session.can_respond
+                        and session.reply_mode == MessageReceipt.REPLY_MODE_ALL
+                        and key in session.reply_verkeys
+                    ):
+                        outbound.reply_to_verkey = key
+                        outbound.reply_from_verkey = outbound.reply_from_verkey or target.sender_key
+                        self._enqueue(session, outbound)
+                        return True
+        return self._core_return_undelivered(outbound)
+
+    def _enqueue(self, session: InboundSession, outbound: OutboundMessage) -> None:
+        if not self._writes.get(session.session_id) and session.response_buffer is None:
+            session.set_response(outbound)
+        else:
+            asyncio.get_running_loop().create_task(self._return_later(session, outbound))
 
     async def _return_later(self, session: InboundSession, outbound: OutboundMessage) -> None:
         try:
@@ -166,6 +217,52 @@ class MprMediator:
             ),
         )
 
+    # -- implicit pickup --------------------------------------------------------------------
+
+    def _maybe_implicit(self, message: InboundMessage) -> None:
+        """A mediated recipient that sent anything but Pickup 2.0 on a socket kept open for
+        replies (return route "all") gets its messages there: the backlog, then as they come."""
+        session = self.session(message.session_id)
+        if (
+            session is None
+            or not session.can_respond
+            or session.reply_mode != MessageReceipt.REPLY_MODE_ALL
+            or not message.connection_id
+            or message.connection_id in self.bindings
+            or "/messagepickup/" in str(message.payload.get("@type", ""))
+        ):
+            return
+        asyncio.get_running_loop().create_task(self._bind_implicit(session, message))
+
+    async def _bind_implicit(self, session: InboundSession, message: InboundMessage) -> None:
+        try:
+            async with session.profile.session() as storage:
+                mediation = await MediationRecord.retrieve_by_connection_id(
+                    storage, message.connection_id
+                )
+        except StorageNotFoundError:
+            return
+        if (
+            mediation.role != MediationRecord.ROLE_SERVER
+            or mediation.state != MediationRecord.STATE_GRANTED
+            or message.connection_id in self.bindings
+            or session.closed
+        ):
+            return
+        try:
+            await self.bind(
+                Binding(
+                    connection_id=message.connection_id,
+                    session=session,
+                    recipient_verkey=message.receipt.sender_verkey,
+                    mediator_verkey=message.receipt.recipient_verkey,
+                    pickup=False,
+                )
+            )
+        except (MprError, MprConnectionError) as error:
+            LOGGER.warning("mpr: implicit pickup for %s failed: %s", message.connection_id, error)
+            await self.unbind(message.connection_id, session.session_id)
+
     # -- bindings ---------------------------------------------------------------------------
 
     async def bind(self, binding: Binding) -> None:
@@ -175,6 +272,12 @@ class MprMediator:
         if old is not None and old.worker:
             old.worker.cancel()
         self.bindings[binding.connection_id] = binding
+        LOGGER.info(
+            "mpr_acapy: %s for %s on session %s",
+            "live delivery" if binding.pickup else "implicit pickup",
+            binding.connection_id,
+            binding.session.session_id,
+        )
         self._watch_close(binding.session)
         binding.worker = asyncio.get_running_loop().create_task(self._work(binding))
         if not binding.pickup:
@@ -236,7 +339,13 @@ class MprMediator:
                 if messages is None:
                     await self._drain_backlog(binding)
                 elif binding.pickup:
-                    LOGGER.debug("mpr: delivering %s live", [m["id"] for m in messages])
+                    # What came while the previous delivery was out goes as one.
+                    while not binding.queue.empty():
+                        messages = messages + binding.queue.get_nowait()
+                    ids = [m["id"] for m in messages]
+                    LOGGER.debug("mpr: delivering %s live", ids)
+                    binding.unacked = set(ids)
+                    binding.acked.clear()
                     await self.reply(
                         binding.session,
                         delivery(messages),
@@ -244,6 +353,10 @@ class MprMediator:
                         binding.mediator_verkey,
                         binding.connection_id,
                     )
+                    try:
+                        await asyncio.wait_for(binding.acked.wait(), ACK_WAIT_SECONDS)
+                    except asyncio.TimeoutError:
+                        pass
                 else:
                     for message in messages:
                         await self._write_raw(binding, message)

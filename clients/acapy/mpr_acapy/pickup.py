@@ -182,6 +182,8 @@ class MessagesReceivedHandler(PickupHandler):
                 self.connection_id, message.message_id_list
             )
         binding = self.mediator.bindings.get(self.connection_id)
+        if binding and binding.pickup:
+            binding.acknowledge(message.message_id_list)
         if binding and binding.pickup and binding.session is self.session:
             # Live: new messages come as pushes. A status counting one that is being pushed
             # would make the recipient also request it, and the two paths can swap its order.

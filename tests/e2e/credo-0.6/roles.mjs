@@ -82,7 +82,8 @@ async function queueRepository(config, log) {
 }
 
 const strategy = (pickup) =>
-  pickup === 'poll' ? DidCommMediatorPickupStrategy.PickUpV2 : DidCommMediatorPickupStrategy.PickUpV2LiveMode
+  ({ poll: DidCommMediatorPickupStrategy.PickUpV2, implicit: DidCommMediatorPickupStrategy.Implicit })[pickup] ??
+  DidCommMediatorPickupStrategy.PickUpV2LiveMode
 
 export async function startAgent(config, { log, emit, handlers }) {
   const role = config.role
