@@ -172,3 +172,17 @@ export function postForward(endpoint, routingKey, recipientKey) {
     });
   });
 }
+
+/**
+ * Runs tests/e2e/acapy-recipient.py against a mediator (its admin API and HTTP endpoint) and
+ * resolves with the JSON report it prints.
+ */
+export function runPythonRecipient(mediator) {
+  return new Promise((resolve, reject) => {
+    const args = [path.join(here, 'acapy-recipient.py'), mediator.admin, `http://127.0.0.1:${mediator.httpPort}`];
+    execFile(path.join(ACAPY_VENV, 'bin', 'python'), args, { timeout: 120_000 }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`acapy-recipient.py: ${error.message}\n${stderr}`));
+      else resolve(JSON.parse(stdout.trim().split('\n').at(-1)));
+    });
+  });
+}

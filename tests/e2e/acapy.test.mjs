@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 import { call, closeAllClients, connect, startRedis, startServer, stopAll, uniquePrefix, pollUntil } from '../conformance/harness.mjs';
 import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents, startBalancer } from './agents.mjs';
-import { acapyLogs, newWallet, postForward, startAcapyMediator, stopAcapyMediators } from './acapy.mjs';
+import { acapyLogs, newWallet, postForward, runPythonRecipient, startAcapyMediator, stopAcapyMediators } from './acapy.mjs';
 
 const SERVER_ENV = { WS_PING_INTERVAL_MS: '300', WS_PING_MISSES: '3', VISIBILITY_TIMEOUT_MS: '8000', REDELIVERY_INTERVAL_MS: '200', LIVENESS_TIMEOUT_MS: '2000' };
 const wanted = (process.env.MPR_E2E_FLAVOURS || '').split(',').filter(Boolean);
@@ -58,6 +58,9 @@ async function startWorld(flavour, { instances = 1, pickup = 'live' } = {}) {
     if (pickup === 'poll') await world.recipient.call('startPickup');
     world.senderConnectionId = (await world.sender.call('receiveInvitation', { url: invitation.url })).connectionId;
     world.rpc = await connect(world.servers[0].url);
+    // The DID exchange's last message reaches the recipient after the sender's connection is
+    // complete; queued during a run it would count as one of the run's in sendSequence.
+    if (pickup !== 'poll') await settle(world);
     return world;
   } catch (error) {
     error.message += `\n${logs(world)}`;
@@ -144,10 +147,14 @@ const newRun = () => randomBytes(4).toString('hex');
  * message reaches the recipient after the sender's connection is complete, and queued later it
  * would count as one of a run's messages in sendSequence.
  */
-async function goOffline(world) {
+async function settle(world) {
   const run = newRun();
   await world.sender.call('send', { connectionId: world.senderConnectionId, content: JSON.stringify({ run, seq: 0 }) });
   await waitForAll(world, run, 1);
+}
+
+async function goOffline(world) {
+  await settle(world);
   assert.ok(await pollUntil(async () => (await queued(world)) === 0, { timeoutMs: 20_000 }), 'all delivered before going offline');
   await world.recipient.call('stopPickup');
   // A delivery whose messages-received the closing socket cut off would be pending again after
@@ -247,3 +254,41 @@ for (const flavour of CREDO) {
     }));
   });
 }
+
+describe('ACA-Py mediator with mpr_acapy: a Python recipient (status fields, recipient_key, partial messages-received)', () => {
+  after(() => stopWorld());
+  let world;
+
+  test('status, delivery-request by recipient_key and in pages, messages-received of part of a delivery', scenario(() => world, async () => {
+    world = { servers: [], mediators: [] };
+    const redis = await startRedis();
+    world.servers.push(await startServer({ redis, prefix: uniquePrefix(), env: SERVER_ENV }));
+    world.mediators.push(await startAcapyMediator({ label: 'acapy-A', wallet: newWallet(), mprUrl: world.servers[0].url }));
+    const r = await runPythonRecipient(world.mediators[0]);
+    world.rpc = await connect(world.servers[0].url);
+    world.connectionId = r.connectionId;
+    assert.equal(r.grant, 'https://didcomm.org/coordinate-mediation/1.0/mediate-grant');
+    assert.deepEqual(r.keylistUpdate, ['success', 'success']);
+    assert.deepEqual(r.forwards, [200, 200, 200, 200, 200], 'five forwards (keys 0,1,0,1,0) stored');
+    const [key0, key1] = r.keys;
+    assert.equal(r.status['@type'], 'https://didcomm.org/messagepickup/2.0/status');
+    assert.equal(r.status.message_count, 5);
+    assert.equal(r.status.live_delivery, false);
+    assert.equal(r.status['~thread'].thid !== undefined, true, 'the status answers its request');
+    assert.equal(r.statusKey1.message_count, 2, 'status for recipient_key counts only its messages');
+    assert.equal(r.deliveryKey1.type, 'https://didcomm.org/messagepickup/2.0/delivery');
+    assert.equal(r.deliveryKey1.ids.length, 2, 'delivery for recipient_key: only its two messages');
+    assert.deepEqual(r.deliveryKey1.kids, [[key1], [key1]]);
+    for (const id of r.deliveryKey1.ids) assert.match(id, /^[0-9a-f]{24}$/, 'attachment ids are the server\'s message ids');
+    assert.equal(r.afterPartial.message_count, 3, 'one acknowledged, the other in flight: three pending');
+    assert.deepEqual(r.deliveryFirstTwo.kids, [[key0], [key0]], 'a page of two, oldest first');
+    assert.equal(r.afterTwo.message_count, 1);
+    assert.deepEqual(r.deliveryRest.kids, [[key0]]);
+    assert.equal(r.afterAll.message_count, 0);
+    assert.equal(r.emptyDelivery['@type'], 'https://didcomm.org/messagepickup/2.0/status', 'nothing left: a status, not an empty delivery');
+    assert.equal(r.emptyDelivery.message_count, 0);
+    assert.equal(await call(world.rpc, 'getAvailableMessageCount', { connectionId: r.connectionId }), 0);
+    const left = await call(world.rpc, 'takeFromQueue', { connectionId: r.connectionId });
+    assert.deepEqual(left, [], 'the partially acknowledged delivery\'s second message was removed with the rest');
+  }));
+});
