@@ -45,6 +45,7 @@ class Recipient:
         self.admin, self.endpoint = admin, endpoint
         self.key = Key.generate(KeyAlg.ED25519)
         self.verkey = bytes_to_b58(self.key.get_public_bytes())
+        self.sizes = []  # compact JSON bytes of each envelope forwarded
 
     async def open(self):
         self.store = await Store.provision("sqlite://:memory:", "raw", Store.generate_raw_key())
@@ -72,6 +73,7 @@ class Recipient:
     def forward(self, routing_key: str, recipient: str, content: str) -> int:
         inner = {"@type": "https://didcomm.org/basicmessage/1.0/message", "content": content}
         envelope = json.loads(pack_message([verkey(recipient)], None, json.dumps(inner).encode()))
+        self.sizes.append(len(json.dumps(envelope, separators=(",", ":"))))
         forward = {"@type": "https://didcomm.org/routing/1.0/forward", "@id": str(uuid.uuid4()),
                    "to": verkey(recipient), "msg": envelope}
         status, _ = post(self.endpoint, pack_message([verkey(routing_key)], None, json.dumps(forward).encode()))
@@ -99,6 +101,7 @@ async def main(admin: str, endpoint: str):
     report["keylistUpdate"] = [u["result"] for u in updated["updated"]]
     report["forwards"] = [me.forward(routing_key, keys[i], f"m{n}") for n, i in enumerate([0, 1, 0, 1, 0])]
     report["keys"] = [verkey(k) for k in keys]
+    report["sizes"] = me.sizes
     ask = me.ask
     report["status"] = await ask({"@type": f"{PICKUP}/status-request"})
     report["statusKey1"] = await ask({"@type": f"{PICKUP}/status-request", "recipient_key": keys[1]})

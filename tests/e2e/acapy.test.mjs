@@ -274,6 +274,14 @@ describe('ACA-Py mediator with mpr_acapy: a Python recipient (status fields, rec
     assert.equal(r.status['@type'], 'https://didcomm.org/messagepickup/2.0/status');
     assert.equal(r.status.message_count, 5);
     assert.equal(r.status.live_delivery, false);
+    assert.equal(r.status.total_bytes, r.sizes.reduce((a, b) => a + b, 0), 'total_bytes: the five envelopes');
+    assert.match(r.status.oldest_received_time, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+    assert.match(r.status.newest_received_time, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+    assert.ok(r.status.oldest_received_time <= r.status.newest_received_time);
+    assert.ok(Number.isInteger(r.status.longest_waited_seconds) && r.status.longest_waited_seconds >= 0 && r.status.longest_waited_seconds < 120);
+    assert.equal(r.statusKey1.total_bytes, undefined, 'no bytes per recipient key');
+    assert.ok(r.statusKey1.oldest_received_time >= r.status.oldest_received_time, "key 1's oldest is the second message");
+    assert.equal(r.afterAll.oldest_received_time, undefined, 'nothing pending: no times');
     assert.equal(r.status['~thread'].thid !== undefined, true, 'the status answers its request');
     assert.equal(r.statusKey1.message_count, 2, 'status for recipient_key counts only its messages');
     assert.equal(r.deliveryKey1.type, 'https://didcomm.org/messagepickup/2.0/delivery');

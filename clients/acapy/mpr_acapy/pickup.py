@@ -1,6 +1,7 @@
 """Message Pickup 2.0 (RFC 0685) for recipients of this mediator, on the mpr server's queue."""
 
 import uuid
+from datetime import datetime, timezone
 
 from marshmallow import EXCLUDE, fields
 
@@ -141,14 +142,24 @@ class PickupHandler(BaseHandler):
 
     async def status(self, message, recipient_key=None, live=None) -> dict:
         recipient_did = did_key(recipient_key) if recipient_key else None
+        queue = await self.mediator.client.queue_status(self.connection_id, recipient_did)
         status = {
             "@type": f"{PICKUP}/status",
             "@id": str(uuid.uuid4()),
             "~thread": {"thid": message._thread_id},
-            "message_count": await self.mediator.client.count(
-                self.connection_id, recipient_did
-            ),
+            "message_count": queue["messageCount"],
         }
+        # Those the server knows (none from a server without getQueueStatus; no bytes per key).
+        if queue.get("totalBytes") is not None:
+            status["total_bytes"] = queue["totalBytes"]
+        if queue.get("oldestReceivedAt"):
+            oldest = datetime.fromisoformat(queue["oldestReceivedAt"])
+            status["oldest_received_time"] = queue["oldestReceivedAt"]
+            status["longest_waited_seconds"] = max(
+                0, int((datetime.now(timezone.utc) - oldest).total_seconds())
+            )
+        if queue.get("newestReceivedAt"):
+            status["newest_received_time"] = queue["newestReceivedAt"]
         if recipient_key:
             status["recipient_key"] = recipient_key
         binding = self.mediator.bindings.get(self.connection_id)

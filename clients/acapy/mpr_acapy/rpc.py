@@ -126,6 +126,20 @@ class MprClient:
             raise MprConnectionError(f"getAvailableMessageCount: unexpected result {result!r}")
         return result
 
+    async def queue_status(self, connection_id: str, recipient_did: Optional[str] = None) -> dict:
+        """getQueueStatus: messageCount, totalBytes, oldestReceivedAt, newestReceivedAt; from a
+        server without it (-32601) only messageCount."""
+        params = {"connectionId": connection_id, "recipientDid": recipient_did}
+        try:
+            result = await self.call("getQueueStatus", params)
+        except MprError as error:
+            if error.code != -32601:
+                raise
+            return {"messageCount": await self.count(connection_id, recipient_did)}
+        if not isinstance(result, dict) or not isinstance(result.get("messageCount"), int):
+            raise MprConnectionError(f"getQueueStatus: unexpected result {result!r}")
+        return result
+
     async def remove_messages(self, connection_id: str, message_ids: list[str]) -> None:
         await self.call("removeMessages", {"connectionId": connection_id, "messageIds": message_ids})
 
@@ -160,7 +174,7 @@ class MprClient:
         future = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
-            await ws.send_str(json.dumps(frame))
+            await ws.send_str(json.dumps(frame, separators=(",", ":")))
             return await asyncio.wait_for(future, self.call_timeout)
         except asyncio.TimeoutError:
             raise MprConnectionError(
