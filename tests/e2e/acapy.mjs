@@ -42,7 +42,8 @@ export async function startAcapyMediator({ label, wallet, mprUrl, endpoints, plu
   dirs.add(home);
   const args = [
     'start', '--label', label,
-    '-it', plugin ? 'mpr_acapy.http' : 'http', '127.0.0.1', String(httpPort),
+    // Core too gets the transport that answers after processing, so rates compare like for like.
+    '-it', 'mpr_acapy.http', '127.0.0.1', String(httpPort),
     '-it', 'ws', '127.0.0.1', String(wsPort),
     '-ot', 'http', '-ot', 'ws',
     '-e', ...(endpoints ?? [`http://127.0.0.1:${httpPort}`, `ws://127.0.0.1:${wsPort}`]),
@@ -165,10 +166,19 @@ export function acapyLogs(list) {
 
 /** Posts one forward for `recipientKey` to a mediator's HTTP `endpoint` (acapy-forward.py); resolves with the HTTP status. */
 export function postForward(endpoint, routingKey, recipientKey) {
+  return forwardScript([endpoint, routingKey, recipientKey]).then(Number);
+}
+
+/** Posts `count` forwards from `concurrency` threads; resolves with {statuses, seconds}. */
+export function postForwards(endpoint, routingKey, recipientKey, count, concurrency) {
+  return forwardScript([endpoint, routingKey, recipientKey, String(count), String(concurrency)]).then(JSON.parse);
+}
+
+function forwardScript(args) {
   return new Promise((resolve, reject) => {
-    execFile(path.join(ACAPY_VENV, 'bin', 'python'), [path.join(here, 'acapy-forward.py'), endpoint, routingKey, recipientKey], { timeout: 60_000 }, (error, stdout, stderr) => {
+    execFile(path.join(ACAPY_VENV, 'bin', 'python'), [path.join(here, 'acapy-forward.py'), ...args], { timeout: 600_000 }, (error, stdout, stderr) => {
       if (error) reject(new Error(`acapy-forward.py: ${error.message}\n${stderr}`));
-      else resolve(Number(stdout.trim()));
+      else resolve(stdout.trim());
     });
   });
 }

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 import { call, closeAllClients, connect, startRedis, startServer, stopAll, uniquePrefix, pollUntil } from '../conformance/harness.mjs';
 import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents, startBalancer } from './agents.mjs';
-import { acapyLogs, newWallet, postForward, runPythonRecipient, startAcapyMediator, stopAcapyMediators } from './acapy.mjs';
+import { acapyLogs, newWallet, postForward, postForwards, runPythonRecipient, startAcapyMediator, stopAcapyMediators } from './acapy.mjs';
 
 const SERVER_ENV = { WS_PING_INTERVAL_MS: '300', WS_PING_MISSES: '3', VISIBILITY_TIMEOUT_MS: '8000', REDELIVERY_INTERVAL_MS: '200', LIVENESS_TIMEOUT_MS: '2000' };
 const wanted = (process.env.MPR_E2E_FLAVOURS || '').split(',').filter(Boolean);
@@ -20,19 +20,19 @@ const CREDO = FLAVOURS.filter((f) => f.client === 'project').filter((f) => !want
  * each on its own server, behind one balancer per transport; a Credo recipient (`pickup`)
  * mediated by instance A; a Credo sender connected to it whose forwards enter through the last.
  */
-async function startWorld(flavour, { instances = 1, pickup = 'live' } = {}) {
+async function startWorld(flavour, { instances = 1, pickup = 'live', core = false } = {}) {
   const world = { flavour, servers: [], mediators: [] };
   try {
-    const redis = await startRedis();
+    const redis = core ? null : await startRedis();
     const prefix = uniquePrefix();
-    for (let i = 0; i < instances; i++) world.servers.push(await startServer({ redis, prefix, env: SERVER_ENV, name: `mpr-${i + 1}` }));
+    for (let i = 0; i < (core ? 0 : instances); i++) world.servers.push(await startServer({ redis, prefix, env: SERVER_ENV, name: `mpr-${i + 1}` }));
     world.http = await startBalancer(0);
     world.ws = await startBalancer(0);
     const wallet = newWallet();
     for (let i = 0; i < instances; i++) {
       // One after the other: the first provisions the shared wallet.
       world.mediators.push(await startAcapyMediator({
-        label: `acapy-${'AB'[i]}`, wallet, mprUrl: world.servers[i].url,
+        label: `acapy-${'AB'[i]}`, wallet, mprUrl: world.servers[i]?.url, plugin: !core,
         endpoints: [world.ws.url, `http://127.0.0.1:${world.http.port}`],
       }));
     }
@@ -57,7 +57,7 @@ async function startWorld(flavour, { instances = 1, pickup = 'live' } = {}) {
     // A polling recipient picks up the DID exchange through its mediator, then goes offline.
     if (pickup === 'poll') await world.recipient.call('startPickup');
     world.senderConnectionId = (await world.sender.call('receiveInvitation', { url: invitation.url })).connectionId;
-    world.rpc = await connect(world.servers[0].url);
+    if (!core) world.rpc = await connect(world.servers[0].url);
     // The DID exchange's last message reaches the recipient after the sender's connection is
     // complete; queued during a run it would count as one of the run's in sendSequence.
     if (pickup !== 'poll') await settle(world);
@@ -299,4 +299,34 @@ describe('ACA-Py mediator with mpr_acapy: a Python recipient (status fields, rec
     const left = await call(world.rpc, 'takeFromQueue', { connectionId: r.connectionId });
     assert.deepEqual(left, [], 'the partially acknowledged delivery\'s second message was removed with the rest');
   }));
+});
+
+// docs/performance.md: MPR_E2E_ACAPY_BENCH=300 runs it (not in CI). Core ACA-Py (its in-memory
+// queue, implicit pickup: the only pickup it has) beside the plugin (live mode), same machine,
+// same run, Credo 0.6 recipient and sender.
+describe('ACA-Py forward latency and rate: core vs mpr_acapy', { skip: !process.env.MPR_E2E_ACAPY_BENCH }, () => {
+  const count = Number(process.env.MPR_E2E_ACAPY_BENCH);
+  const flavour = FLAVOURS.find((f) => f.dir === 'credo-0.6');
+  for (const core of [true, false]) {
+    test(core ? 'core ACA-Py, implicit pickup' : 'mpr_acapy, live mode', async (t) => {
+      const world = await startWorld(flavour, core ? { core, pickup: 'implicit' } : {});
+      try {
+        const run = newRun();
+        for (let seq = 0; seq < count; seq++) {
+          await world.sender.call('send', { connectionId: world.senderConnectionId, content: JSON.stringify({ run, seq, sentAt: Date.now() }) });
+          await waitForAll(world, run, seq + 1);
+        }
+        const latencies = received(world, run).map((m) => m.receivedAt - m.sentAt).sort((a, b) => a - b);
+        const at = (p) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))];
+        const { url } = await world.recipient.call('createInvitation');
+        const oob = JSON.parse(Buffer.from(new URL(url).searchParams.get('oob'), 'base64url').toString());
+        const { recipientKeys: [recipientKey], routingKeys: [routingKey] } = oob.services[0];
+        const forwards = count * 4;
+        const rate = await postForwards(`http://127.0.0.1:${world.mediators[0].httpPort}`, routingKey, recipientKey, forwards, 8);
+        t.diagnostic(`${core ? 'core' : 'mpr_acapy'}: send -> receive over ${latencies.length} one at a time: p50 ${at(50)} ms, p99 ${at(99)} ms; ${forwards} forwards from 8 threads: ${(forwards / rate.seconds).toFixed(0)}/s (${JSON.stringify(rate.statuses)})`);
+      } finally {
+        await stopWorld();
+      }
+    });
+  }
 });
