@@ -559,3 +559,72 @@ async fn an_add_whose_reply_was_lost_is_known_stored_even_once_removed() {
         .await;
     assert_eq!(settle(&redis, &connection, "76543210fedcba9876543210"), "2");
 }
+
+#[tokio::test]
+async fn queue_status_reads_count_bytes_and_the_pending_ends_for_the_connection_or_one_did() {
+    let (_redis, _server, mut client) = setup(&[("VISIBILITY_TIMEOUT_MS", "300")]).await;
+    let connection = unique_id("c");
+    for (did, text) in [(DID_A, "m0"), (DID_B, "m1-longer"), (DID_A, "m2")] {
+        client.add(&connection, did, text).await;
+    }
+    let bytes: usize = ["m0", "m1-longer", "m2"]
+        .iter()
+        .map(|t| payload(t).to_string().len())
+        .sum();
+    let status = |did: Option<&str>| match did {
+        Some(did) => json!({"connectionId": connection, "recipientDid": did}),
+        None => json!({"connectionId": connection}),
+    };
+    let all = client.call("getQueueStatus", status(None)).await;
+    let for_b = client.call("getQueueStatus", status(Some(DID_B))).await;
+
+    // Taken without delete: in flight, so not pending, but still held.
+    let taken = client.take(json!({"connectionId": connection})).await;
+    assert_eq!(all["messageCount"], 3);
+    assert_eq!(all["totalBytes"], bytes);
+    assert_eq!(all["oldestReceivedAt"], taken[0]["receivedAt"]);
+    assert_eq!(all["newestReceivedAt"], taken[2]["receivedAt"]);
+    assert_eq!(for_b["messageCount"], 1);
+    assert_eq!(
+        for_b["totalBytes"],
+        serde_json::Value::Null,
+        "not kept per DID"
+    );
+    assert_eq!(for_b["oldestReceivedAt"], taken[1]["receivedAt"]);
+    assert_eq!(for_b["newestReceivedAt"], taken[1]["receivedAt"]);
+    let in_flight = client.call("getQueueStatus", status(None)).await;
+    assert_eq!(
+        in_flight,
+        json!({"messageCount": 0, "totalBytes": bytes, "oldestReceivedAt": null, "newestReceivedAt": null})
+    );
+
+    // Past the visibility timeout they are pending again, in their places.
+    let mut again = in_flight;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        again = client.call("getQueueStatus", status(None)).await;
+        if again["messageCount"] == 3 {
+            break;
+        }
+    }
+    assert_eq!(again, all, "the same figures once they are pending again");
+
+    client
+        .call(
+            "removeMessages",
+            json!({"connectionId": connection, "messageIds": ids(&taken)}),
+        )
+        .await;
+    assert_eq!(
+        client.call("getQueueStatus", status(None)).await,
+        json!({"messageCount": 0, "totalBytes": 0, "oldestReceivedAt": null, "newestReceivedAt": null})
+    );
+    let error = client
+        .call_err("getQueueStatus", json!({"recipientDid": DID_A}))
+        .await;
+    assert_eq!(error["code"], -32602);
+    assert!(
+        error["message"].as_str().unwrap().contains("connectionId"),
+        "{error}"
+    );
+}

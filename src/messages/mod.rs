@@ -14,7 +14,8 @@ use crate::live::{DeliveredMessage, Delivery, Live, LocalSocket};
 use crate::model::{ConnectionId, Did, MessageId, NewMessage};
 use crate::push::{PushToken, Pushes};
 use crate::store::{
-    Added, Quota, Settle, Step, Store, StoreError, StoreResult, Take, Taken, TakenMessage,
+    Added, QueueStatus, Quota, Settle, Step, Store, StoreError, StoreResult, Take, Taken,
+    TakenMessage,
 };
 use crate::telemetry;
 
@@ -291,6 +292,18 @@ impl Messages {
     ) -> StoreResult<u64> {
         self.store
             .count_pending(connection_id, recipient_did.map(|did| &**did))
+            .await
+    }
+
+    /// The pending count and its age, and the bytes the connection holds; never reads MongoDB
+    /// (a cold message's header stays in Redis).
+    pub async fn queue_status(
+        &self,
+        connection_id: &ConnectionId,
+        recipient_did: Option<&Did>,
+    ) -> StoreResult<QueueStatus> {
+        self.store
+            .queue_status(connection_id, recipient_did.map(|did| &**did))
             .await
     }
 

@@ -85,6 +85,7 @@ mod table {
     function!(SETTLE_ADD, "settle_add", CONNECTION, &["msg", "removed", "conn"], &[]);
     function!(TAKE_FROM_QUEUE, "take_from_queue", CONNECTION, DELETING, &["pending", "cold", "inflight"]);
     function!(COUNT_PENDING, "count_pending", CONNECTION, &["msg", "pending", "cold", "inflight", "pushed"], &["pending", "cold"]);
+    function!(QUEUE_STATUS, "queue_status", CONNECTION, &["msg", "pending", "cold", "inflight", "pushed", "conn"], &["pending", "cold"]);
     function!(REMOVE_MESSAGES, "remove_messages", CONNECTION, DELETING, &[]);
     function!(REMOVE_ALL_MESSAGES, "remove_all_messages", CONNECTION, DELETING, &["pending", "cold", "inflight"]);
     function!(SETTLE_COLD, "settle_cold", CONNECTION, DELETING, &[]);
@@ -112,11 +113,12 @@ mod table {
 pub use table::*;
 
 /// Every function of the library.
-pub static FUNCTIONS: [&Function; 27] = [
+pub static FUNCTIONS: [&Function; 28] = [
     &ADD_MESSAGE,
     &SETTLE_ADD,
     &TAKE_FROM_QUEUE,
     &COUNT_PENDING,
+    &QUEUE_STATUS,
     &REMOVE_MESSAGES,
     &REMOVE_ALL_MESSAGES,
     &SETTLE_COLD,

@@ -34,7 +34,9 @@ pub use instances::Heartbeat;
 pub use keys::{CONNECTION_KEYS, ConnectionKeys, DEADLINE_SHARDS, Keys, VISIT_SHARDS};
 pub use live::{Bound, PeerAddress, RELAY_KIND};
 pub use node::NodeRedis;
-pub use queue::{Added, LiveDelivery, Removed, RemovedAll, Settle, Take, Taken, TakenMessage};
+pub use queue::{
+    Added, LiveDelivery, QueueStatus, Removed, RemovedAll, Settle, Take, Taken, TakenMessage,
+};
 pub use record::{Record, record_tail};
 pub use redelivery::{Claimed, Redelivery, Step};
 pub use relay::{AttachRefused, HandOut, Outcome, RelayPolicy, RelayStep, Sent};

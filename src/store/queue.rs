@@ -3,8 +3,8 @@
 //! batch per call, repeated).
 
 use super::functions::{
-    ADD_MESSAGE, COUNT_PENDING, RELEASE, REMOVE_ALL_MESSAGES, REMOVE_MESSAGES, SETTLE_ADD,
-    SETTLE_COLD, TAKE_FROM_QUEUE,
+    ADD_MESSAGE, COUNT_PENDING, QUEUE_STATUS, RELEASE, REMOVE_ALL_MESSAGES, REMOVE_MESSAGES,
+    SETTLE_ADD, SETTLE_COLD, TAKE_FROM_QUEUE,
 };
 use super::live::Bound;
 use super::record::record_tail;
@@ -286,6 +286,26 @@ impl Store {
         self.call(&call).await
     }
 
+    /// Pending count, bytes the connection holds (None with a DID: not kept per DID), and the
+    /// oldest and newest pending received ms, over both tiers, without a scan.
+    pub async fn queue_status(
+        &self,
+        connection_id: &str,
+        recipient_did: Option<&str>,
+    ) -> StoreResult<QueueStatus> {
+        let dids = did_list(recipient_did);
+        let mut call = self.connection_call(&QUEUE_STATUS, connection_id, &dids);
+        call.arg(recipient_did.unwrap_or(""));
+        let (count, bytes, oldest, newest): (u64, i64, i64, i64) = self.call(&call).await?;
+        let known = |v: i64| (v >= 0).then_some(v);
+        Ok(QueueStatus {
+            message_count: count,
+            total_bytes: known(bytes).map(|b| b as u64),
+            oldest_received_ms: known(oldest),
+            newest_received_ms: known(newest),
+        })
+    }
+
     /// Returns the ids of removed cold messages, whose documents are to be deleted.
     pub async fn remove_messages(
         &self,
@@ -352,4 +372,13 @@ impl Store {
         self.index_step(connection_id, &step).await?;
         Ok(released + step.released)
     }
+}
+
+/// What `queue_status` reads: see `getQueueStatus` in docs/api.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub message_count: u64,
+    pub total_bytes: Option<u64>,
+    pub oldest_received_ms: Option<i64>,
+    pub newest_received_ms: Option<i64>,
 }

@@ -17,6 +17,17 @@ export interface PushNotificationToken {
   token?: string
 }
 
+/** What `getQueueStatus` answers (docs/api.md): the figures of a Pickup 2.0 status. */
+export interface MprQueueStatus {
+  /** Pending messages (as getAvailableMessageCount). */
+  messageCount: number
+  /** encryptedMessage bytes the connection holds, pending and in flight; null for one recipientDid. */
+  totalBytes: number | null
+  /** receivedAt of the oldest / newest pending message; null when none is pending. */
+  oldestReceivedAt: Date | null
+  newestReceivedAt: Date | null
+}
+
 export interface MessagesReceivedParams {
   connectionId: string
   messages: MprQueuedMessage[]
@@ -209,6 +220,30 @@ export class MprConnection extends EventEmitter {
       throw shapeError('getAvailableMessageCount', 'a non-negative integer', result)
     }
     return result
+  }
+
+  /** The figures of a Pickup 2.0 status at the cost of a count; a server without the method fails with MprError -32601. */
+  async getQueueStatus(params: { connectionId: string; recipientDid?: string }): Promise<MprQueueStatus> {
+    const result = await this.call('getQueueStatus', { connectionId: params.connectionId, recipientDid: params.recipientDid })
+    const time = (value: unknown) => (value === null ? null : typeof value === 'string' ? new Date(value) : undefined)
+    const status = isObject(result)
+      ? {
+          messageCount: result.messageCount,
+          totalBytes: result.totalBytes,
+          oldestReceivedAt: time(result.oldestReceivedAt),
+          newestReceivedAt: time(result.newestReceivedAt),
+        }
+      : undefined
+    if (
+      !status ||
+      typeof status.messageCount !== 'number' ||
+      !(status.totalBytes === null || typeof status.totalBytes === 'number') ||
+      status.oldestReceivedAt === undefined ||
+      status.newestReceivedAt === undefined
+    ) {
+      throw shapeError('getQueueStatus', '{messageCount, totalBytes, oldestReceivedAt, newestReceivedAt}', result)
+    }
+    return status as MprQueueStatus
   }
 
   async removeMessages(params: { connectionId: string; messageIds: string[] }): Promise<void> {

@@ -4,7 +4,7 @@
 import { wireAgent, withLimitBytes } from './agent'
 import type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePickupApiLike } from './agent'
 import { MprConnection } from './connection'
-import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage, PushNotificationToken } from './connection'
+import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage, MprQueueStatus, PushNotificationToken } from './connection'
 import { captureWrapped } from './relay'
 import { SocketDockEndpoint } from './socketdock'
 import type { SocketDockTransportOptions } from './socketdock'
@@ -94,6 +94,11 @@ export class MessagePickupRepositoryClient {
 
   getAvailableMessageCount(params: GetAvailableMessageCountOptions): Promise<number> {
     return this.connection.getAvailableMessageCount(params)
+  }
+
+  /** Not part of Credo's interface: the figures of a Pickup 2.0 status (docs/api.md, getQueueStatus). */
+  getQueueStatus(params: { connectionId: string; recipientDid?: string }): Promise<MprQueueStatus> {
+    return this.connection.getQueueStatus(params)
   }
 
   /** Returns the message id (the 2060 client returned the JSON text of the reply instead). */

@@ -5,7 +5,7 @@
 import { wireAgent, withLimitBytes } from './agent'
 import type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePickupApiLike } from './agent'
 import { MprConnection } from './connection'
-import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage } from './connection'
+import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage, MprQueueStatus } from './connection'
 import { captureWrapped } from './relay'
 import { SocketDockEndpoint } from './socketdock'
 import type { SocketDockTransportOptions } from './socketdock'
@@ -50,6 +50,11 @@ export class MprQueueTransportRepository {
 
   getAvailableMessageCount(_agentContext: unknown, options: { connectionId: string; recipientDid?: string }): Promise<number> {
     return this.connection.getAvailableMessageCount(options)
+  }
+
+  /** Not part of Credo's interface: the figures of a Pickup 2.0 status (docs/api.md, getQueueStatus). */
+  getQueueStatus(_agentContext: unknown, options: { connectionId: string; recipientDid?: string }): Promise<MprQueueStatus> {
+    return this.connection.getQueueStatus(options)
   }
 
   async takeFromQueue(

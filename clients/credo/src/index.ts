@@ -6,6 +6,7 @@ export type {
   MprConnectionOptions,
   MprLogger,
   MprQueuedMessage,
+  MprQueueStatus,
   PushNotificationToken,
 } from './connection'
 export type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePickupApiLike, PickupSessionLike } from './agent'

@@ -79,6 +79,23 @@ describe('Credo 0.5 MessagePickupRepositoryClient round trips', () => {
     assert.equal(await client.getAvailableMessageCount({ connectionId }), 0);
   });
 
+  test('getQueueStatus: count, bytes, oldest and newest pending as Dates; null for one DID / when empty', async () => {
+    const client = newClient();
+    await client.connect();
+    const connectionId = uuid();
+    const did = didKey();
+    const bodies = [payload(), payload({ ciphertextLength: 300 })];
+    for (const body of bodies) await client.addMessage({ connectionId, recipientDids: [did], payload: body });
+    const status = await client.getQueueStatus({ connectionId });
+    assert.equal(status.messageCount, 2);
+    assert.equal(status.totalBytes, bodies.reduce((sum, body) => sum + JSON.stringify(body).length, 0));
+    const [first, second] = await client.takeFromQueue({ connectionId });
+    assert.deepEqual(status.oldestReceivedAt, first.receivedAt);
+    assert.deepEqual(status.newestReceivedAt, second.receivedAt);
+    const forDid = await client.getQueueStatus({ connectionId, recipientDid: did });
+    assert.deepEqual(forDid, { messageCount: 0, totalBytes: null, oldestReceivedAt: null, newestReceivedAt: null });
+  });
+
   test('connection info: maxReceiveBytes becomes limitBytes, the push token goes with addMessage', async () => {
     const client = newClient();
     await client.connect();

@@ -4,6 +4,7 @@ mod add_live_session;
 mod add_message;
 mod get_available_message_count;
 mod get_live_session;
+mod get_queue_status;
 mod ping;
 mod remove_all_messages;
 mod remove_live_session;
@@ -32,6 +33,7 @@ pub async fn dispatch(
         "getAvailableMessageCount" => {
             get_available_message_count::call(caller, decode(params)?).await
         }
+        "getQueueStatus" => get_queue_status::call(caller, decode(params)?).await,
         "addMessage" => add_message::call(caller, decode(params)?).await,
         "removeMessages" => remove_messages::call(caller, decode(params)?).await,
         "removeAllMessages" => remove_all_messages::call(caller, decode(params)?).await,
@@ -46,9 +48,10 @@ pub async fn dispatch(
 }
 
 /// Every method name, for metrics labels.
-pub const METHODS: [&str; 11] = [
+pub const METHODS: [&str; 12] = [
     "takeFromQueue",
     "getAvailableMessageCount",
+    "getQueueStatus",
     "addMessage",
     "removeMessages",
     "removeAllMessages",

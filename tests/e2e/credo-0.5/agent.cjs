@@ -130,7 +130,7 @@ async function init() {
     modules.messagePickup = new MessagePickupModule({ messagePickupRepository: mpr.repository });
   } else if (config.role === 'recipient') {
     modules.mediationRecipient = new MediationRecipientModule({
-      mediatorPickupStrategy: config.pickup === 'poll' ? MediatorPickupStrategy.PickUpV2 : MediatorPickupStrategy.PickUpV2LiveMode,
+      mediatorPickupStrategy: { poll: MediatorPickupStrategy.PickUpV2, implicit: MediatorPickupStrategy.Implicit }[config.pickup] ?? MediatorPickupStrategy.PickUpV2LiveMode,
       mediatorPollingInterval: 1000,
     });
   }
