@@ -1,8 +1,11 @@
-# syntax=docker/dockerfile:1
 # The mpr server: `docker build -t mpr .` (see deploy/README.md).
+# The base images are arguments: the official ones by default; CI, which reaches no image
+# registry, passes local stand-ins made from Debian's packages (scripts/build-base-images).
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # --- builder: the official Rust image, on the same Debian release as the runtime (same glibc).
-FROM rust:1.95-bookworm AS builder
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 
 # Dependency layer: the manifests and empty stand-in targets only, so that a change to the
@@ -26,7 +29,7 @@ RUN touch src/main.rs src/lib.rs \
 
 # --- runtime: Debian slim, for the same glibc as the builder, CA certificates (FCM, APNs,
 # rediss://, TLS to MongoDB) and curl for the HEALTHCHECK (the binary has no probe subcommand).
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 # Unpinned: bookworm's point releases bring the security fixes of these two packages.
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -176,10 +176,25 @@ fn dockerfile_builds_the_server_and_runs_it_as_a_user() {
         .map(|stage| stage.trim())
         .collect();
     assert!(stages.len() >= 2, "a multi-stage build");
+    // The base images are build arguments (CI passes local stand-ins) whose defaults are the
+    // official images.
+    let base_image = |arg: &str| -> &str {
+        DOCKERFILE
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("ARG {arg}=")))
+            .unwrap_or_else(|| panic!("ARG {arg} with a default"))
+    };
     let builder = stages[0];
+    assert!(builder.starts_with("${RUST_IMAGE} AS builder"));
     assert!(
-        builder.starts_with("rust:"),
-        "the builder is the official Rust image"
+        base_image("RUST_IMAGE").starts_with("rust:"),
+        "the builder is the official Rust image by default"
+    );
+    assert!(stages.last().unwrap().starts_with("${RUNTIME_IMAGE}"));
+    assert_eq!(base_image("RUNTIME_IMAGE"), "debian:bookworm-slim");
+    assert!(
+        !DOCKERFILE.contains("# syntax="),
+        "no frontend image to pull: the engine's own Dockerfile frontend builds it"
     );
     assert!(builder.contains("cargo build --release") && builder.contains("-p mpr"));
     assert!(
@@ -233,6 +248,35 @@ fn dockerfile_builds_the_server_and_runs_it_as_a_user() {
             ".dockerignore leaves out {ignored}"
         );
     }
+}
+
+/// SocketDock's image installs the dependency versions the tests run SocketDock with (those of
+/// ../shared/tools/socketdock-run), runs it as a user, and takes its base image as an argument.
+#[test]
+fn socketdock_image_pins_the_tested_dependencies() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/socketdock/Dockerfile"))
+        .expect("deploy/socketdock/Dockerfile");
+    let launcher = std::fs::read_to_string(root().join("../shared/tools/socketdock-run"))
+        .expect("../shared/tools/socketdock-run beside the repository");
+    let pins = |text: &str| -> BTreeSet<String> {
+        text.split_whitespace()
+            .filter(|word| word.contains("==") && !word.starts_with('-'))
+            .map(|word| word.trim_matches(|c| c == '(' || c == ')').to_owned())
+            .collect()
+    };
+    let tested = pins(
+        launcher
+            .split("PINS=(")
+            .nth(1)
+            .and_then(|rest| rest.split("\n)").next())
+            .expect("socketdock-run's PINS"),
+    );
+    assert!(tested.len() > 10, "socketdock-run's pins were found: {tested:?}");
+    assert_eq!(pins(&dockerfile), tested);
+    assert!(dockerfile.contains("ARG PYTHON_IMAGE=python:3"));
+    assert!(dockerfile.contains("FROM ${PYTHON_IMAGE}"));
+    assert!(dockerfile.contains("USER 10001:10001"));
+    assert!(dockerfile.contains("HEALTHCHECK"));
 }
 
 // ---------------------------------------------------------------------------------------------
