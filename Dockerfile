@@ -7,6 +7,9 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 # --- builder: the official Rust image, on the same Debian release as the runtime (same glibc).
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
+# Line tables only (Cargo.toml's release profile keeps more debug info, for profiling): panics
+# and backtraces keep file:line, and the binary is a fraction of the size and quicker to build.
+ENV CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
 
 # Dependency layer: the manifests and empty stand-in targets only, so that a change to the
 # sources does not rebuild the dependencies (every workspace member's manifest is needed to
