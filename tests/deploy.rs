@@ -21,6 +21,8 @@ const README: &str = include_str!("../README.md");
 const DOCKERFILE: &str = include_str!("../Dockerfile");
 const DOCKERIGNORE: &str = include_str!("../.dockerignore");
 const COMPOSE: &str = include_str!("../docker-compose.yml");
+const HA_COMPOSE: &str = include_str!("../deploy/compose/ha.yml");
+const HAPROXY_CFG: &str = include_str!("../deploy/compose/haproxy.cfg");
 const DASHBOARD: &str = include_str!("../deploy/grafana/mpr-dashboard.json");
 const ALERTS: &str = include_str!("../deploy/prometheus/alerts.yml");
 
@@ -176,10 +178,25 @@ fn dockerfile_builds_the_server_and_runs_it_as_a_user() {
         .map(|stage| stage.trim())
         .collect();
     assert!(stages.len() >= 2, "a multi-stage build");
+    // The base images are build arguments (CI passes local stand-ins) whose defaults are the
+    // official images.
+    let base_image = |arg: &str| -> &str {
+        DOCKERFILE
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("ARG {arg}=")))
+            .unwrap_or_else(|| panic!("ARG {arg} with a default"))
+    };
     let builder = stages[0];
+    assert!(builder.starts_with("${RUST_IMAGE} AS builder"));
     assert!(
-        builder.starts_with("rust:"),
-        "the builder is the official Rust image"
+        base_image("RUST_IMAGE").starts_with("rust:"),
+        "the builder is the official Rust image by default"
+    );
+    assert!(stages.last().unwrap().starts_with("${RUNTIME_IMAGE}"));
+    assert_eq!(base_image("RUNTIME_IMAGE"), "debian:bookworm-slim");
+    assert!(
+        !DOCKERFILE.contains("# syntax="),
+        "no frontend image to pull: the engine's own Dockerfile frontend builds it"
     );
     assert!(builder.contains("cargo build --release") && builder.contains("-p mpr"));
     assert!(
@@ -233,6 +250,38 @@ fn dockerfile_builds_the_server_and_runs_it_as_a_user() {
             ".dockerignore leaves out {ignored}"
         );
     }
+}
+
+/// SocketDock's image installs the dependency versions the tests run SocketDock with (those of
+/// ../shared/tools/socketdock-run), runs it as a user, and takes its base image as an argument.
+#[test]
+fn socketdock_image_pins_the_tested_dependencies() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/socketdock/Dockerfile"))
+        .expect("deploy/socketdock/Dockerfile");
+    let launcher = std::fs::read_to_string(root().join("../shared/tools/socketdock-run"))
+        .expect("../shared/tools/socketdock-run beside the repository");
+    let pins = |text: &str| -> BTreeSet<String> {
+        text.split_whitespace()
+            .filter(|word| word.contains("==") && !word.starts_with('-'))
+            .map(|word| word.trim_matches(|c| c == '(' || c == ')').to_owned())
+            .collect()
+    };
+    let tested = pins(
+        launcher
+            .split("PINS=(")
+            .nth(1)
+            .and_then(|rest| rest.split("\n)").next())
+            .expect("socketdock-run's PINS"),
+    );
+    assert!(
+        tested.len() > 10,
+        "socketdock-run's pins were found: {tested:?}"
+    );
+    assert_eq!(pins(&dockerfile), tested);
+    assert!(dockerfile.contains("ARG PYTHON_IMAGE=python:3"));
+    assert!(dockerfile.contains("FROM ${PYTHON_IMAGE}"));
+    assert!(dockerfile.contains("USER 10001:10001"));
+    assert!(dockerfile.contains("HEALTHCHECK"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -798,6 +847,118 @@ fn alerts_query_only_metrics_the_server_exports() {
     ] {
         assert!(alerting.contains(needed), "an alert on {needed}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy/compose/ha.yml and its proxy
+
+/// The secrets of ha.yml: each required from the environment (`${NAME:?…}`), never defaulted.
+const HA_SECRETS: [&str; 4] = [
+    "SOCKETDOCK_SECRET",
+    "MPR_TOKEN",
+    "MEDIATOR_WALLET_KEY",
+    "POSTGRES_PASSWORD",
+];
+
+/// ha.yml with every variable at its default and each secret as `secret-<name>`.
+fn ha_compose() -> Value {
+    yaml(&interpolate(HA_COMPOSE, &|name| {
+        format!("secret-{name}").to_lowercase()
+    }))
+}
+
+/// A service's key, or the same key of what it merges in (`<<: *anchor`).
+fn merged<'a>(service: &'a Value, key: &str) -> &'a Value {
+    match &service[key] {
+        Value::Null => &service["<<"][key],
+        value => value,
+    }
+}
+
+#[test]
+fn ha_composition_keeps_secrets_out_and_publishes_only_the_proxy() {
+    for secret in HA_SECRETS {
+        assert!(
+            HA_COMPOSE.contains(&format!("${{{secret}:?")),
+            "{secret} is required"
+        );
+        assert!(
+            !HA_COMPOSE.contains(&format!("${{{secret}:-")),
+            "{secret} has no default"
+        );
+    }
+    let compose = ha_compose();
+    let services = compose["services"].as_object().expect("services");
+    let published: Vec<&String> = services
+        .iter()
+        .filter(|(_, service)| !merged(service, "ports").is_null())
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(published, ["proxy"], "only the proxy publishes a port");
+    for name in [
+        "socketdock-1",
+        "socketdock-2",
+        "mpr-1",
+        "mpr-2",
+        "mediator-1",
+        "mediator-2",
+        "redis",
+        "mongodb",
+        "postgres",
+    ] {
+        assert!(services.contains_key(name), "ha.yml runs {name}");
+    }
+    // Redis appends every write to its file before answering (acknowledged means on disk).
+    let redis_command = compose["services"]["redis"]["command"].to_string();
+    assert!(redis_command.contains(r#""--appendonly","yes","--appendfsync","always""#));
+
+    // The servers: settings they know, callbacks and deliveries only to services of the file.
+    let known = known_settings();
+    for name in ["mpr-1", "mpr-2"] {
+        let env = environment(&services[name]);
+        assert_known(env.keys().cloned(), &known, name);
+        assert_eq!(env["AUTH_TOKENS"], "secret-mpr_token");
+        let endpoints: BTreeSet<&str> = env["SOCKETDOCK_ENDPOINTS"].split(',').collect();
+        let announced: BTreeSet<String> = ["socketdock-1", "socketdock-2"]
+            .iter()
+            .map(|sd| {
+                let args = merged(&services[*sd], "command").as_array().expect("args");
+                let at = args
+                    .iter()
+                    .position(|a| a == "--endpoint")
+                    .expect("--endpoint");
+                str_of(&args[at + 1], "--endpoint").to_owned()
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            announced.iter().map(String::as_str).collect(),
+            "SOCKETDOCK_ENDPOINTS are the SocketDock instances' --endpoint"
+        );
+    }
+
+    // Every backend the proxy names is a service of the file, and the public side refuses
+    // SocketDock's own routes.
+    for line in HAPROXY_CFG.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("server ") {
+            let address = rest
+                .split_whitespace()
+                .nth(1)
+                .expect("server NAME HOST:PORT");
+            let host = address.split(':').next().unwrap();
+            assert!(
+                services.contains_key(host),
+                "haproxy.cfg names {host}, not a service"
+            );
+        }
+    }
+    assert!(HAPROXY_CFG.contains("http-request deny deny_status 403 if { path_sub /socket/ }"));
+}
+
+#[tokio::test]
+async fn the_server_starts_with_the_ha_composition_environment() {
+    let env = environment(&ha_compose()["services"]["mpr-1"]);
+    serve_with(env, "deploy/compose/ha.yml").await;
 }
 
 // ---------------------------------------------------------------------------------------------
