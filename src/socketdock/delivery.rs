@@ -220,17 +220,7 @@ impl SocketDock {
             }
             Err(_) => Err("unreadable_record"),
         };
-        match sent {
-            Ok(()) => Outcome::Taken,
-            Err(failure) => {
-                tracing::info!(
-                    url,
-                    failure,
-                    "SocketDock send failed; the socket counts as gone"
-                );
-                Outcome::Failed
-            }
-        }
+        settled(url, sent, Outcome::Taken)
     }
 
     /// Has the mediator wrap the messages in a pickup delivery for the connection's recipient,
@@ -247,17 +237,11 @@ impl SocketDock {
                 return Outcome::Unwrapped;
             }
         };
-        match self.post_to_socket(url, envelope).await {
-            Ok(()) => Outcome::Wrapped,
-            Err(failure) => {
-                tracing::info!(
-                    url,
-                    failure,
-                    "SocketDock send failed; the socket counts as gone"
-                );
-                Outcome::Failed
-            }
-        }
+        settled(
+            url,
+            self.post_to_socket(url, envelope).await,
+            Outcome::Wrapped,
+        )
     }
 
     /// POSTs a text frame to a socket. Err names the failure: anything but 200 `OK` in time.
@@ -286,6 +270,21 @@ impl SocketDock {
             Ok(())
         } else {
             Err("refused")
+        }
+    }
+}
+
+/// How a send ended: `taken` when SocketDock took it; a failure means the socket is gone.
+fn settled(url: &str, sent: Result<(), &'static str>, taken: Outcome) -> Outcome {
+    match sent {
+        Ok(()) => taken,
+        Err(failure) => {
+            tracing::info!(
+                url,
+                failure,
+                "SocketDock send failed; the socket counts as gone"
+            );
+            Outcome::Failed
         }
     }
 }

@@ -17,7 +17,7 @@ import { after, before, describe, test } from 'node:test';
 import { closeAllClients, freePort, metric, pollUntil, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
 import { FLAVOURS, agentLogs, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
 import { walletDatabaseName, mediatorLogs, startMediator, stopMediators } from './mediator.mjs';
-import { SERVER_ENV, assertReceived, messagesAddedBy, newRun, percentile, received, sendSequence, waitForAll } from './world.mjs';
+import { SERVER_ENV, assertReceived, messagesAddedBy, newRun, percentile, received, sendSequence, waitForAll, withLogTails } from './world.mjs';
 
 const COUNT = 10;
 const RECIPIENT_FLAVOURS = [
@@ -31,14 +31,7 @@ describe('HA Credo mediator (mediators/credo) on one PostgreSQL wallet', () => {
 
   const logs = () => [mediatorLogs(), agentLogs([...world.recipients.map((r) => r.agent), world.sender]),
     ...world.servers.map((s) => `--- ${s.name} (pid ${s.pid}) log tail ---\n${s.log().slice(-3000) || '(empty)'}`)].join('\n');
-  const withLogs = (fn) => async (t) => {
-    try {
-      await fn(t);
-    } catch (error) {
-      if (error && typeof error === 'object') error.message += `\n${logs()}`;
-      throw error;
-    }
-  };
+  const withLogs = withLogTails(logs);
   /** What sendSequence / received / assertReceived of world.mjs need for one recipient. */
   const view = (recipient) => ({ servers: world.servers, sender: world.sender, senderConnectionId: recipient.senderConnectionId, recipient: recipient.agent });
   const liveOn = (server) => metric(server, 'mpr_live_sessions');

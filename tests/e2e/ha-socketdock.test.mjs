@@ -14,7 +14,7 @@ import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents } from './agent
 import { joinWorld, metricSum, startDockedWorld } from './docked.mjs';
 import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
-import { SERVER_ENV, assertReceived, newRun, percentile, received, waitForAll } from './world.mjs';
+import { SERVER_ENV, assertReceived, newRun, percentile, received, waitForAll, withLogTails } from './world.mjs';
 
 const F06 = FLAVOURS.find((f) => f.dir === 'credo-0.6');
 const F05 = FLAVOURS.find((f) => f.dir === 'credo-0.5' && f.client === 'project');
@@ -51,14 +51,7 @@ describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo 
   const logs = () => [agentLogs(world?.agents ?? []), mediatorLogs(),
     ...(world?.docks ?? []).map((d) => `--- ${d.name} log tail ---\n${d.log().slice(-2500)}`),
     ...(world?.servers ?? []).map((s) => `--- ${s.name} (pid ${s.pid}) log tail ---\n${s.log().slice(-3000) || '(empty)'}`)].join('\n');
-  const withLogs = (fn) => async (t) => {
-    try {
-      await fn(t);
-    } catch (error) {
-      if (error && typeof error === 'object') error.message += `\n${logs()}`;
-      throw error;
-    }
-  };
+  const withLogs = withLogTails(logs);
   /** The view world.mjs's received / assertReceived / waitForAll take. */
   const view = (pair) => ({ recipient: pair.recipient });
 

@@ -104,6 +104,24 @@ export function worldLogs(world) {
   return [agentLogs([...world.mediators, world.recipient, world.sender]), ...servers].join('\n');
 }
 
+/** Wraps a test body so that a failure's error carries `logs()` (every process's log tail). */
+export function withLogTails(logs) {
+  return (fn) => async (t) => {
+    try {
+      await fn(t);
+    } catch (error) {
+      if (error && typeof error === 'object') {
+        try {
+          error.message += `\n${logs()}`;
+        } catch {
+          // a frozen error
+        }
+      }
+      throw error;
+    }
+  };
+}
+
 /** Runs a scenario body; on failure its error carries every process's log tail. */
 export function scenario(getWorld, fn) {
   return async (t) => {

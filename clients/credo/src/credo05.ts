@@ -6,7 +6,7 @@ import type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePic
 import { MprConnection } from './connection'
 import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage, MprQueueStatus, PushNotificationToken } from './connection'
 import { captureWrapped } from './relay'
-import { SocketDockEndpoint } from './socketdock'
+import { SocketDockEndpoint, credoRelay } from './socketdock'
 import type { SocketDockTransportOptions } from './socketdock'
 
 export type QueuedMessage = MprQueuedMessage
@@ -204,27 +204,16 @@ export class Credo05SocketDockInboundTransport {
   async start(agent: Credo05AgentForTransport): Promise<void> {
     const core = this.options.core
     const resolve = (token: unknown) => agent.dependencyManager.resolve(token)
-    const receiver = resolve(core.MessageReceiver)
-    const transports = resolve(core.TransportService)
-    const sender = resolve(core.MessageSender)
-    const connections = resolve(core.ConnectionService)
-    const agentContext = agent.context
-    await this.endpoint.start(
-      {
-        receive: (message, session) => receiver.receiveMessage(message, { session }),
-        endSession: (session) => transports.removeSession(session),
-        async sendDelivery(connectionId, messages) {
-          const connection = await connections.getById(agentContext, connectionId)
-          const created = await agent.messagePickup.getProtocol('v2').createDeliveryMessage(agentContext, { connectionRecord: connection, messages })
-          if (!created) throw new Error('Credo made no delivery of the messages')
-          // Credo never queues a delivery; here the queue path is only where Credo packs it for
-          // a recipient without an endpoint, and the repository hands it back (captureWrapped).
-          created.message.allowQueueTransport = true
-          await sender.sendMessage(new core.OutboundMessageContext(created.message, { agentContext, connection }))
-        },
-      },
-      agent.config.logger,
-    )
+    const services = {
+      agentContext: agent.context,
+      receiver: resolve(core.MessageReceiver),
+      transports: resolve(core.TransportService),
+      sender: resolve(core.MessageSender),
+      connections: resolve(core.ConnectionService),
+      pickup: agent.messagePickup,
+      OutboundMessageContext: core.OutboundMessageContext,
+    }
+    await this.endpoint.start(credoRelay(services), agent.config.logger)
   }
 
   stop(): Promise<void> {

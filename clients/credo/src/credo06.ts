@@ -7,7 +7,7 @@ import type { AgentEventsLike, ConnectionInfo, LiveSessionEventTypes, MessagePic
 import { MprConnection } from './connection'
 import type { EncryptedMessage, MprConnectionOptions, MprLogger, MprQueuedMessage, MprQueueStatus } from './connection'
 import { captureWrapped } from './relay'
-import { SocketDockEndpoint } from './socketdock'
+import { SocketDockEndpoint, credoRelay } from './socketdock'
 import type { SocketDockTransportOptions } from './socketdock'
 
 export type QueuedDidCommMessage = MprQueuedMessage
@@ -137,27 +137,16 @@ export class MprSocketDockInboundTransport {
   async start(agentContext: AgentContextLike): Promise<void> {
     const didcomm = this.options.didcomm
     const resolve = (token: unknown) => agentContext.dependencyManager.resolve(token)
-    const receiver = resolve(didcomm.DidCommMessageReceiver)
-    const transports = resolve(didcomm.DidCommTransportService)
-    const sender = resolve(didcomm.DidCommMessageSender)
-    const pickup = resolve(didcomm.DidCommMessagePickupApi)
-    const connections = resolve(didcomm.DidCommConnectionService)
-    await this.endpoint.start(
-      {
-        receive: (message, session) => receiver.receiveMessage(message, { session }),
-        endSession: (session) => transports.removeSession(session),
-        async sendDelivery(connectionId, messages) {
-          const connection = await connections.getById(agentContext, connectionId)
-          const created = await pickup.getProtocol('v2').createDeliveryMessage(agentContext, { connectionRecord: connection, messages })
-          if (!created) throw new Error('Credo made no delivery of the messages')
-          // Credo never queues a delivery; here the queue path is only where Credo packs it for
-          // a recipient without an endpoint, and the repository hands it back (captureWrapped).
-          created.message.allowQueueTransport = true
-          await sender.sendMessage(new didcomm.DidCommOutboundMessageContext(created.message, { agentContext, connection }))
-        },
-      },
-      agentContext.config.logger,
-    )
+    const services = {
+      agentContext,
+      receiver: resolve(didcomm.DidCommMessageReceiver),
+      transports: resolve(didcomm.DidCommTransportService),
+      sender: resolve(didcomm.DidCommMessageSender),
+      connections: resolve(didcomm.DidCommConnectionService),
+      pickup: resolve(didcomm.DidCommMessagePickupApi),
+      OutboundMessageContext: didcomm.DidCommOutboundMessageContext,
+    }
+    await this.endpoint.start(credoRelay(services), agentContext.config.logger)
   }
 
   stop(): Promise<void> {

@@ -55,6 +55,41 @@ export class RelaySession {
   }
 }
 
+/** Credo's services the transport calls, as each Credo line names its classes. */
+export interface CredoServices {
+  agentContext: unknown
+  /** MessageReceiver (0.5) / DidCommMessageReceiver (0.6). */
+  receiver: { receiveMessage(message: unknown, options: { session: RelaySession }): Promise<void> }
+  /** TransportService / DidCommTransportService. */
+  transports: { removeSession(session: RelaySession): void }
+  /** MessageSender / DidCommMessageSender. */
+  sender: { sendMessage(context: unknown): Promise<void> }
+  /** ConnectionService / DidCommConnectionService. */
+  connections: { getById(agentContext: unknown, id: string): Promise<unknown> }
+  /** The message pickup API (its Pickup V2 protocol builds deliveries). */
+  pickup: { getProtocol(version: string): any }
+  /** OutboundMessageContext / DidCommOutboundMessageContext. */
+  OutboundMessageContext: new (message: unknown, options: { agentContext: unknown; connection: unknown }) => unknown
+}
+
+/** The transport's calls into Credo: the same for every Credo line once its services are resolved. */
+export function credoRelay(credo: CredoServices): CredoRelay {
+  const { agentContext } = credo
+  return {
+    receive: (message, session) => credo.receiver.receiveMessage(message, { session }),
+    endSession: (session) => credo.transports.removeSession(session),
+    async sendDelivery(connectionId, messages) {
+      const connection = await credo.connections.getById(agentContext, connectionId)
+      const created = await credo.pickup.getProtocol('v2').createDeliveryMessage(agentContext, { connectionRecord: connection, messages })
+      if (!created) throw new Error('Credo made no delivery of the messages')
+      // Credo never queues a delivery; here the queue path is only where Credo packs it for a
+      // recipient without an endpoint, and the repository hands it back (captureWrapped).
+      created.message.allowQueueTransport = true
+      await credo.sender.sendMessage(new credo.OutboundMessageContext(created.message, { agentContext, connection }))
+    },
+  }
+}
+
 /** What the transport needs of a running Credo agent (one implementation per Credo line). */
 export interface CredoRelay {
   /** Decrypts and handles a frame; its return-route reply goes to `session.send`. */
