@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use super::{Limits, SocketSlots};
+use super::{Limits, SocketSlots, Upgrading};
 use crate::auth::{self, Tokens};
 use crate::live::LocalSocket;
 use crate::rpc::{self, Caller, Context};
@@ -31,6 +31,7 @@ pub async fn run<S>(
     slots: Arc<SocketSlots>,
     tokens: Arc<Tokens>,
     shutdown: CancellationToken,
+    upgrading: Upgrading,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -72,7 +73,13 @@ pub async fn run<S>(
         limits.handshake_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, take_slot, Some(config)),
     ));
-    let socket = match handshake.await {
+    let handshake = tokio::select! {
+        handshake = handshake => handshake,
+        // Shed for a newer connection (see `half_open`).
+        () = upgrading.shed.cancelled() => return,
+    };
+    drop(upgrading);
+    let socket = match handshake {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
             tracing::debug!(%error, "WebSocket handshake failed");
