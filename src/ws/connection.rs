@@ -69,14 +69,19 @@ pub async fn run<S>(
     };
     // Rare, large futures are boxed: the task of every idle socket is as large as its
     // largest await point.
-    let handshake = Box::pin(tokio::time::timeout(
-        limits.handshake_timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, take_slot, Some(config)),
-    ));
-    let handshake = tokio::select! {
-        handshake = handshake => handshake,
-        // Shed for a newer connection (see `half_open`).
-        () = upgrading.shed.cancelled() => return,
+    let handshake = Box::pin(async {
+        let upgrade = tokio::time::timeout(
+            limits.handshake_timeout,
+            tokio_tungstenite::accept_hdr_async_with_config(stream, take_slot, Some(config)),
+        );
+        tokio::select! {
+            upgraded = upgrade => Some(upgraded),
+            // Shed for a newer connection (see `half_open`).
+            () = upgrading.shed.cancelled() => None,
+        }
+    });
+    let Some(handshake) = handshake.await else {
+        return;
     };
     drop(upgrading);
     let socket = match handshake {

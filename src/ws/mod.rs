@@ -129,39 +129,47 @@ pub async fn accept(
                 let upgrading = half_open.enter();
                 let (context, limits, slots) = (context.clone(), limits.clone(), slots.clone());
                 let (tokens, shutdown) = (tokens.clone(), shutdown.clone());
-                let tls = tls.as_ref().map(|tls| tls.acceptor());
-                tracker.spawn(async move {
-                    let Some(acceptor) = tls else {
-                        let run = connection::run(
+                match &tls {
+                    None => {
+                        tracker.spawn(connection::run(
                             stream, context, limits, slots, tokens, shutdown, upgrading,
-                        );
-                        return run.await;
-                    };
+                        ));
+                    }
                     // The TLS handshake counts against the upgrade's own time bound, and is
                     // part of the upgrade that may be shed.
-                    let handshake =
-                        tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
-                    let stream = tokio::select! {
-                        handshake = handshake => match handshake {
-                            Ok(Ok(stream)) => stream,
-                            _ => {
-                                tracing::debug!("TLS handshake on WS_PORT failed or timed out");
-                                return;
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
+                        tracker.spawn(async move {
+                            let handshake = tokio::time::timeout(
+                                limits.handshake_timeout,
+                                acceptor.accept(stream),
+                            );
+                            let handshake = tokio::select! {
+                                handshake = handshake => handshake,
+                                () = upgrading.shed.cancelled() => return,
+                            };
+                            match handshake {
+                                Ok(Ok(stream)) => {
+                                    connection::run(
+                                        stream, context, limits, slots, tokens, shutdown, upgrading,
+                                    )
+                                    .await
+                                }
+                                _ => {
+                                    tracing::debug!("TLS handshake on WS_PORT failed or timed out")
+                                }
                             }
-                        },
-                        () = upgrading.shed.cancelled() => return,
-                    };
-                    let run = connection::run(
-                        stream, context, limits, slots, tokens, shutdown, upgrading,
-                    );
-                    run.await
-                });
+                        });
+                    }
+                }
             }
             Err(error) => {
                 // Out of file descriptors: the oldest upgrade in progress gives its back. With
                 // none to shed, back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                if !half_open.shed_oldest() {
+                if half_open.shed_oldest() {
+                    tracing::debug!(%error, "accept failed; the oldest upgrade was shed");
+                } else {
+                    tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
