@@ -89,6 +89,11 @@ pub struct ServerSettings {
     #[arg(long, env = "WS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub ws_handshake_timeout_ms: u64,
 
+    /// Most connections to WS_PORT in their upgrade at once; a new one past it ends the upgrade
+    /// of the oldest.
+    #[arg(long, env = "WS_MAX_HANDSHAKES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub ws_max_handshakes: u64,
+
     /// Time an HTTP connection has to send a request's headers, in ms; then it is closed.
     #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub http_header_read_timeout_ms: u64,

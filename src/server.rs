@@ -36,6 +36,8 @@ pub struct Server {
     tokens: Arc<Tokens>,
     tls: Option<Arc<Tls>>,
     metrics: PrometheusHandle,
+    /// File descriptors WebSockets may hold (`ws::socket_budget`).
+    socket_budget: u64,
     ws_listener: TcpListener,
     http_listener: TcpListener,
 }
@@ -51,6 +53,7 @@ impl Server {
     /// being down does not stop it: calls fail until Redis answers, moving waits for MongoDB.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = telemetry::metrics()?;
+        let socket_budget = ws::socket_budget().map_err(anyhow::Error::msg)?;
         let tokens = Arc::new(Tokens::load(&config.auth).map_err(anyhow::Error::msg)?);
         let tls = Tls::load(&config.tls).map_err(anyhow::Error::msg)?;
         if !tokens.required() {
@@ -117,6 +120,7 @@ impl Server {
             tokens,
             tls,
             metrics,
+            socket_budget,
             ws_listener,
             http_listener,
         })
@@ -149,12 +153,15 @@ impl Server {
             max_message_bytes: settings.ws_max_message_bytes as usize,
             max_calls: settings.ws_max_calls_per_socket as usize,
             max_sockets: settings.max_sockets as usize,
+            max_handshakes: settings.ws_max_handshakes as usize,
+            socket_budget: 0,
             handshake_timeout: settings.ws_handshake_timeout(),
             ping_interval: settings.ws_ping_interval(),
             ping_misses: settings.ws_ping_misses,
             write_timeout: settings.ws_write_timeout(),
             outbox_max_bytes: settings.ws_outbox_max_bytes as usize,
-        };
+        }
+        .fit_to(self.socket_budget);
         background.spawn(
             self.context
                 .messages

@@ -196,6 +196,41 @@ async fn connections_that_never_finish_their_upgrade_or_headers_block_nothing_an
     assert_eq!(server.metric("mpr_open_sockets", "").await, 1.0);
 }
 
+/// Started with a hard limit of 1024 open files and held by 1100 half-open upgrades (which
+/// would outlast the test: the handshake timeout is 10 minutes), the server sheds the oldest of
+/// them for newcomers: a new client still upgrades and calls `ping`, and `/health` answers.
+#[tokio::test]
+async fn with_few_file_descriptors_the_oldest_half_open_upgrades_make_room() {
+    let redis = Redis::start();
+    let env = [("WS_HANDSHAKE_TIMEOUT_MS", "600000")];
+    let limited = ["prlimit", "--nofile=1024:1024", "--"];
+    let server = Server::start_under(&redis, &env, &limited).await;
+    let mut half_open = Vec::new();
+    for i in 0..1100 {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.ws_port))
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        half_open.push(stream);
+    }
+
+    let started = Instant::now();
+    let mut client = Client::connect(&server.url()).await;
+    assert_eq!(client.call("ping", Value::Null).await, "pong");
+    println!(
+        "upgrade and ping behind 1100 half-open upgrades, RLIMIT_NOFILE 1024: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.http_get("/health").await, (200, "ok".to_owned()));
+    assert!(dropped(&server, "handshake_shed").await >= 1100.0 - 896.0);
+    assert_eq!(dropped(&server, "handshake_timeout").await, 0.0);
+}
+
 #[tokio::test]
 async fn an_upgrade_past_max_sockets_is_refused_with_503_and_the_open_sockets_keep_working() {
     let redis = Redis::start();

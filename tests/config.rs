@@ -84,6 +84,12 @@ fn flags_work_like_the_variables() {
 /// A Redis that answers like Redis 6.2 (no functions): every command gets `+OK`, INFO its
 /// version. Redis 6 cannot be installed here; this speaks the protocol's framing for real.
 fn old_redis() -> u16 {
+    fake_redis("6.2.14", 0)
+}
+
+/// A Redis `version` whose clock (`TIME`) is `ahead_ms` ahead of ours; every other command gets
+/// `+OK`, INFO its version.
+fn fake_redis(version: &'static str, ahead_ms: i64) -> u16 {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -103,8 +109,23 @@ fn old_redis() -> u16 {
                         args.push(arg.trim_end().to_ascii_uppercase());
                     }
                     let reply = if args.first().map(String::as_str) == Some("INFO") {
-                        let info = "# Server\r\nredis_version:6.2.14\r\n";
+                        let info = format!("# Server\r\nredis_version:{version}\r\n");
                         format!("${}\r\n{info}\r\n", info.len())
+                    } else if args.first().map(String::as_str) == Some("TIME") {
+                        let micros = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_micros() as i64
+                            + ahead_ms * 1000;
+                        let (seconds, micros) = (
+                            (micros / 1_000_000).to_string(),
+                            (micros % 1_000_000).to_string(),
+                        );
+                        format!(
+                            "*2\r\n${}\r\n{seconds}\r\n${}\r\n{micros}\r\n",
+                            seconds.len(),
+                            micros.len()
+                        )
                     } else {
                         "+OK\r\n".to_owned()
                     };
@@ -133,6 +154,24 @@ fn a_redis_without_functions_is_refused_naming_its_version() {
         !said.contains('\x1b'),
         "escape sequences in a piped log: {said:?}"
     );
+}
+
+/// Fenced writes need the clocks close: a Redis whose clock is 10 s ahead is refused at start,
+/// naming the offset and the bound.
+#[test]
+fn a_redis_whose_clock_is_far_off_is_refused() {
+    let url = format!("redis://127.0.0.1:{}", fake_redis("7.2.4", 10_000));
+    let env = [("REDIS_URL".to_owned(), url)];
+    let (code, said) = support::run_until_exit(&env, std::time::Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{said}");
+    let offset_ms: u64 = said
+        .split("Redis's clock is ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the offset named: {said}"));
+    assert!((9_000..11_000).contains(&offset_ms), "{said}");
+    assert!(said.contains("ahead of this server's"), "{said}");
+    assert!(said.contains("within 100 ms"), "{said}");
 }
 
 /// On a terminal the log is coloured (`script` runs the server on a pseudo-terminal).

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use super::{Limits, SocketSlots};
+use super::{Limits, SocketSlots, Upgrading};
 use crate::auth::{self, Tokens};
 use crate::live::LocalSocket;
 use crate::rpc::{self, Caller, Context};
@@ -31,6 +31,7 @@ pub async fn run<S>(
     slots: Arc<SocketSlots>,
     tokens: Arc<Tokens>,
     shutdown: CancellationToken,
+    upgrading: Upgrading,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -68,11 +69,22 @@ pub async fn run<S>(
     };
     // Rare, large futures are boxed: the task of every idle socket is as large as its
     // largest await point.
-    let handshake = Box::pin(tokio::time::timeout(
-        limits.handshake_timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, take_slot, Some(config)),
-    ));
-    let socket = match handshake.await {
+    let handshake = Box::pin(async {
+        let upgrade = tokio::time::timeout(
+            limits.handshake_timeout,
+            tokio_tungstenite::accept_hdr_async_with_config(stream, take_slot, Some(config)),
+        );
+        tokio::select! {
+            upgraded = upgrade => Some(upgraded),
+            // Shed for a newer connection (see `half_open`).
+            () = upgrading.shed.cancelled() => None,
+        }
+    });
+    let Some(handshake) = handshake.await else {
+        return;
+    };
+    drop(upgrading);
+    let socket = match handshake {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
             tracing::debug!(%error, "WebSocket handshake failed");

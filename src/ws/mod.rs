@@ -2,6 +2,10 @@
 //! per socket until shutdown.
 
 mod connection;
+mod fds;
+mod half_open;
+
+pub use fds::socket_budget;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Tokens;
 use crate::rpc::Context;
 use crate::tls::Tls;
+use half_open::{HalfOpen, Upgrading};
 
 /// Per-socket sizes: an idle socket must cost little memory, a busy one may grow its buffers.
 #[derive(Clone, Copy)]
@@ -23,6 +28,10 @@ pub struct Limits {
     pub max_calls: usize,
     /// Upgrades past this many open sockets are refused with 503.
     pub max_sockets: usize,
+    /// Most connections in their upgrade at once; past it the oldest is shed.
+    pub max_handshakes: usize,
+    /// File descriptors WebSockets may hold, open or in their upgrade (`fds`).
+    pub socket_budget: usize,
     /// A connection that has not completed its upgrade by then is dropped.
     pub handshake_timeout: Duration,
     /// A ping goes out every `ping_interval`; a peer silent for `ping_misses` of them is dropped.
@@ -35,6 +44,16 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// MAX_SOCKETS and WS_MAX_HANDSHAKES as the open-file budget allows (a warning for each
+    /// that does not fit).
+    pub fn fit_to(mut self, budget: u64) -> Self {
+        self.max_sockets = fds::fit("MAX_SOCKETS", self.max_sockets as u64, budget) as usize;
+        self.max_handshakes =
+            fds::fit("WS_MAX_HANDSHAKES", self.max_handshakes as u64, budget) as usize;
+        self.socket_budget = budget as usize;
+        self
+    }
+
     fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             // Allocated eagerly for every socket: keep it small (tungstenite's default is 128 KiB).
@@ -89,6 +108,7 @@ pub async fn accept(
         open: AtomicUsize::new(0),
         max: limits.max_sockets,
     });
+    let half_open = Arc::new(HalfOpen::default());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -96,16 +116,27 @@ pub async fn accept(
         };
         match accepted {
             Ok((stream, _)) => {
+                // Room for this one: past the handshake cap or the descriptor budget, the
+                // oldest upgrade in progress ends.
+                while half_open.len() >= limits.max_handshakes
+                    || slots.open.load(Ordering::Acquire) + half_open.len() >= limits.socket_budget
+                {
+                    if !half_open.shed_oldest() {
+                        break;
+                    }
+                }
                 let _ = stream.set_nodelay(true);
+                let upgrading = half_open.enter();
                 let (context, limits, slots) = (context.clone(), limits.clone(), slots.clone());
                 let (tokens, shutdown) = (tokens.clone(), shutdown.clone());
                 match &tls {
                     None => {
                         tracker.spawn(connection::run(
-                            stream, context, limits, slots, tokens, shutdown,
+                            stream, context, limits, slots, tokens, shutdown, upgrading,
                         ));
                     }
-                    // The TLS handshake counts against the upgrade's own time bound.
+                    // The TLS handshake counts against the upgrade's own time bound, and is
+                    // part of the upgrade that may be shed.
                     Some(tls) => {
                         let acceptor = tls.acceptor();
                         tracker.spawn(async move {
@@ -113,10 +144,14 @@ pub async fn accept(
                                 limits.handshake_timeout,
                                 acceptor.accept(stream),
                             );
-                            match handshake.await {
+                            let handshake = tokio::select! {
+                                handshake = handshake => handshake,
+                                () = upgrading.shed.cancelled() => return,
+                            };
+                            match handshake {
                                 Ok(Ok(stream)) => {
                                     connection::run(
-                                        stream, context, limits, slots, tokens, shutdown,
+                                        stream, context, limits, slots, tokens, shutdown, upgrading,
                                     )
                                     .await
                                 }
@@ -129,9 +164,14 @@ pub async fn accept(
                 }
             }
             Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors: the oldest upgrade in progress gives its back. With
+                // none to shed, back off instead of spinning.
+                if half_open.shed_oldest() {
+                    tracing::debug!(%error, "accept failed; the oldest upgrade was shed");
+                } else {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }

@@ -12,6 +12,9 @@ use crate::{Log, Proc, Spawn, free_port, http_get};
 #[derive(Clone, Debug)]
 pub struct MprOpts {
     pub bin: PathBuf,
+    /// A command that runs it (`bin` appended to it), e.g. `["prlimit", "--nofile=1024:1024",
+    /// "--"]`; it must exec `bin`, so that the pid is the server's.
+    pub wrapper: Vec<String>,
     /// Names it in messages ("mpr A did not become ready …").
     pub name: String,
     pub ws_port: u16,
@@ -35,6 +38,7 @@ impl MprOpts {
         }
         Ok(Self {
             bin: bin.into(),
+            wrapper: Vec::new(),
             name: "mpr".to_owned(),
             ws_port,
             app_port,
@@ -65,7 +69,14 @@ impl MprServer {
 
     /// Starts it without waiting.
     pub fn spawn(opts: MprOpts) -> Result<Self> {
-        let mut cmd = Command::new(&opts.bin);
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&opts.bin);
+                cmd
+            }
+            None => Command::new(&opts.bin),
+        };
         if opts.clear_env {
             cmd.env_clear();
         }

@@ -240,8 +240,20 @@ impl Server {
     }
 
     pub fn spawn(redis: &Redis, env: &[(&str, &str)]) -> Self {
+        Self::spawn_under(redis, env, &[])
+    }
+
+    /// [`Server::start`] run by `wrapper` (a command that execs the server, e.g. prlimit).
+    pub async fn start_under(redis: &Redis, env: &[(&str, &str)], wrapper: &[&str]) -> Self {
+        let server = Self::spawn_under(redis, env, wrapper);
+        server.wait_ready().await;
+        server
+    }
+
+    fn spawn_under(redis: &Redis, env: &[(&str, &str)], wrapper: &[&str]) -> Self {
         let mut opts =
             testkit::MprOpts::new(env!("CARGO_BIN_EXE_mpr"), &redis.url()).expect("free ports");
+        opts.wrapper = wrapper.iter().map(|part| part.to_string()).collect();
         opts.clear_env = true;
         opts.env = redis.cluster_env();
         opts.env

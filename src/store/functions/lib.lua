@@ -33,7 +33,11 @@ end
 -- Redis's clock) the call does nothing and answers DEADLINE, so a call whose caller gave up can
 -- never take effect later. The bodies see their own arguments from ARGV[1] on.
 local function fence(ARGV)
-  local late = now_ms() - tonumber(table.remove(ARGV, 1))
+  local deadline = tonumber(table.remove(ARGV, 1))
+  if not deadline then
+    error({err = "DEADLINE missing: every call's first argument is its deadline (Store::function_call)"})
+  end
+  local late = now_ms() - deadline
   if late > 0 then
     error({err = "DEADLINE the call reached Redis " .. late .. " ms after its deadline; nothing was done"})
   end
