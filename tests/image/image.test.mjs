@@ -5,7 +5,9 @@
 // healthy, a clean SIGTERM, and that a bad setting stops the container naming it.
 //
 // SocketDock's image is checked for its user and HEALTHCHECK (tests/image/proxy.test.mjs runs
-// SocketDock behind the public proxy).
+// SocketDock behind the public proxy); the Credo mediator's image (MEDIATOR_IMAGE, built by
+// scripts/image-test where mediators/credo exists) for its wallet and invitation against the
+// server's image, its user, HEALTHCHECK and SIGTERM.
 //
 // Environment: MPR_IMAGE (the image, default mpr:ci), SOCKETDOCK_IMAGE (socketdock:ci), DOCKER (the client, default docker) with
 // DOCKER_HOST as scripts/ensure-docker prints them.
@@ -22,6 +24,7 @@ import {
 
 const IMAGE = process.env.MPR_IMAGE || 'mpr:ci';
 const SOCKETDOCK_IMAGE = process.env.SOCKETDOCK_IMAGE || 'socketdock:ci';
+const MEDIATOR_IMAGE = process.env.MEDIATOR_IMAGE;
 const DOCKER = process.env.DOCKER || 'docker';
 const execFileAsync = promisify(execFile);
 
@@ -34,11 +37,12 @@ async function docker(...args) {
 const containers = new Set();
 
 /** Starts the image detached with host networking and `env`; resolves with the container name. */
-async function runImage(env, { image = IMAGE, network = 'host', args = [] } = {}) {
+async function runImage(env, { image = IMAGE, network = 'host', readOnly = true } = {}) {
   const name = `mpr-image-test-${uuid().slice(0, 8)}`;
   const envArgs = Object.entries(env).flatMap(([key, value]) => ['-e', `${key}=${value}`]);
   containers.add(name);
-  await docker('run', '-d', '--name', name, '--network', network, '--read-only', ...envArgs, image, ...args);
+  const readOnlyArgs = readOnly ? ['--read-only'] : [];
+  await docker('run', '-d', '--name', name, '--network', network, ...readOnlyArgs, ...envArgs, image);
   return name;
 }
 
@@ -160,5 +164,63 @@ describe(`the image ${SOCKETDOCK_IMAGE}`, () => {
     const name = await runImage({}, { image: SOCKETDOCK_IMAGE, network: 'none' });
     await untilHealthy(name);
     assert.deepEqual(await uidsOf(name), ['10001', '10001', '10001', '10001']);
+  });
+});
+
+describe(`the Credo mediator's image ${MEDIATOR_IMAGE ?? ''}`, { skip: !MEDIATOR_IMAGE && 'MEDIATOR_IMAGE not given (no mediators/credo)' }, () => {
+  let redis;
+  let mpr;
+  let mediator;
+  let httpPort;
+
+  before(async () => {
+    redis = await startRedis();
+    const [wsPort, appPort] = [await freePort(), await freePort()];
+    mpr = await runImage({ REDIS_URL: redis.url, WS_PORT: wsPort, APP_PORT: appPort, BIND_ADDRESS: '127.0.0.1' });
+    const ready = await pollUntil(async () => (await httpStatus(`http://127.0.0.1:${appPort}/ready`)) === 200, {
+      timeoutMs: START_MS,
+      intervalMs: 200,
+    });
+    assert.ok(ready, `the server's /ready never answered 200:\n${await logsOf(mpr)}`);
+    httpPort = await freePort();
+    // A SQLite wallet in the container's /tmp: one instance (ha.yml gives the PostgreSQL one).
+    mediator = await runImage(
+      {
+        MPR_URL: `ws://127.0.0.1:${wsPort}`,
+        WALLET_KEY: 'image-test-wallet-key',
+        SQLITE_PATH: '/tmp/mediator.sqlite',
+        HTTP_PORT: httpPort,
+        WS_PORT: await freePort(),
+        BIND_ADDRESS: '127.0.0.1',
+      },
+      // Writable, as in ha.yml: Credo keeps files of its own beside the wallet.
+      { image: MEDIATOR_IMAGE, readOnly: false },
+    );
+  });
+
+  after(async () => {
+    for (const container of containers) await docker('rm', '-f', container).catch(() => {});
+    await stopAll();
+  });
+
+  it('opens its wallet, connects to the server and serves its invitation', async () => {
+    let invitation;
+    const served = await pollUntil(
+      async () => {
+        const response = await fetch(`http://127.0.0.1:${httpPort}/invitation`).catch(() => null);
+        if (response?.status === 200) invitation = await response.text();
+        return Boolean(invitation);
+      },
+      { timeoutMs: START_MS * 2, intervalMs: 500 },
+    );
+    assert.ok(served, `no invitation:\n${await logsOf(mediator)}`);
+    assert.match(invitation, /\?oob=/);
+  });
+
+  it("runs as user 10001, turns healthy by the image's HEALTHCHECK and stops with 0 on SIGTERM", async () => {
+    assert.deepEqual(await uidsOf(mediator), ['10001', '10001', '10001', '10001']);
+    await untilHealthy(mediator);
+    await docker('stop', '-t', '30', mediator);
+    assert.equal(await inspect(mediator, '{{.State.ExitCode}}'), '0', await logsOf(mediator));
   });
 });
