@@ -153,18 +153,22 @@ class MprMediator:
         replies to sessions; a message of its own, e.g. a mediation grant made after the
         request's handler returned, was otherwise lost without `--enable-undelivered-queue`."""
         targets = outbound.target_list or ([outbound.target] if outbound.target else [])
+        open_sessions = [s for s in self.inbound.sessions.values() if s.can_respond]
+        # A socket asking for all replies first; else any the key sent on and that is still open
+        # (a message without return routing on it resets its mode, not the socket).
+        open_sessions.sort(key=lambda s: s.reply_mode != MessageReceipt.REPLY_MODE_ALL)
         for target in targets:
             for key in target.recipient_keys or []:
-                for session in list(self.inbound.sessions.values()):
-                    if (
-                        session.can_respond
-                        and session.reply_mode == MessageReceipt.REPLY_MODE_ALL
-                        and key in session.reply_verkeys
-                    ):
+                for session in open_sessions:
+                    if key in session.reply_verkeys:
                         outbound.reply_to_verkey = key
                         outbound.reply_from_verkey = outbound.reply_from_verkey or target.sender_key
                         self._enqueue(session, outbound)
                         return True
+        LOGGER.warning(
+            "mpr_acapy: no open socket of connection %s for a message no transport can carry",
+            outbound.connection_id,
+        )
         return self._core_return_undelivered(outbound)
 
     def _enqueue(self, session: InboundSession, outbound: OutboundMessage) -> None:
