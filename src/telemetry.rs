@@ -123,7 +123,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_counter!(
         SOCKETDOCK_SOCKETS_GONE,
-        "SocketDock sockets ended, by reason (disconnect_callback, send_failed)"
+        "SocketDock sockets ended, by reason (disconnect_callback, send_failed, frame_failed: the mediator did not take a frame, so the socket was closed)"
     );
     metrics::describe_counter!(
         SOCKETDOCK_CALLBACKS_REFUSED,

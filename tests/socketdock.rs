@@ -709,3 +709,32 @@ async fn a_message_larger_than_a_deliverys_bytes_goes_alone() {
     }
     assert_eq!(texts, messages, "every message, in order");
 }
+
+#[tokio::test]
+async fn a_frame_the_mediator_does_not_take_closes_the_agents_socket_and_ends_its_bindings() {
+    let deployment = deploy(1, 1).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let server = &deployment.servers[0];
+    let connection = unique_id("c");
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    // The mediator fails the next frame (an instance dying under it, an error): the agent would
+    // wait for its answer on an open socket forever; closed, it connects again and starts over.
+    deployment.mediator.reply_next(Reply::status(500));
+    agent.send_text("a pickup request");
+    assert!(
+        matches!(agent.next_frame(WAIT).await, Some(Frame::Closed(_))),
+        "the socket is closed"
+    );
+    let mut client = Client::connect(&server.url()).await;
+    let live_session = json!({"connectionId": connection});
+    assert_eq!(client.call("getLiveSession", live_session).await, false);
+    assert_eq!(
+        server
+            .metric(
+                "mpr_socketdock_sockets_gone_total",
+                "reason=\"frame_failed\""
+            )
+            .await,
+        1.0
+    );
+}

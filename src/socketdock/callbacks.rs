@@ -145,8 +145,12 @@ async fn message(
             tracing::warn!(
                 socket,
                 outcome,
-                "frame not taken by the mediator; the agent may retry"
+                "frame not taken by the mediator; the agent's socket is closed"
             );
+            // SocketDock never sends a frame again, and an agent waiting for its answer (a
+            // pickup request) would wait on an open socket forever: closed, it connects again
+            // and starts over, as it does when SocketDock cannot reach this server at all.
+            dock.close_socket(socket, &frame.meta.disconnect).await;
             return (StatusCode::BAD_GATEWAY, "FAIL");
         }
     };

@@ -171,6 +171,21 @@ impl SocketDock {
         Ok(())
     }
 
+    /// Has SocketDock close an agent's socket (its `disconnect` URL, already checked against
+    /// SOCKETDOCK_ENDPOINTS) and ends the socket's bindings.
+    async fn close_socket(&self, socket_id: &str, disconnect_url: &str) {
+        let closed = self
+            .http
+            .post(disconnect_url)
+            .timeout(self.send_timeout)
+            .send()
+            .await;
+        if let Err(error) = closed {
+            tracing::info!(socket = socket_id, %error, "SocketDock did not close the socket");
+        }
+        self.socket_gone(socket_id, None, "frame_failed").await;
+    }
+
     /// A socket is gone (disconnect callback, or a send that failed): every connection bound to
     /// it (and `also`, which failed on it) loses its binding; what waits stays queued and the
     /// phones are woken.

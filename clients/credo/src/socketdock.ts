@@ -35,7 +35,10 @@ const PICKUP_REQUEST = /\/messagepickup\/2\.0\/(status-request|delivery-request|
 /** Credo's TransportSession for one frame: it takes the return-route reply, once, while the POST is open. */
 export class RelaySession {
   readonly id = randomUUID()
-  readonly type = 'SocketDock'
+  // Credo's TransportService drops a connection's older session of the same type when it saves
+  // a newer one: two frames of one connection handled at once (an agent back on a new socket
+  // while its old one's frame is still being handled) would lose the first one's reply.
+  readonly type = `SocketDock ${this.id}`
   connectionId?: string
   keys?: unknown
   inboundMessage?: { type?: string }
