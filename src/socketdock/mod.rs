@@ -171,9 +171,11 @@ impl SocketDock {
         Ok(())
     }
 
-    /// Has SocketDock close an agent's socket (its `disconnect` URL, already checked against
-    /// SOCKETDOCK_ENDPOINTS) and ends the socket's bindings.
+    /// Ends the socket's bindings, then has SocketDock close it (its `disconnect` URL, already
+    /// checked against SOCKETDOCK_ENDPOINTS): in this order, an agent that sees its socket close
+    /// and connects again never meets a binding of the old socket.
     async fn close_socket(&self, socket_id: &str, disconnect_url: &str) {
+        self.socket_gone(socket_id, None, "frame_failed").await;
         let closed = self
             .http
             .post(disconnect_url)
@@ -183,7 +185,6 @@ impl SocketDock {
         if let Err(error) = closed {
             tracing::info!(socket = socket_id, %error, "SocketDock did not close the socket");
         }
-        self.socket_gone(socket_id, None, "frame_failed").await;
     }
 
     /// A socket is gone (disconnect callback, or a send that failed): every connection bound to
