@@ -17,10 +17,11 @@ use tokio_util::task::TaskTracker;
 
 use super::SocketDock;
 use crate::messages::ColdBody;
-use crate::store::{HandOut, Outcome, PeerAddress, RelayStep, Sent, TakenMessage};
+use crate::store::{HandOut, LoopStep, Outcome, RelayStep, Sent, TakenMessage};
 use crate::telemetry;
 
-/// Takes kicks and starts a delivery loop for each connection whose lease this instance gets.
+/// Takes kicks and runs a delivery loop for each kicked connection (its first step takes the
+/// connection's lease, unless another loop holds it).
 pub(super) async fn dispatch(
     dock: Arc<SocketDock>,
     tracker: TaskTracker,
@@ -34,17 +35,7 @@ pub(super) async fn dispatch(
         // Each kick in a task of its own: one connection's lease attempt never waits behind
         // another's (there is at most one pending kick per connection).
         for connection_id in kicked {
-            let dock = dock.clone();
-            tracker.spawn(async move {
-                match dock.start_loop(&connection_id).await {
-                    Ok(Some((socket, token))) => dock.deliver(connection_id, socket, token).await,
-                    Ok(None) => {}
-                    // The deadline index comes back to it (or the next add kicks it again).
-                    Err(error) => {
-                        tracing::warn!(%connection_id, %error, "SocketDock delivery not started")
-                    }
-                }
-            });
+            tracker.spawn(dock.clone().deliver(connection_id));
         }
     }
 }
@@ -75,59 +66,35 @@ struct Queued<'a> {
 }
 
 impl SocketDock {
-    /// The socket the connection is bound to and a lease token, if it is bound to a socket and
-    /// nobody else delivers to it.
-    async fn start_loop(
-        &self,
-        connection_id: &str,
-    ) -> crate::store::StoreResult<Option<(String, String)>> {
-        let Some(PeerAddress::Relay { socket }) = self
-            .store
-            .binding(connection_id)
-            .await?
-            .and_then(|bound| bound.peer())
-        else {
-            return Ok(None);
-        };
+    /// The delivery loop of one connection: steps while it has work and holds the lease. A
+    /// raw frame is POSTed while the next step settles the one before it and hands out the
+    /// next, so a backlog flows at SocketDock's pace; a pickup delivery goes alone.
+    async fn deliver(self: Arc<Self>, connection_id: String) {
         let token = format!("{}:{:016x}", self.instance, rand::random::<u64>());
-        let taken = self
-            .store
-            .take_relay_lease(connection_id, &token, self.policy.raw_window)
-            .await?;
-        Ok(taken.then_some((socket, token)))
-    }
-
-    /// The delivery loop of one connection, while this instance holds its lease.
-    async fn deliver(self: Arc<Self>, connection_id: String, socket: String, token: String) {
-        let send_url = match self.store.socket_send_url(&socket).await {
-            Ok(url) => url,
-            Err(error) => {
-                tracing::warn!(%connection_id, %error, "SocketDock delivery stopped; back at the lease's end");
-                return;
-            }
-        };
-        let mut last: Option<(Outcome, Vec<String>, i64)> = None;
+        // Known from the first hand-out on.
+        let mut socket = String::new();
+        let mut send_url: Option<String> = None;
+        // What the next step settles: the messages last sent, and how their send ended.
+        let mut outcome = Outcome::Wrapped;
+        let mut handed_out: Vec<(String, i64)> = Vec::new();
+        // A raw frame handed out beside the POST of the one before it.
+        let mut ahead: Option<HandOut> = None;
         loop {
-            let sent = match &last {
-                None => Sent::NOTHING,
-                Some((outcome, ids, deadline)) => Sent {
-                    outcome: *outcome,
-                    ids,
-                    deadline: *deadline,
-                },
+            let step = match ahead.take() {
+                Some(hand_out) => Ok(RelayStep::Raw(hand_out)),
+                None => {
+                    let step = self
+                        .store
+                        .relay_next(
+                            &connection_id,
+                            self.loop_step(&token, &socket, outcome, &handed_out, false),
+                            &self.policy,
+                        )
+                        .await;
+                    handed_out.clear();
+                    step
+                }
             };
-            let hot_only = !self.messages.cold_readable();
-            let step = self
-                .store
-                .relay_next(
-                    &connection_id,
-                    &token,
-                    &socket,
-                    sent,
-                    &self.policy,
-                    hot_only,
-                )
-                .await;
             let (hand_out, mode) = match step {
                 Ok(RelayStep::Raw(hand_out)) => (hand_out, Mode::Raw),
                 Ok(RelayStep::Wrap(hand_out)) => (hand_out, Mode::Pickup),
@@ -137,43 +104,125 @@ impl SocketDock {
                     return;
                 }
                 // Bound elsewhere now: the new binding's own kick may have met this lease.
+                // (At the first step: not bound to a socket at all.)
                 Ok(RelayStep::Unbound) => {
-                    self.live.kicks().kick(&connection_id);
+                    if !socket.is_empty() {
+                        self.live.kicks().kick(&connection_id);
+                    }
                     return;
                 }
-                Ok(RelayStep::Idle | RelayStep::Retry | RelayStep::Fenced) => return,
+                Ok(
+                    RelayStep::Idle
+                    | RelayStep::Nothing
+                    | RelayStep::Busy
+                    | RelayStep::Retry
+                    | RelayStep::Fenced,
+                ) => return,
                 Err(error) => {
                     tracing::warn!(%connection_id, %error, "SocketDock delivery stopped; back at the lease's end");
                     return;
                 }
             };
-            let HandOut { deadline, messages } = hand_out;
-            let ids = messages.iter().map(|m| m.id.clone()).collect();
-            let Some(url) = &send_url else {
-                // The socket was forgotten (gone, or silent past its TTL).
-                last = Some((Outcome::Failed, ids, deadline));
-                continue;
+            if socket.is_empty() {
+                socket.clone_from(&hand_out.socket);
+            }
+            let url = match &send_url {
+                Some(url) => url.clone(),
+                None => match self.send_url(&socket).await {
+                    Ok(Some(url)) => send_url.insert(url).clone(),
+                    // The socket was forgotten (gone, or silent past its TTL).
+                    Ok(None) => {
+                        outcome = Outcome::Failed;
+                        handed_out.extend(hand_out.handed_out());
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%connection_id, %error, "SocketDock delivery stopped; back at the lease's end");
+                        return;
+                    }
+                },
             };
-            let Some(bodies) = self.bodies(&connection_id, messages, deadline).await else {
+            let sent: Vec<(String, i64)> = hand_out.handed_out().collect();
+            let Some(bodies) = self
+                .bodies(&connection_id, hand_out.messages, hand_out.deadline)
+                .await
+            else {
                 return;
             };
             if bodies.is_empty() {
                 // Gone from MongoDB, and so from the queue: on to the next.
-                last = None;
                 continue;
             }
-            let outcome = match mode {
-                Mode::Raw => self.send_raw(url, &bodies[0]).await,
-                Mode::Pickup => self.send_wrapped(&connection_id, url, &bodies).await,
-            };
+            match mode {
+                Mode::Pickup => {
+                    outcome = self.send_wrapped(&connection_id, &url, &bodies).await;
+                    handed_out = sent;
+                }
+                Mode::Raw => {
+                    let before = std::mem::take(&mut handed_out);
+                    let (posted, next) = tokio::join!(
+                        self.send_raw(&url, &bodies[0]),
+                        self.store.relay_next(
+                            &connection_id,
+                            self.loop_step(&token, &socket, outcome, &before, true),
+                            &self.policy,
+                        )
+                    );
+                    (outcome, handed_out) = (posted, sent);
+                    match next {
+                        // Sent after this one: if this one failed, it goes back with it.
+                        Ok(RelayStep::Raw(next)) if matches!(posted, Outcome::Failed) => {
+                            handed_out.extend(next.handed_out());
+                        }
+                        Ok(RelayStep::Raw(next)) => ahead = Some(next),
+                        Ok(RelayStep::Fenced) => return,
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%connection_id, %error, "SocketDock delivery stopped; back at the lease's end");
+                            return;
+                        }
+                    }
+                }
+            }
             metrics::counter!(telemetry::SOCKETDOCK_DELIVERIES, "mode" => mode.label(), "outcome" => match outcome {
                 Outcome::Taken | Outcome::Wrapped => "ok",
                 Outcome::Failed => "failed",
                 Outcome::Unwrapped => "unwrapped",
             })
             .increment(1);
-            last = Some((outcome, ids, deadline));
         }
+    }
+
+    fn loop_step<'a>(
+        &self,
+        token: &'a str,
+        socket: &'a str,
+        outcome: Outcome,
+        handed_out: &'a [(String, i64)],
+        beside_post: bool,
+    ) -> LoopStep<'a> {
+        LoopStep {
+            token,
+            socket,
+            sent: Sent {
+                outcome,
+                handed_out,
+            },
+            hot_only: !self.messages.cold_readable(),
+            beside_post,
+        }
+    }
+
+    /// The socket's send URL: remembered, or read from its record (None: forgotten).
+    async fn send_url(&self, socket_id: &str) -> crate::store::StoreResult<Option<String>> {
+        if let Some(url) = self.send_urls.get(socket_id) {
+            return Ok(Some(url));
+        }
+        let url = self.store.socket_send_url(socket_id).await?;
+        if let Some(url) = &url {
+            self.send_urls.insert(socket_id, url.clone());
+        }
+        Ok(url)
     }
 
     /// The QueuedMessage JSON of each message handed out, cold ones read from MongoDB; those

@@ -9,6 +9,7 @@
 mod callbacks;
 mod delivery;
 mod mediator;
+mod send_urls;
 mod urls;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ pub struct SocketDock {
     max_body_bytes: usize,
     /// This instance, in the lease tokens it takes.
     instance: String,
+    send_urls: send_urls::SendUrls,
 }
 
 impl SocketDock {
@@ -97,6 +99,7 @@ impl SocketDock {
             socket_ttl: settings.socket_ttl(),
             max_connections_per_socket: settings.socketdock_max_connections_per_socket,
             max_body_bytes: settings.socketdock_max_body_bytes as usize,
+            send_urls: Default::default(),
         }))
     }
 
@@ -141,11 +144,15 @@ impl SocketDock {
                 self.socket_ttl,
             )
             .await?;
-        if let Err(refused) = attached {
-            metrics::counter!(telemetry::SOCKETDOCK_BINDS, "outcome" => refused.label())
-                .increment(1);
-            return Ok(Err(refused));
-        }
+        let send_url = match attached {
+            Ok(send_url) => send_url,
+            Err(refused) => {
+                metrics::counter!(telemetry::SOCKETDOCK_BINDS, "outcome" => refused.label())
+                    .increment(1);
+                return Ok(Err(refused));
+            }
+        };
+        self.send_urls.insert(socket_id, send_url);
         let step = self
             .live
             .bind_relay(connection_id, socket_id, session_id)
@@ -191,6 +198,7 @@ impl SocketDock {
     /// it (and `also`, which failed on it) loses its binding; what waits stays queued and the
     /// phones are woken.
     async fn socket_gone(&self, socket_id: &str, also: Option<&str>, reason: &'static str) {
+        self.send_urls.remove(socket_id);
         metrics::counter!(telemetry::SOCKETDOCK_SOCKETS_GONE, "reason" => reason).increment(1);
         match self.live.relay_gone(socket_id, also).await {
             Ok(ended) => {

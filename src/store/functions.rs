@@ -76,7 +76,9 @@ const RELAYING: &[&str] = &[
     "msg", "pending", "cold", "inflight", "trash", "seq", "conn", "pushed", "removed", "relay",
 ];
 /// The keys of every function that moves messages in or out of flight to a live session.
-const REDELIVERING: &[&str] = &["msg", "pending", "cold", "inflight", "conn", "pushed"];
+const REDELIVERING: &[&str] = &[
+    "msg", "pending", "cold", "inflight", "conn", "pushed", "relay",
+];
 
 #[rustfmt::skip]
 mod table {
@@ -104,7 +106,6 @@ mod table {
     function!(INSTANCE_ALIVE, "instance_alive", Scope::Instances, &["instances"], &[]);
     function!(CLAIM_DUE, "claim_due", Scope::Deadlines, &["deadlines"], &[]);
     function!(RESCHEDULE, "reschedule", Scope::Deadlines, &["deadlines"], &[]);
-    function!(RELAY_LEASE, "relay_lease", CONNECTION, &["relay", "conn"], &[]);
     function!(RELAY_NEXT, "relay_next", CONNECTION, RELAYING, &[]);
     function!(SOCKET_RECORD, "socket_record", Scope::Socket, &["socket", "bound"], &[]);
     function!(SOCKET_ATTACH, "socket_attach", Scope::Socket, &["socket", "bound"], &[]);
@@ -113,7 +114,7 @@ mod table {
 pub use table::*;
 
 /// Every function of the library.
-pub static FUNCTIONS: [&Function; 28] = [
+pub static FUNCTIONS: [&Function; 27] = [
     &ADD_MESSAGE,
     &SETTLE_ADD,
     &TAKE_FROM_QUEUE,
@@ -137,7 +138,6 @@ pub static FUNCTIONS: [&Function; 28] = [
     &INSTANCE_ALIVE,
     &CLAIM_DUE,
     &RESCHEDULE,
-    &RELAY_LEASE,
     &RELAY_NEXT,
     &SOCKET_RECORD,
     &SOCKET_ATTACH,

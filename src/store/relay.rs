@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use super::functions::{
-    Function, RELAY_LEASE, RELAY_NEXT, SOCKET_ATTACH, SOCKET_FORGET, SOCKET_RECORD,
-};
+use super::functions::{Function, RELAY_NEXT, SOCKET_ATTACH, SOCKET_FORGET, SOCKET_RECORD};
 use super::queue::{TakenMessage, decode};
 use super::{Store, StoreError, StoreResult, flag};
 
@@ -48,20 +46,34 @@ impl Outcome {
     }
 }
 
-/// What a delivery loop last handed out, and how it ended (nothing the first time).
+/// What a delivery loop last handed out (each id with the deadline it was handed out with),
+/// and how it ended; nothing the first time.
 #[derive(Clone, Copy)]
 pub struct Sent<'a> {
     pub outcome: Outcome,
-    pub ids: &'a [String],
-    pub deadline: i64,
+    pub handed_out: &'a [(String, i64)],
 }
 
 impl Sent<'_> {
     pub const NOTHING: Sent<'static> = Sent {
         outcome: Outcome::Wrapped,
-        ids: &[],
-        deadline: 0,
+        handed_out: &[],
     };
+}
+
+/// A delivery loop's step, as it asks for it.
+pub struct LoopStep<'a> {
+    /// The loop's lease token.
+    pub token: &'a str,
+    /// The socket it delivers to; empty for its first step, which takes the lease if nobody
+    /// holds it and delivers to the socket the connection is bound to.
+    pub socket: &'a str,
+    pub sent: Sent<'a>,
+    /// Leave cold messages out (MongoDB cannot be read).
+    pub hot_only: bool,
+    /// A raw frame this loop handed out is still being POSTed: the lease is kept whatever the
+    /// step finds, and only a raw frame is handed out.
+    pub beside_post: bool,
 }
 
 /// How a delivery loop hands messages out.
@@ -82,10 +94,18 @@ pub struct RelayPolicy {
     pub most_in_flight: u64,
 }
 
-/// Messages a delivery loop handed out, in flight until `deadline`.
+/// Messages a delivery loop handed out, in flight until `deadline`, for `socket`.
 pub struct HandOut {
+    pub socket: String,
     pub deadline: i64,
     pub messages: Vec<TakenMessage>,
+}
+
+impl HandOut {
+    /// Each message's id with the hand-out's deadline, as the next step settles them.
+    pub fn handed_out(&self) -> impl Iterator<Item = (String, i64)> + '_ {
+        self.messages.iter().map(|m| (m.id.clone(), self.deadline))
+    }
 }
 
 /// What a delivery loop does next.
@@ -96,6 +116,10 @@ pub enum RelayStep {
     Wrap(HandOut),
     /// Nothing pending, or as many in flight as the window allows: the lease is given up.
     Idle,
+    /// A step beside a POST found nothing to hand out now: the lease is kept.
+    Nothing,
+    /// Another holder has the lease: it delivers.
+    Busy,
     /// The connection is bound elsewhere (or not at all) now: the lease is given up.
     Unbound,
     /// The socket failed: the messages are back in their places, the lease given up; the
@@ -175,48 +199,30 @@ impl Store {
         Ok(None)
     }
 
-    /// Takes the connection's relay lease if nobody holds it.
-    pub async fn take_relay_lease(
-        &self,
-        connection_id: &str,
-        token: &str,
-        lease: Duration,
-    ) -> StoreResult<bool> {
-        let mut call = self.connection_call(&RELAY_LEASE, connection_id, &[]);
-        call.arg(token).arg(lease.as_millis() as u64);
-        let (taken, due): (u8, u8) = self.call(&call).await?;
-        if due == 1 {
-            let at = crate::model::now_ms() + lease.as_millis() as i64;
-            self.index_due(connection_id, at).await?;
-        }
-        Ok(taken == 1)
-    }
-
-    /// One step of the connection's delivery loop (the caller holds the lease `token`).
+    /// One step of the connection's delivery loop.
     pub async fn relay_next(
         &self,
         connection_id: &str,
-        token: &str,
-        socket_id: &str,
-        sent: Sent<'_>,
+        step: LoopStep<'_>,
         policy: &RelayPolicy,
-        hot_only: bool,
     ) -> StoreResult<RelayStep> {
         let ms = |d: Duration| d.as_millis() as u64;
         let mut call = self.connection_call(&RELAY_NEXT, connection_id, &[]);
-        call.arg(token)
-            .arg(socket_id)
-            .arg(sent.outcome.label())
-            .arg(sent.deadline)
+        call.arg(step.token)
+            .arg(step.socket)
+            .arg(step.sent.outcome.label())
             .arg(ms(policy.raw_window))
-            .arg(flag(hot_only))
+            .arg(flag(step.hot_only))
             .arg(ms(policy.visibility))
             .arg(ms(policy.retry))
             .arg(policy.batch)
             .arg(policy.batch_bytes)
             .arg(policy.most_in_flight)
             .arg(ms(policy.wrap_lease))
-            .arg(sent.ids);
+            .arg(flag(step.beside_post));
+        for (id, deadline) in step.sent.handed_out {
+            call.arg(id).arg(deadline);
+        }
         let reply: Vec<redis::Value> = match self.call(&call).await {
             Ok(reply) => reply,
             Err(StoreError::Redis(error)) if error.code() == Some("FENCED") => {
@@ -228,6 +234,7 @@ impl Store {
         let kind: String = decode(reply.next())?;
         match kind.as_str() {
             "raw" | "wrap" => {
+                let socket = decode(reply.next())?;
                 let deadline = decode(reply.next())?;
                 if decode::<u8>(reply.next())? == 1 {
                     self.index_due(connection_id, deadline).await?;
@@ -240,22 +247,31 @@ impl Store {
                         body: (!body.is_empty()).then_some(body),
                     });
                 }
-                let hand_out = HandOut { deadline, messages };
+                let hand_out = HandOut {
+                    socket,
+                    deadline,
+                    messages,
+                };
                 Ok(if kind == "raw" {
                     RelayStep::Raw(hand_out)
                 } else {
                     RelayStep::Wrap(hand_out)
                 })
             }
-            "retry" => {
-                if decode::<u8>(reply.next())? == 1 {
-                    let at = crate::model::now_ms() + ms(policy.retry) as i64;
+            "retry" | "busy" => {
+                let at: i64 = decode(reply.next())?;
+                if at >= 0 {
                     self.index_due(connection_id, at).await?;
                 }
-                Ok(RelayStep::Retry)
+                Ok(if kind == "retry" {
+                    RelayStep::Retry
+                } else {
+                    RelayStep::Busy
+                })
             }
             "failed" => Ok(RelayStep::Failed),
             "unbound" => Ok(RelayStep::Unbound),
+            "none" => Ok(RelayStep::Nothing),
             _ => Ok(RelayStep::Idle),
         }
     }

@@ -203,6 +203,8 @@ pub struct Reply {
     /// Sent in order; a name may repeat (several `X-Mpr-Connection-Id`).
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// How long the stand-in takes before answering (a mediator that stalls).
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -211,6 +213,7 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: String::new(),
+            delay: Duration::ZERO,
         }
     }
 
@@ -226,6 +229,12 @@ impl Reply {
 
     pub fn body(mut self, body: &str) -> Self {
         self.body = body.to_owned();
+        self
+    }
+
+    /// Answers only after `delay`.
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
         self
     }
 }
@@ -363,6 +372,7 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Reply {
     // The rule runs unlocked: it may take its time, or set the next reply.
     let reply = queued.unwrap_or_else(|| rule(&received));
     shared.received.send_modify(|all| all.push(received));
+    tokio::time::sleep(reply.delay).await;
     reply
 }
 

@@ -319,6 +319,16 @@ local function redeliver(Q, visibility)
     local head = redis.call("ZRANGE", Q.inflight, 0, 0, "WITHSCORES")
     if head[1] then due = tonumber(head[2]) end
   end
+  -- A relay's pending messages wait for its lease holder; if that holder died, its lease still
+  -- keeps everyone else out until it ends: come back then (the kick this step makes meets the
+  -- lease), or the messages wait for the next add.
+  if conn[1] == RELAY_KIND then
+    local held = redis.call("PTTL", Q.relay)
+    if held > 0 and (redis.call("ZCARD", Q.pending) > 0 or redis.call("ZCARD", Q.cold) > 0) then
+      local lease_end = now + held
+      if due < 0 or due > lease_end then due = lease_end end
+    end
+  end
   if due >= 0 then redis.call("HSET", Q.conn, "due", due) else redis.call("HDEL", Q.conn, "due") end
   return {due, conn[1] or "", conn[2] or "", deadline, out, released, last}
 end

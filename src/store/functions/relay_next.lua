@@ -1,33 +1,56 @@
--- One step of a SocketDock delivery loop, run by the holder of the connection's relay lease:
--- settles what it last sent, then hands out what goes next, oldest first across both tiers.
--- ARGV: 1 lease token, 2 socket id, 3 how the last hand-out ended: "ok" (a raw frame SocketDock
--- took: it leaves the queue), "wrapped" (a pickup delivery SocketDock took: its messages stay in
--- flight until the recipient's messages-received removes them), "failed" (the socket is gone:
--- back to their places; the caller ends the socket's bindings), "retry" (the mediator did not
--- wrap them: in flight until ARGV 8 ms from now, when the deadline sweep brings them back),
--- 4 the deadline they were handed out with, 5 how long a raw frame may be in flight (ms; the
--- lease lasts as long, so that when a holder dies its message is back in its place before
--- anyone else holds the lease), 6 "1" to leave cold messages out, 7 the visibility timeout
--- (ms) of a pickup delivery, 8 the retry delay (ms), 9 most messages in one pickup delivery,
--- 10 most bytes of them, 11 most messages in flight to the connection at once, 12 how long the
--- lease lasts after handing out a pickup delivery (ms: the mediator wraps it, then SocketDock
--- takes it), 13.. the ids last handed out.
+-- One step of a SocketDock delivery loop: settles what the loop last sent, then hands out what
+-- goes next, oldest first across both tiers.
+-- ARGV: 1 lease token, 2 socket id ("" for a loop's first step: it takes the connection's relay
+-- lease, if nobody holds it, and the socket is the one the connection is bound to), 3 how the
+-- last hand-out ended: "ok" (a raw frame SocketDock took: it leaves the queue), "wrapped" (a
+-- pickup delivery SocketDock took: its messages stay in flight until the recipient's
+-- messages-received removes them), "failed" (the socket is gone: back to their places; the
+-- caller ends the socket's bindings), "retry" (the mediator did not wrap them: in flight until
+-- ARGV 7 ms from now, when the deadline sweep brings them back), 4 how long a raw frame may be
+-- in flight (ms; the lease lasts as long, so that when a holder dies its message is back in its
+-- place before anyone else holds the lease), 5 "1" to leave cold messages out, 6 the visibility
+-- timeout (ms) of a pickup delivery, 7 the retry delay (ms), 8 most messages in one pickup
+-- delivery, 9 most bytes of them, 10 most messages in flight to the connection at once, 11 how
+-- long the lease lasts after handing out a pickup delivery (ms: the mediator wraps it, then
+-- SocketDock takes it), 12 "1" when a raw frame of this holder is still on its way (the step
+-- runs beside its POST): the lease is kept whatever happens and only a raw frame is handed out,
+-- 13.. pairs of an id last handed out and the deadline it was handed out with.
 -- The connection's `ack` field (set when its recipient turned Pickup V2 live mode on) chooses
 -- the next hand-out: one raw frame, or a batch for the mediator to wrap in a pickup delivery.
--- Returns {"raw", deadline, due, id, body} (body "" for a cold message; due as in
--- take_from_queue), {"wrap", deadline, due, id, body, ...}, {"idle"} (nothing pending, or as
--- many in flight as allowed: a removal kicks the loop again), {"unbound"} (the connection is
--- no longer bound to this socket), {"failed"}, {"retry", due}; the lease is given up by all
--- but "raw" and "wrap". Fails with FENCED when the lease is not the caller's.
-local token, socket, outcome, sent_deadline = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local window, hot_only, visibility, retry = tonumber(ARGV[5]), ARGV[6] == "1", tonumber(ARGV[7]), tonumber(ARGV[8])
-local batch, batch_bytes, most_in_flight = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+-- Returns {"raw", socket, deadline, due, id, body} (body "" for a cold message; due as in
+-- take_from_queue), {"wrap", socket, deadline, due, id, body, ...}, {"idle"} (nothing pending, or
+-- as many in flight as allowed: a removal kicks the loop again), {"unbound"} (the connection is
+-- no longer bound to this socket), {"failed"}, {"retry", at}, {"busy", at} (another holder has
+-- the lease), {"none"} (a step beside a POST with nothing to hand out: the lease is kept); at is
+-- when the caller must enter the connection in the deadline index (Redis clock), or -1. The
+-- lease is given up by "idle", "unbound", "failed" and "retry". Fails with FENCED when the
+-- lease is not the caller's.
+local token, socket, outcome = ARGV[1], ARGV[2], ARGV[3]
+local window, hot_only, visibility, retry = tonumber(ARGV[4]), ARGV[5] == "1", tonumber(ARGV[6]), tonumber(ARGV[7])
+local batch, batch_bytes, most_in_flight = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local hold = ARGV[12] == "1"
 local lease = window
-if redis.call("GET", Q.relay) ~= token then return redis.error_reply("FENCED relay lease lost") end
 local now = now_ms()
-for i = 13, #ARGV do
+if socket == "" then
+  if not redis.call("SET", Q.relay, token, "NX", "PX", window) then
+    -- If that holder died, its lease outlives it: come back when it ends, or the work that
+    -- kicked this step waits for the next add.
+    local at = now + math.max(redis.call("PTTL", Q.relay), 0)
+    if note_due(Q, at, now) == 1 then return {"busy", at} end
+    return {"busy", -1}
+  end
+  local conn = redis.call("HMGET", Q.conn, "kind", "peer")
+  if conn[1] ~= RELAY_KIND or not conn[2] then
+    redis.call("DEL", Q.relay)
+    return {"unbound"}
+  end
+  socket = conn[2]
+elseif redis.call("GET", Q.relay) ~= token then
+  return redis.error_reply("FENCED relay lease lost")
+end
+for i = 13, #ARGV, 2 do
   local id = ARGV[i]
-  if inflight_with(Q, id, sent_deadline) then
+  if inflight_with(Q, id, tonumber(ARGV[i + 1])) then
     if outcome == "ok" then
       delete(Q, id)
     elseif outcome == "failed" then
@@ -45,22 +68,28 @@ if outcome == "failed" then
 end
 if outcome == "retry" then
   redis.call("DEL", Q.relay)
-  return {"retry", note_due(Q, now + retry, now)}
+  local at = now + retry
+  if note_due(Q, at, now) == 1 then return {"retry", at} end
+  return {"retry", -1}
 end
+-- Beside a POST, whatever is not a raw frame to hand out waits for the step after it.
+local acknowledged = redis.call("HGET", Q.conn, "ack")
+if hold and acknowledged then return {"none"} end
 if not bound_to(Q, RELAY_KIND, socket) then
+  if hold then return {"none"} end
   redis.call("DEL", Q.relay)
   return {"unbound"}
 end
 -- What a dead holder had in flight is back in its place before anything newer goes out.
 requeue_expired(Q, now)
 local taken, deadline, kind
-if redis.call("HGET", Q.conn, "ack") then
+if acknowledged then
   local room = math.min(batch, most_in_flight - redis.call("ZCARD", Q.inflight))
   if room <= 0 then
     redis.call("DEL", Q.relay)
     return {"idle"}
   end
-  deadline, kind, lease = now + visibility, "wrap", tonumber(ARGV[12])
+  deadline, kind, lease = now + visibility, "wrap", tonumber(ARGV[11])
   taken = hand_out(Q, nil, room, batch_bytes, false, deadline, hot_only)
   -- A message larger than a batch's bytes goes alone rather than never.
   if #taken == 0 then taken = hand_out(Q, nil, 1, math.huge, false, deadline, hot_only) end
@@ -73,10 +102,11 @@ else
   taken = hand_out(Q, nil, 1, math.huge, false, deadline, hot_only)
 end
 if #taken == 0 then
+  if hold then return {"none"} end
   redis.call("DEL", Q.relay)
   return {"idle"}
 end
 redis.call("PEXPIRE", Q.relay, lease)
-local reply = {kind, deadline, note_due(Q, deadline, now)}
+local reply = {kind, socket, deadline, note_due(Q, deadline, now)}
 for _, v in ipairs(taken) do reply[#reply + 1] = v end
 return reply
