@@ -1,7 +1,8 @@
 //! Storage: the only module that talks to Redis. Every multi-step update is one function of the
 //! library in `functions/` (atomic, and on Redis Cluster within one slot); single-key commands
 //! go out as they are. Callers see typed methods, plain Rust values and [`StoreError`]; which
-//! kind of Redis runs behind (one node or a cluster) is known only to `connection`.
+//! kind of Redis runs behind (one node, a cluster, or a master named by Redis Sentinel) is known
+//! only to `connection`.
 
 mod clock;
 mod connection;
@@ -16,6 +17,7 @@ mod queue;
 mod record;
 mod redelivery;
 mod relay;
+mod sentinel;
 mod tiering;
 
 use std::sync::Arc;

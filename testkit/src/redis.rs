@@ -17,6 +17,9 @@ pub struct RedisOpts {
     /// Passed after `--port <port> --bind 127.0.0.1 --save "" --appendonly no` (no persistence);
     /// later settings win, so `["--appendonly", "yes", "--dir", …]` turns AOF on.
     pub args: Vec<String>,
+    /// A config file, named before every flag (redis-server wants it first): a sentinel needs
+    /// one it can rewrite.
+    pub config_file: Option<std::path::PathBuf>,
     pub spawn: Spawn,
 }
 
@@ -27,6 +30,7 @@ impl RedisOpts {
             bin: bin.to_owned(),
             port: free_port()?,
             args: Vec::new(),
+            config_file: None,
             spawn: Spawn::default(),
         })
     }
@@ -79,6 +83,7 @@ impl RedisServer {
             bail!("redis-server on port {port} is running");
         }
         let mut cmd = Command::new(&self.opts.bin);
+        cmd.args(&self.opts.config_file);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(&self.opts.args);
