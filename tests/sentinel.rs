@@ -7,6 +7,9 @@
 //!
 //! Two replicas, so that the promoted one has a replica of its own and writes waiting for one
 //! (WAIT 1) are acknowledged again after the failover.
+//!
+//! Credentials: the sentinels' (REDIS_SENTINEL_USERNAME/PASSWORD) and the master's (REDIS_URL)
+//! are each sent where they belong, and each, when wrong, stops the server naming its settings.
 
 mod support;
 
@@ -75,4 +78,99 @@ async fn with_wait_a_sentinel_failover_loses_nothing_acknowledged() {
         counts.lost, 0,
         "acknowledged messages lost with REDIS_WAIT_REPLICAS=1"
     );
+}
+
+const SENTINEL_USER: &str = "watcher";
+const SENTINEL_PASSWORD: &str = "sentinel-secret";
+const MASTER_USER: &str = "mpr";
+const MASTER_PASSWORD: &str = "master-secret";
+
+/// The sentinels want [`SENTINEL_USER`]'s password, the master [`MASTER_USER`]'s (its `default`
+/// user may replicate and answer the sentinels, but touch no data); each is refused by name
+/// when wrong, and with both right two instances serve.
+#[tokio::test]
+async fn the_sentinels_and_the_master_take_their_own_credentials() {
+    let mut opts =
+        testkit::RedisSentinelOpts::new(&testkit::redis_server_bin()).expect("free ports");
+    opts.replicas = 1;
+    let own = |user: &str, password: &str| {
+        ["--user", user, "on", &format!(">{password}"), "~*", "+@all"].map(String::from)
+    };
+    opts.sentinel_args = own(SENTINEL_USER, SENTINEL_PASSWORD).into();
+    let default = [
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-@read",
+        "-@write",
+        "-@scripting",
+    ];
+    opts.node_args = default.map(String::from).into();
+    opts.node_args.extend(own(MASTER_USER, MASTER_PASSWORD));
+    let redis = Redis::start_sentinel_with(opts);
+    let master_url = |password: &str| {
+        let url = redis.url();
+        let rest = url.strip_prefix("redis://").unwrap();
+        format!("redis://{MASTER_USER}:{password}@{rest}")
+    };
+    let exit_message = |url: String, sentinel_password: &str| {
+        let mut env: Vec<(String, String)> = redis.topology_env();
+        env.push(("REDIS_URL".into(), url));
+        env.push(("REDIS_SENTINEL_USERNAME".into(), SENTINEL_USER.into()));
+        env.push(("REDIS_SENTINEL_PASSWORD".into(), sentinel_password.into()));
+        let (code, said) = support::run_until_exit(&env, Duration::from_secs(30));
+        assert_eq!(code, Some(1), "{said}");
+        said
+    };
+    let said = exit_message(master_url(MASTER_PASSWORD), "wrong");
+    assert!(
+        said.contains(
+            "server stopped: REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD: Redis refused"
+        ),
+        "{said}"
+    );
+    assert!(
+        !said.contains("wrong"),
+        "the password is not logged: {said}"
+    );
+    let said = exit_message(master_url("wrong"), SENTINEL_PASSWORD);
+    assert!(
+        said.contains("server stopped: REDIS_URL: Redis refused this user"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("wrong"),
+        "the password is not logged: {said}"
+    );
+
+    let url = master_url(MASTER_PASSWORD);
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_SENTINEL_USERNAME", SENTINEL_USER),
+        ("REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD),
+    ];
+    let a = Server::start(&redis, &env).await;
+    let b = Server::start(&redis, &env).await;
+    let mut sender = Client::connect(&a.url()).await;
+    let mut mediator = Client::connect(&b.url()).await;
+    let live = unique_id("c");
+    mediator.add_live_session(&live, "session").await;
+    let id = sender.add(&live, "did:key:z6MkSentinel", "live").await;
+    let push = mediator
+        .next_push(Duration::from_secs(20))
+        .await
+        .expect("a push through the other instance");
+    assert_eq!(push["messages"][0]["id"], id.as_str(), "{push}");
+    let offline = unique_id("c");
+    sender
+        .add(&offline, "did:key:z6MkSentinel", "waiting")
+        .await;
+    let taken = mediator
+        .take(serde_json::json!({"connectionId": offline, "deleteMessages": true}))
+        .await;
+    assert_eq!(support::texts(&taken), ["waiting"]);
 }

@@ -68,8 +68,7 @@ impl SentinelConnection {
         if let Some(resolved) = self.current() {
             return Ok(resolved);
         }
-        // The sentinels name a master only after checking that it says it is one (ROLE).
-        let client = self.inner.sentinels.lock().await.async_get_client().await?;
+        let client = self.ask_sentinels().await?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&self.inner.config)
             .await?;
@@ -83,6 +82,25 @@ impl SentinelConnection {
         );
         *self.inner.current.lock().expect("sentinel lock") = Some(resolved.clone());
         Ok(resolved)
+    }
+
+    /// A client of the master the sentinels name: they name one only after checking that it
+    /// says it is the master (ROLE, with REDIS_URL's credentials). Credentials refused are
+    /// traced to the sentinels' or the master's, so that the error names the setting to fix.
+    async fn ask_sentinels(&self) -> RedisResult<redis::Client> {
+        let mut sentinels = self.inner.sentinels.lock().await;
+        let error = match sentinels.async_get_client().await {
+            Err(error) if access_refused(&error) => error,
+            other => return other,
+        };
+        match sentinels.async_get_sentinel_client().await {
+            Err(refused) if access_refused(&refused) => Err(RedisError::from((
+                ErrorKind::AuthenticationFailed,
+                SENTINELS_REFUSED,
+                refused.to_string(),
+            ))),
+            _ => Err(error),
+        }
     }
 
     /// Drops connection `number` if it is still the current one: the next call resolves the
@@ -113,6 +131,15 @@ impl SentinelConnection {
             Err(_) => {}
         }
     }
+}
+
+/// How an error says that the sentinels refused REDIS_SENTINEL_USERNAME/PASSWORD.
+pub const SENTINELS_REFUSED: &str = "the sentinels refused them";
+
+/// Whether Redis refused the credentials, or the user may not run the command.
+pub fn access_refused(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS"))
 }
 
 /// Whether an error means the node may no longer be the master: it cannot be reached or did

@@ -29,6 +29,12 @@ pub struct RedisSentinelOpts {
     pub down_after: Duration,
     /// `failover-timeout`: bounds a failover's steps, and how soon a failed one is retried.
     pub failover_timeout: Duration,
+    /// Passed to every data node after the replication settings (e.g. an ACL: the sentinels
+    /// and the replicas use the `default` user).
+    pub node_args: Vec<String>,
+    /// Passed to every sentinel after `--sentinel` (e.g. a user for clients; the harness and
+    /// the sentinels among themselves use the `default` user).
+    pub sentinel_args: Vec<String>,
     /// Sentinel configs (each sentinel rewrites its own) and logs; removed on drop.
     pub dir: PathBuf,
     pub spawn: Spawn,
@@ -50,6 +56,8 @@ impl RedisSentinelOpts {
             master_name: "mpr-master".to_owned(),
             down_after: Duration::from_millis(1000),
             failover_timeout: Duration::from_millis(5000),
+            node_args: Vec::new(),
+            sentinel_args: Vec::new(),
             dir,
             spawn: Spawn::default(),
             settle_within: Duration::from_secs(60),
@@ -110,6 +118,7 @@ impl RedisSentinel {
         if let Some(master) = master {
             args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
         }
+        args.extend(self.opts.node_args.iter().cloned());
         self.opts_with(port, "redis", args, None)
     }
 
@@ -125,7 +134,9 @@ impl RedisSentinel {
         );
         // Written here, where the port is known; a failed write shows as a sentinel that exits.
         let _ = std::fs::write(&config, text);
-        self.opts_with(port, "sentinel", vec!["--sentinel".into()], Some(config))
+        let mut args = vec!["--sentinel".to_owned()];
+        args.extend(self.opts.sentinel_args.iter().cloned());
+        self.opts_with(port, "sentinel", args, Some(config))
     }
 
     fn opts_with(

@@ -94,6 +94,11 @@ impl Redis {
     pub fn start_sentinel() -> Self {
         let opts =
             testkit::RedisSentinelOpts::new(&testkit::redis_server_bin()).expect("free ports");
+        Self::start_sentinel_with(opts)
+    }
+
+    /// Sentinel started as `opts` says (e.g. with ACLs).
+    pub fn start_sentinel_with(opts: testkit::RedisSentinelOpts) -> Self {
         let sentinel = testkit::block_on(testkit::RedisSentinel::start(opts))
             .expect("redis-server 7 is installed and the sentinels see the master and replicas");
         let port = testkit::block_on(sentinel.master_port()).expect("a master");
