@@ -522,6 +522,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// A list of nodes as URLs: entries that are URLs as they are, `host:port` ones made one by
+/// `url_of`; blank entries dropped.
+fn as_urls(entries: &[String], url_of: impl Fn(&str) -> String) -> Vec<String> {
+    entries
+        .iter()
+        .map(|entry| entry.trim())
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            if entry.contains("://") {
+                entry.to_owned()
+            } else {
+                url_of(entry)
+            }
+        })
+        .collect()
+}
+
 /// The URL of the node at `address` (`host:port`) with the scheme and credentials of the URL
 /// `template` (`rediss://user:password@...`): how one URL reaches every node of a cluster.
 pub fn redis_url_for(template: &str, address: &str) -> String {
@@ -582,19 +599,7 @@ impl RedisSettings {
         if !template.contains("://") {
             return Err(format!("REDIS_URL {template:?} is not a URL"));
         }
-        let nodes: Vec<String> = self
-            .redis_nodes
-            .iter()
-            .map(|node| node.trim())
-            .filter(|node| !node.is_empty())
-            .map(|node| {
-                if node.contains("://") {
-                    node.to_owned()
-                } else {
-                    redis_url_for(template, node)
-                }
-            })
-            .collect();
+        let nodes = as_urls(&self.redis_nodes, |node| redis_url_for(template, node));
         if nodes.is_empty() {
             return Err("REDIS_TYPE=cluster needs REDIS_NODES (host:port,...)".into());
         }
@@ -608,19 +613,9 @@ impl RedisSettings {
             .redis_url
             .split_once("://")
             .map_or("redis", |(scheme, _)| scheme);
-        let sentinels: Vec<String> = self
-            .redis_sentinels
-            .iter()
-            .map(|sentinel| sentinel.trim())
-            .filter(|sentinel| !sentinel.is_empty())
-            .map(|sentinel| {
-                if sentinel.contains("://") {
-                    sentinel.to_owned()
-                } else {
-                    format!("{scheme}://{sentinel}")
-                }
-            })
-            .collect();
+        let sentinels = as_urls(&self.redis_sentinels, |sentinel| {
+            format!("{scheme}://{sentinel}")
+        });
         if sentinels.is_empty() {
             return Err("REDIS_TYPE=sentinel needs REDIS_SENTINELS (host:port,...)".into());
         }

@@ -146,6 +146,36 @@ pub(crate) async fn start_retrying(
     }
 }
 
+/// Polls `unready` (why what is awaited does not hold yet, or None once it does) every 100 ms
+/// until it says None; fails after `within`, saying `what`, the last reason and where the
+/// `logs` are. An error counts as a reason.
+pub(crate) async fn poll_until<F>(
+    what: &str,
+    within: Duration,
+    logs: &std::path::Path,
+    mut unready: impl FnMut() -> F,
+) -> Result<()>
+where
+    F: Future<Output = Result<Option<String>>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let reason = match unready().await {
+            Ok(None) => return Ok(()),
+            Ok(Some(reason)) => reason,
+            Err(error) => format!("{error:#}"),
+        };
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{what} within {} s: {reason} (logs in {})",
+                within.as_secs_f64(),
+                logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Whether the redis-server answering on `port` is the process `pid`.
 async fn answers_as(port: u16, pid: u32) -> bool {
     let Ok(info) = command(port, &["INFO", "server"]).await else {

@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 
-use crate::redis::{command, start_retrying};
+use crate::redis::{command, poll_until, start_retrying};
 use crate::{
     CLUSTER_BUS_OFFSET, CLUSTER_TLS_OFFSET, RedisOpts, RedisServer, Spawn, free_cluster_port,
     running,
@@ -379,22 +379,7 @@ impl RedisCluster {
     /// every other running node as up, maps all slots to running primaries and names the
     /// replicas exactly as the others do, and (when a replica) has its link to its primary up.
     pub async fn wait_settled(&self, what: &str, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let unsettled = match self.unsettled().await {
-                Ok(None) => return Ok(()),
-                Ok(Some(reason)) => reason,
-                Err(error) => format!("{error:#}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "{what} within {} s: {unsettled} (logs in {})",
-                    within.as_secs_f64(),
-                    self.opts.dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_until(what, within, &self.opts.dir, || self.unsettled()).await
     }
 
     /// Why the running nodes have not settled, or None when they have.

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 
-use crate::redis::{command, start_retrying};
+use crate::redis::{command, poll_until, start_retrying};
 use crate::{RedisOpts, RedisServer, Spawn, free_port};
 
 /// Sentinels watching the master; two of them must agree it is down.
@@ -104,8 +104,8 @@ impl RedisSentinel {
             "master {master}: {} replicas in sync, known to {SENTINELS} sentinels",
             setup.opts.replicas
         );
-        let within = setup.opts.settle_within;
-        setup.wait(&formed, within, Awaited::Formed(master)).await?;
+        let (within, logs) = (setup.opts.settle_within, &setup.opts.dir);
+        poll_until(&formed, within, logs, || setup.formed(master)).await?;
         Ok(setup)
     }
 
@@ -191,34 +191,6 @@ impl RedisSentinel {
             .ok_or_else(|| anyhow!("sentinel {sentinel} does not know {name}"))
     }
 
-    /// Why `awaited` does not hold yet, or None when it does.
-    async fn unready(&self, awaited: Awaited) -> Result<Option<String>> {
-        match awaited {
-            Awaited::Formed(master) => self.formed(master).await,
-            Awaited::FailedOver(old) => self.failed_over(old).await,
-        }
-    }
-
-    /// Polls until `awaited` holds, for at most `within`.
-    async fn wait(&self, what: &str, within: Duration, awaited: Awaited) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let reason = match self.unready(awaited).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(reason)) => reason,
-                Err(error) => format!("{error:#}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "{what}: not within {} s: {reason} (logs in {})",
-                    within.as_secs_f64(),
-                    self.opts.dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     /// REDIS_SENTINELS: every sentinel as `127.0.0.1:<port>`.
     pub fn sentinels_env(&self) -> String {
         let sentinels = self.sentinels.iter();
@@ -261,7 +233,7 @@ impl RedisSentinel {
     /// the master; returns its port.
     pub async fn wait_failover(&self, old: u16, within: Duration) -> Result<u16> {
         let what = format!("no replica took over from the master on port {old}");
-        self.wait(&what, within, Awaited::FailedOver(old)).await?;
+        poll_until(&what, within, &self.opts.dir, || self.failed_over(old)).await?;
         self.master_port().await
     }
 
@@ -293,15 +265,6 @@ impl RedisSentinel {
             .context("running redis-cli")?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
-}
-
-/// What [`RedisSentinel::wait`] waits for.
-#[derive(Clone, Copy)]
-enum Awaited {
-    /// The replicas of the master on this port are in sync, every sentinel knows them all.
-    Formed(u16),
-    /// The sentinels moved from the master on this port to a promoted replica.
-    FailedOver(u16),
 }
 
 /// The port of `address=127.0.0.1:<port>` in a sentinel's master line.
