@@ -5,6 +5,9 @@
 //! With REDIS_WAIT_REPLICAS=1 no acknowledged message may be lost; nothing that got an error
 //! is delivered, nothing comes twice after its removal, order holds.
 //!
+//! A live session whose instance's event stream is on the master keeps receiving through the
+//! failover (`support::live_failover`, as on a cluster).
+//!
 //! Two replicas, so that the promoted one has a replica of its own and writes waiting for one
 //! (WAIT 1) are acknowledged again after the failover.
 //!
@@ -78,6 +81,12 @@ async fn with_wait_a_sentinel_failover_loses_nothing_acknowledged() {
         counts.lost, 0,
         "acknowledged messages lost with REDIS_WAIT_REPLICAS=1"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_keeps_receiving_when_the_master_fails_over() {
+    let mut redis = Redis::start_sentinel();
+    support::live_failover::a_live_session_keeps_receiving(&mut redis).await;
 }
 
 const SENTINEL_USER: &str = "watcher";

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod certs;
+pub mod live_failover;
 pub mod push_standins;
 pub mod reconcile;
 pub mod socketdock;
@@ -206,6 +207,41 @@ impl Redis {
             flags.push(value);
         }
         flags
+    }
+
+    /// kill -9 the node serving `key`: its cluster primary, or the master Sentinel names;
+    /// returns its port.
+    pub async fn kill_node_of(&mut self, key: &str) -> u16 {
+        match &mut self.backend {
+            Backend::Cluster(cluster) => {
+                let victim = cluster
+                    .primary_of_key(key)
+                    .await
+                    .expect("the key's primary");
+                cluster
+                    .kill_node(victim)
+                    .await
+                    .expect("kill -9 the primary");
+                victim
+            }
+            Backend::Sentinel(sentinel) => {
+                let victim = sentinel.master_port().await.expect("a master");
+                sentinel.kill_node(victim).expect("kill -9 the master");
+                victim
+            }
+            Backend::Single(_) => panic!("a single redis-server has no replica to fail over to"),
+        }
+    }
+
+    /// Waits until a replica took over from the node killed on port `killed`; its port.
+    pub async fn wait_failover(&self, killed: u16) -> u16 {
+        let within = Duration::from_secs(60);
+        match &self.backend {
+            Backend::Cluster(cluster) => cluster.wait_failover(killed, within).await,
+            Backend::Sentinel(sentinel) => sentinel.wait_failover(killed, within).await,
+            Backend::Single(_) => panic!("a single redis-server has no replica to fail over to"),
+        }
+        .expect("a replica takes over")
     }
 
     /// Starts (again) on the same port, empty.
