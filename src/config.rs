@@ -129,18 +129,36 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Redis")]
 pub struct RedisSettings {
-    /// `single` (REDIS_URL) or `cluster` (REDIS_NODES).
+    /// `single` (REDIS_URL), `cluster` (REDIS_NODES) or `sentinel` (REDIS_SENTINELS).
     #[arg(long, env = "REDIS_TYPE", value_enum, default_value_t = RedisType::Single)]
     pub redis_type: RedisType,
 
     /// Redis URL in single mode. With REDIS_TYPE=cluster its scheme (`rediss://` for TLS),
-    /// user and password apply to every node of REDIS_NODES given as `host:port`.
+    /// user and password apply to every node of REDIS_NODES given as `host:port`; with
+    /// REDIS_TYPE=sentinel they, and its database, apply to the master the sentinels name.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
     /// Cluster seed nodes (`host:port,...`, or full `redis://` URLs) with REDIS_TYPE=cluster.
     #[arg(long, env = "REDIS_NODES", value_delimiter = ',')]
     pub redis_nodes: Vec<String>,
+
+    /// Sentinels (`host:port,...`, or full `redis://` URLs) with REDIS_TYPE=sentinel; `host:port`
+    /// entries take REDIS_URL's scheme (`rediss://`: TLS), not its credentials.
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name under which the sentinels monitor the master, with REDIS_TYPE=sentinel.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// User for the sentinels (Redis ACL), when they require one.
+    #[arg(long, env = "REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+
+    /// Password for the sentinels (their `requirepass`), when they require one.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
 
     /// Addresses to use for cluster nodes that announce ones this server cannot reach, in the
     /// Node MPR's format: `externalHost:externalPort:internalHost:internalPort,...`.
@@ -495,12 +513,30 @@ pub struct MigrateArgs {
 pub enum RedisType {
     Single,
     Cluster,
+    Sentinel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A list of nodes as URLs: entries that are URLs as they are, `host:port` ones made one by
+/// `url_of`; blank entries dropped.
+fn as_urls(entries: &[String], url_of: impl Fn(&str) -> String) -> Vec<String> {
+    entries
+        .iter()
+        .map(|entry| entry.trim())
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            if entry.contains("://") {
+                entry.to_owned()
+            } else {
+                url_of(entry)
+            }
+        })
+        .collect()
 }
 
 /// The URL of the node at `address` (`host:port`) with the scheme and credentials of the URL
@@ -563,23 +599,43 @@ impl RedisSettings {
         if !template.contains("://") {
             return Err(format!("REDIS_URL {template:?} is not a URL"));
         }
-        let nodes: Vec<String> = self
-            .redis_nodes
-            .iter()
-            .map(|node| node.trim())
-            .filter(|node| !node.is_empty())
-            .map(|node| {
-                if node.contains("://") {
-                    node.to_owned()
-                } else {
-                    redis_url_for(template, node)
-                }
-            })
-            .collect();
+        let nodes = as_urls(&self.redis_nodes, |node| redis_url_for(template, node));
         if nodes.is_empty() {
             return Err("REDIS_TYPE=cluster needs REDIS_NODES (host:port,...)".into());
         }
         Ok(nodes)
+    }
+
+    /// The sentinels as URLs: `host:port` entries take REDIS_URL's scheme, without its
+    /// credentials (those are the master's; REDIS_SENTINEL_USERNAME/PASSWORD are the sentinels').
+    pub fn sentinel_addresses(&self) -> Result<Vec<String>, String> {
+        let scheme = self
+            .redis_url
+            .split_once("://")
+            .map_or("redis", |(scheme, _)| scheme);
+        let sentinels = as_urls(&self.redis_sentinels, |sentinel| {
+            format!("{scheme}://{sentinel}")
+        });
+        if sentinels.is_empty() {
+            return Err("REDIS_TYPE=sentinel needs REDIS_SENTINELS (host:port,...)".into());
+        }
+        if let Some(bad) = sentinels
+            .iter()
+            .find(|url| !url.starts_with("redis://") && !url.starts_with("rediss://"))
+        {
+            return Err(format!(
+                "REDIS_SENTINELS entry {bad:?} must be host:port or a redis:// or rediss:// URL"
+            ));
+        }
+        Ok(sentinels)
+    }
+
+    /// REDIS_SENTINEL_MASTER, required with REDIS_TYPE=sentinel.
+    pub fn sentinel_master(&self) -> Result<&str, String> {
+        match self.redis_sentinel_master.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => Ok(name),
+            _ => Err("REDIS_TYPE=sentinel needs REDIS_SENTINEL_MASTER (the name the sentinels monitor the master under)".into()),
+        }
     }
 
     /// REDIS_NATMAP as (announced, reachable) address pairs.
@@ -701,8 +757,15 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.socketdock.check()?;
         let redis = &self.redis;
-        if redis.redis_type == RedisType::Cluster {
-            redis.cluster_urls()?;
+        match redis.redis_type {
+            RedisType::Single => {}
+            RedisType::Cluster => {
+                redis.cluster_urls()?;
+            }
+            RedisType::Sentinel => {
+                redis.sentinel_addresses()?;
+                redis.sentinel_master()?;
+            }
         }
         redis.natmap()?;
         if !redis.redis_url.starts_with("redis://") && !redis.redis_url.starts_with("rediss://") {

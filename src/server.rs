@@ -69,7 +69,10 @@ impl Server {
             Ok(()) => {}
             Err(error @ StoreError::Unsupported(_)) => return Err(error).context("REDIS_URL"),
             Err(error) if error.is_access_refused() => {
-                return Err(error).context("REDIS_URL: Redis refused this user or its permissions");
+                let settings = error.refused_settings();
+                return Err(error).context(format!(
+                    "{settings}: Redis refused this user or its permissions"
+                ));
             }
             Err(error) => {
                 tracing::warn!(%error, "Redis is not reachable yet; calls fail until it is")

@@ -776,7 +776,7 @@ fn migrate(redis: &Redis, mongo_url: &str) -> String {
         .args(["migrate-from-node", "--progress-interval-ms", "10"])
         .env_clear()
         .env("REDIS_URL", redis.url())
-        .envs(redis.cluster_env())
+        .envs(redis.topology_env())
         .env("MONGODB_URI", mongo_url)
         .env("LOG_LEVEL", "info")
         .output()

@@ -22,7 +22,7 @@ fn bad_values_are_refused_by_name() {
     let cases = [
         ("WS_PORT", "abc"),
         ("APP_PORT", "70000"),
-        ("REDIS_TYPE", "sentinel"),
+        ("REDIS_TYPE", "sentinels"),
         ("VISIBILITY_TIMEOUT_MS", "0"),
         ("LIVENESS_TIMEOUT_MS", "-5"),
         ("MAX_TAKE_MESSAGES", "many"),
@@ -55,6 +55,24 @@ fn settings_that_cannot_run_are_refused_with_a_reason() {
     let (code, stderr) = start_with(&[("REDIS_TYPE", "cluster")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("REDIS_NODES"), "{stderr}");
+    let (code, stderr) = start_with(&[("REDIS_TYPE", "sentinel")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("REDIS_SENTINELS"), "{stderr}");
+    let sentinels = ("REDIS_SENTINELS", "127.0.0.1:26379,127.0.0.1:26380");
+    let (code, stderr) = start_with(&[("REDIS_TYPE", "sentinel"), sentinels]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("REDIS_SENTINEL_MASTER"), "{stderr}");
+    let bad = ("REDIS_SENTINELS", "http://127.0.0.1:26379");
+    let (code, stderr) = start_with(&[
+        ("REDIS_TYPE", "sentinel"),
+        bad,
+        ("REDIS_SENTINEL_MASTER", "m"),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("REDIS_SENTINELS entry \"http://127.0.0.1:26379\""),
+        "{stderr}"
+    );
     let (code, stderr) = start_with(&[("REDIS_NATMAP", "10.0.0.1:7000:redis-1")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("REDIS_NATMAP"), "{stderr}");

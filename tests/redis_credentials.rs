@@ -43,7 +43,7 @@ fn url_as(redis: &Redis, userinfo: &str) -> String {
 
 /// What a server on `url` said before exiting by itself; panics if it keeps running.
 fn exit_message(redis: &Redis, url: &str) -> String {
-    let mut env: Vec<(String, String)> = redis.cluster_env();
+    let mut env: Vec<(String, String)> = redis.topology_env();
     env.push(("REDIS_URL".into(), url.into()));
     let (code, said) = support::run_until_exit(&env, Duration::from_secs(30));
     assert_eq!(code, Some(1), "REDIS_URL={url}: {said}");

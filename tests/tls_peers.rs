@@ -1,6 +1,7 @@
 //! The server speaks TLS to its peers: to a redis-server that speaks TLS only (REDIS_URL=rediss://,
-//! trusting the test's CA through SSL_CERT_FILE, as the system's roots would be), and to a
-//! MongoDB-wire server that speaks TLS only (MONGODB_URI with `tls=true&tlsCAFile=`).
+//! trusting the test's CA through SSL_CERT_FILE, as the system's roots would be), to a Redis
+//! Cluster whose nodes speak TLS to clients and to each other, and to a MongoDB-wire server that
+//! speaks TLS only (MONGODB_URI with `tls=true&tlsCAFile=`).
 
 mod support;
 
@@ -71,6 +72,61 @@ async fn the_server_speaks_tls_to_redis() {
         .take(json!({"connectionId": connection, "deleteMessages": true}))
         .await;
     assert_eq!(support::texts(&taken), ["over TLS"]);
+}
+
+#[tokio::test]
+async fn the_server_speaks_tls_to_a_redis_cluster() {
+    let (ca_file, cert_file, key_file) = certificate_files();
+    let mut opts =
+        testkit::RedisClusterOpts::new(&testkit::redis_server_bin()).expect("free ports");
+    opts.tls = Some(testkit::ClusterTls {
+        cert_file: cert_file.path.clone(),
+        key_file: key_file.path.clone(),
+        ca_file: ca_file.path.clone(),
+    });
+    let redis = Redis::start_cluster_with(opts);
+    // REDIS_URL=rediss://, REDIS_NODES on the nodes' TLS ports: the slot map the server reads
+    // over TLS names TLS ports.
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+
+    // Not trusting the CA, the server does not start on the cluster, and says why.
+    let mut env: Vec<(String, String)> = redis.topology_env();
+    env.push(("REDIS_URL".into(), redis.url()));
+    let (code, said) = support::run_until_exit(&env, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("server stopped: REDIS_URL: "), "{said}");
+    assert!(said.contains("UnknownIssuer"), "{said}");
+
+    let env = [("SSL_CERT_FILE", ca_file.as_str())];
+    let sender_side = Server::start(&redis, &env).await;
+    let mediator_side = Server::start(&redis, &env).await;
+    let mut sender = Client::connect(&sender_side.url()).await;
+    let mut mediator = Client::connect(&mediator_side.url()).await;
+    // Several connections: their slots fall on more than one primary.
+    for round in 0..6 {
+        let live = support::unique_id("tls");
+        mediator.add_live_session(&live, "session").await;
+        let id = sender
+            .add(&live, "did:key:z6MkTlsCluster", &format!("live {round}"))
+            .await;
+        let push = mediator
+            .next_push(Duration::from_secs(20))
+            .await
+            .expect("a push through the other instance");
+        assert_eq!(push["messages"][0]["id"], id.as_str(), "{push}");
+        let offline = support::unique_id("tls");
+        sender
+            .add(
+                &offline,
+                "did:key:z6MkTlsCluster",
+                &format!("waiting {round}"),
+            )
+            .await;
+        let taken = mediator
+            .take(json!({"connectionId": offline, "deleteMessages": true}))
+            .await;
+        assert_eq!(support::texts(&taken), [format!("waiting {round}")]);
+    }
 }
 
 #[tokio::test]

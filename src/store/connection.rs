@@ -1,8 +1,10 @@
-//! One connection type over a single Redis node and a Redis Cluster, so that nothing above
-//! `store` knows which it runs on. Both reconnect by themselves; the cluster one follows
-//! MOVED/ASK redirections and refreshes its view of the slots.
+//! One connection type over a single Redis node, a Redis Cluster and the master Redis
+//! Sentinel names, so that nothing above `store` knows which it runs on. All reconnect by
+//! themselves; the cluster one follows MOVED/ASK redirections and refreshes its view of the
+//! slots, the sentinel one asks the sentinels for the master again after a failover.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -10,14 +12,20 @@ use redis::cluster::ClusterClient;
 use redis::cluster::NodeAddress;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline,
+    RedisError, RedisFuture, RedisResult, TlsMode, Value,
+};
 
+use super::sentinel::{SentinelConnection, Sentinels};
 use crate::config::{RedisSettings, RedisType};
 
 #[derive(Clone)]
 pub enum RedisConnection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConnection),
 }
 
 /// Where to connect, and how to make more connections (blocking reads need their own).
@@ -29,6 +37,7 @@ pub enum RedisClient {
         /// Announced address -> the address to connect to (REDIS_NATMAP).
         natmap: HashMap<NodeAddress, NodeAddress>,
     },
+    Sentinel(Sentinels),
 }
 
 impl RedisClient {
@@ -53,6 +62,9 @@ impl RedisClient {
                     })
                     .collect(),
             },
+            RedisType::Sentinel => Self::Sentinel(Arc::new(tokio::sync::Mutex::new(
+                sentinel_client(settings).map_err(invalid)?,
+            ))),
         })
     }
 
@@ -84,8 +96,60 @@ impl RedisClient {
                     client.get_async_connection().await?,
                 ))
             }
+            Self::Sentinel(sentinels) => {
+                // As on a cluster: a blocking read waits at most its BLOCK time, and a master
+                // that froze while a sentinel promoted another must not hold a reader forever.
+                let response = timeout.unwrap_or(Duration::from_secs(60));
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(response))
+                    .set_connection_timeout(Some(response.min(Duration::from_secs(5))));
+                Ok(RedisConnection::Sentinel(SentinelConnection::new(
+                    sentinels.clone(),
+                    config,
+                )))
+            }
         }
     }
+}
+
+/// The sentinels of REDIS_SENTINELS, asked for REDIS_SENTINEL_MASTER's address; the master is
+/// reached with REDIS_URL's scheme (TLS with rediss://), user, password and database.
+fn sentinel_client(settings: &RedisSettings) -> Result<SentinelClient, String> {
+    let sentinels = settings.sentinel_addresses()?;
+    let master = settings.sentinel_master()?;
+    let redis_url = settings
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(|error| format!("REDIS_URL: {error}"))?;
+    let mut node = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(redis_url.redis_settings().clone());
+    if let ConnectionAddr::TcpTls { insecure, .. } = redis_url.addr() {
+        node = node.set_tls_mode(if *insecure {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        });
+    }
+    let sentinels = sentinels
+        .into_iter()
+        .map(|url| {
+            let info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(|error| format!("REDIS_SENTINELS entry {url:?}: {error}"))?;
+            let mut auth = info.redis_settings().clone();
+            if let Some(username) = &settings.redis_sentinel_username {
+                auth = auth.set_username(username);
+            }
+            if let Some(password) = &settings.redis_sentinel_password {
+                auth = auth.set_password(password);
+            }
+            Ok(info.set_redis_settings(auth))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    SentinelClient::build(sentinels, master, Some(node), SentinelServerType::Master)
+        .map_err(|error| format!("REDIS_SENTINELS: {error}"))
 }
 
 impl RedisConnection {
@@ -95,6 +159,7 @@ impl RedisConnection {
         let count = pipeline.len();
         match self {
             Self::Single(conn) => conn.req_packed_commands(pipeline, 0, count).await,
+            Self::Sentinel(conn) => conn.req_packed_commands(pipeline, 0, count).await,
             Self::Cluster(conn) => {
                 let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
                 conn.route_pipeline(
@@ -114,6 +179,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
             Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Sentinel(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -126,6 +192,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
             Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -133,6 +200,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(conn) => conn.get_db(),
             Self::Cluster(conn) => conn.get_db(),
+            Self::Sentinel(conn) => conn.get_db(),
         }
     }
 }

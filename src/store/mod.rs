@@ -1,7 +1,8 @@
 //! Storage: the only module that talks to Redis. Every multi-step update is one function of the
 //! library in `functions/` (atomic, and on Redis Cluster within one slot); single-key commands
 //! go out as they are. Callers see typed methods, plain Rust values and [`StoreError`]; which
-//! kind of Redis runs behind (one node or a cluster) is known only to `connection`.
+//! kind of Redis runs behind (one node, a cluster, or a master named by Redis Sentinel) is known
+//! only to `connection`.
 
 mod clock;
 mod connection;
@@ -16,6 +17,7 @@ mod queue;
 mod record;
 mod redelivery;
 mod relay;
+mod sentinel;
 mod tiering;
 
 use std::sync::Arc;
@@ -115,8 +117,18 @@ impl StoreError {
     /// Redis refused the credentials of REDIS_URL, or its user may not run what the server
     /// needs (ACL): a setting to fix, not an outage to wait out.
     pub fn is_access_refused(&self) -> bool {
-        matches!(self, Self::Redis(error) if error.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(error.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS")))
+        matches!(self, Self::Redis(error) if sentinel::access_refused(error))
+    }
+
+    /// The settings whose credentials Redis refused (see [`Self::is_access_refused`]): the
+    /// sentinels' with REDIS_TYPE=sentinel when they refused them, else REDIS_URL's.
+    pub fn refused_settings(&self) -> &'static str {
+        match self {
+            Self::Redis(error) if error.to_string().contains(sentinel::SENTINELS_REFUSED) => {
+                "REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD"
+            }
+            _ => "REDIS_URL",
+        }
     }
 
     fn is_missing_function(&self) -> bool {

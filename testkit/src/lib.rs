@@ -1,7 +1,7 @@
 //! Child processes for the mpr integration tests and the benchmark tool, written once: a
-//! redis-server or a Redis Cluster of six, a SecantusDB (a MongoDB-wire server), a SocketDock
-//! and `mpr` instances, each on free 127.0.0.1 ports, started, awaited until they answer, and
-//! stopped.
+//! redis-server, a Redis Cluster of six, a master with replicas and three sentinels, a
+//! SecantusDB (a MongoDB-wire server), a SocketDock and `mpr` instances, each on free
+//! 127.0.0.1 ports, started, awaited until they answer, and stopped.
 //!
 //! Everything is fallible (`anyhow::Result`); the tests wrap it with `expect`. Waits are async;
 //! [`block_on`] serves synchronous callers, even from inside a runtime.
@@ -10,6 +10,7 @@ mod mpr;
 mod proc;
 mod redis;
 mod redis_cluster;
+mod redis_sentinel;
 mod secantus;
 mod socketdock;
 
@@ -24,7 +25,8 @@ use tokio::net::TcpStream;
 pub use mpr::{MprOpts, MprServer};
 pub use proc::{Log, Proc, Spawn, die_with_parent, kill_all, running, stop};
 pub use redis::{RedisOpts, RedisServer};
-pub use redis_cluster::{RedisCluster, RedisClusterOpts};
+pub use redis_cluster::{ClusterTls, RedisCluster, RedisClusterOpts};
+pub use redis_sentinel::{RedisSentinel, RedisSentinelOpts};
 pub use secantus::{Secantus, SecantusOpts, SecantusTls};
 pub use socketdock::{SocketDock, SocketDockOpts};
 
@@ -42,10 +44,14 @@ pub fn free_port() -> Result<u16> {
 /// How far above its port a Redis Cluster node binds its cluster bus port.
 pub const CLUSTER_BUS_OFFSET: u16 = 10_000;
 
-/// A port for a Redis Cluster node: nobody listens on it nor on its cluster bus port (port +
-/// [`CLUSTER_BUS_OFFSET`], which the node binds too) right now.
+/// How far above its port a node of a TLS cluster listens with TLS.
+pub const CLUSTER_TLS_OFFSET: u16 = 1;
+
+/// A port for a Redis Cluster node: nobody listens on it, on its cluster bus port (port +
+/// [`CLUSTER_BUS_OFFSET`], which the node binds too) nor on its TLS port (port +
+/// [`CLUSTER_TLS_OFFSET`], bound in a TLS cluster) right now.
 pub fn free_cluster_port() -> Result<u16> {
-    pick_port(&[0, CLUSTER_BUS_OFFSET])
+    pick_port(&[0, CLUSTER_TLS_OFFSET, CLUSTER_BUS_OFFSET])
 }
 
 /// A port `p` such that every `p + offset` is free now and was never handed out here before.

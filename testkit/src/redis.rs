@@ -17,6 +17,9 @@ pub struct RedisOpts {
     /// Passed after `--port <port> --bind 127.0.0.1 --save "" --appendonly no` (no persistence);
     /// later settings win, so `["--appendonly", "yes", "--dir", …]` turns AOF on.
     pub args: Vec<String>,
+    /// A config file, named before every flag (redis-server wants it first): a sentinel needs
+    /// one it can rewrite.
+    pub config_file: Option<std::path::PathBuf>,
     pub spawn: Spawn,
 }
 
@@ -27,6 +30,7 @@ impl RedisOpts {
             bin: bin.to_owned(),
             port: free_port()?,
             args: Vec::new(),
+            config_file: None,
             spawn: Spawn::default(),
         })
     }
@@ -79,6 +83,7 @@ impl RedisServer {
             bail!("redis-server on port {port} is running");
         }
         let mut cmd = Command::new(&self.opts.bin);
+        cmd.args(&self.opts.config_file);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(&self.opts.args);
@@ -138,6 +143,36 @@ pub(crate) async fn start_retrying(
         // Said, so that a test's output shows a port race it got over.
         eprintln!("redis-server did not come up on port {port}; trying a fresh port");
         port = fresh()?;
+    }
+}
+
+/// Polls `unready` (why what is awaited does not hold yet, or None once it does) every 100 ms
+/// until it says None; fails after `within`, saying `what`, the last reason and where the
+/// `logs` are. An error counts as a reason.
+pub(crate) async fn poll_until<F>(
+    what: &str,
+    within: Duration,
+    logs: &std::path::Path,
+    mut unready: impl FnMut() -> F,
+) -> Result<()>
+where
+    F: Future<Output = Result<Option<String>>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let reason = match unready().await {
+            Ok(None) => return Ok(()),
+            Ok(Some(reason)) => reason,
+            Err(error) => format!("{error:#}"),
+        };
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{what} within {} s: {reason} (logs in {})",
+                within.as_secs_f64(),
+                logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -5,12 +5,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 
-use crate::redis::{command, start_retrying};
-use crate::{RedisOpts, RedisServer, Spawn, free_cluster_port, running};
+use crate::redis::{command, poll_until, start_retrying};
+use crate::{
+    CLUSTER_BUS_OFFSET, CLUSTER_TLS_OFFSET, RedisOpts, RedisServer, Spawn, free_cluster_port,
+    running,
+};
 
 /// Slots of a Redis Cluster: 0..16384.
 const SLOTS: u32 = 16384;
@@ -41,6 +44,20 @@ pub struct RedisClusterOpts {
     /// (a server without REDIS_NATMAP, `redis-cli -c` after a redirection) reaches nothing
     /// unless the host leads there.
     pub announce_host: Option<String>,
+    /// None (the default): plain TCP only. Some: every node also listens with TLS, on the port
+    /// above its own ([`CLUSTER_TLS_OFFSET`]), and the nodes gossip and replicate over TLS
+    /// (`--tls-cluster`, `--tls-replication`). A client on a TLS port is told TLS ports
+    /// (CLUSTER SLOTS, MOVED), one on a plain port plain ones: the harness keeps to plain
+    /// ports, [`RedisCluster::seed_nodes_env`] and [`RedisCluster::url`] give the TLS ones.
+    pub tls: Option<ClusterTls>,
+}
+
+/// A TLS cluster's files (PEM): every node's certificate and key, and the CA that signed them.
+#[derive(Clone, Debug)]
+pub struct ClusterTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 impl RedisClusterOpts {
@@ -66,6 +83,7 @@ impl RedisClusterOpts {
             // (a full sync per replica) can take many seconds.
             settle_within: Duration::from_secs(90),
             announce_host: None,
+            tls: None,
         })
     }
 }
@@ -154,6 +172,28 @@ impl RedisCluster {
                 "hostname".into(),
             ]);
         }
+        if let Some(tls) = &self.opts.tls {
+            let file = |path: &PathBuf| path.display().to_string();
+            args.extend([
+                "--tls-port".into(),
+                (port + CLUSTER_TLS_OFFSET).to_string(),
+                "--tls-cert-file".into(),
+                file(&tls.cert_file),
+                "--tls-key-file".into(),
+                file(&tls.key_file),
+                "--tls-ca-cert-file".into(),
+                file(&tls.ca_file),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--tls-cluster".into(),
+                "yes".into(),
+                "--tls-replication".into(),
+                "yes".into(),
+                // Else the bus port would be counted from the TLS port.
+                "--cluster-port".into(),
+                (port + CLUSTER_BUS_OFFSET).to_string(),
+            ]);
+        }
         args.extend(self.opts.args.iter().cloned());
         let mut spawn = self.opts.spawn.clone();
         spawn.log = crate::Log::File(dir.join(format!("redis-{port}.log")));
@@ -161,6 +201,7 @@ impl RedisCluster {
             bin: self.opts.bin.clone(),
             port,
             args,
+            config_file: None,
             spawn,
         }
     }
@@ -183,15 +224,34 @@ impl RedisCluster {
         nodes.map(|(&port, real)| (announced(port), real)).collect()
     }
 
-    /// The nodes as a server's `REDIS_NODES` wants them: `127.0.0.1:<port>,…`.
+    /// The nodes as a server's `REDIS_NODES` wants them: `127.0.0.1:<port>,…` (in a TLS
+    /// cluster their TLS ports).
     pub fn seed_nodes_env(&self) -> String {
-        self.nodes().join(",")
+        let ports = self.opts.ports.iter();
+        let nodes: Vec<String> = ports
+            .map(|&port| format!("127.0.0.1:{}", self.client_port(port)))
+            .collect();
+        nodes.join(",")
     }
 
-    /// `redis://` on the first node: the scheme (and, were there any, credentials) for a
-    /// server's `REDIS_URL`.
+    /// `redis://` on the first node (in a TLS cluster `rediss://` on its TLS port): the scheme
+    /// (and, were there any, credentials) for a server's `REDIS_URL`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.opts.ports[0])
+        let scheme = if self.opts.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let port = self.client_port(self.opts.ports[0]);
+        format!("{scheme}://127.0.0.1:{port}")
+    }
+
+    /// The port a client of the node on `port` uses: its TLS port in a TLS cluster.
+    fn client_port(&self, port: u16) -> u16 {
+        match self.opts.tls {
+            Some(_) => port + CLUSTER_TLS_OFFSET,
+            None => port,
+        }
     }
 
     /// The directory holding the nodes' files and logs.
@@ -319,22 +379,7 @@ impl RedisCluster {
     /// every other running node as up, maps all slots to running primaries and names the
     /// replicas exactly as the others do, and (when a replica) has its link to its primary up.
     pub async fn wait_settled(&self, what: &str, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let unsettled = match self.unsettled().await {
-                Ok(None) => return Ok(()),
-                Ok(Some(reason)) => reason,
-                Err(error) => format!("{error:#}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "{what} within {} s: {unsettled} (logs in {})",
-                    within.as_secs_f64(),
-                    self.opts.dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_until(what, within, &self.opts.dir, || self.unsettled()).await
     }
 
     /// Why the running nodes have not settled, or None when they have.

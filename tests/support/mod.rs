@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod certs;
+pub mod live_failover;
 pub mod push_standins;
 pub mod reconcile;
 pub mod socketdock;
@@ -33,6 +34,7 @@ pub struct Redis {
 enum Backend {
     Single(testkit::RedisServer),
     Cluster(testkit::RedisCluster),
+    Sentinel(testkit::RedisSentinel),
 }
 
 /// Whether this run is against a Redis Cluster (`MPR_TEST_REDIS=cluster`; `single` or unset:
@@ -88,6 +90,25 @@ impl Redis {
         }
     }
 
+    /// A master with two replicas and three sentinels (`testkit::RedisSentinel`), whatever
+    /// MPR_TEST_REDIS says: for tests of what only Sentinel does (failover).
+    pub fn start_sentinel() -> Self {
+        let opts =
+            testkit::RedisSentinelOpts::new(&testkit::redis_server_bin()).expect("free ports");
+        Self::start_sentinel_with(opts)
+    }
+
+    /// Sentinel started as `opts` says (e.g. with ACLs).
+    pub fn start_sentinel_with(opts: testkit::RedisSentinelOpts) -> Self {
+        let sentinel = testkit::block_on(testkit::RedisSentinel::start(opts))
+            .expect("redis-server 7 is installed and the sentinels see the master and replicas");
+        let port = testkit::block_on(sentinel.master_port()).expect("a master");
+        Self {
+            port,
+            backend: Backend::Sentinel(sentinel),
+        }
+    }
+
     /// One redis-server with extra arguments (e.g. AOF on).
     pub fn start_with(args: &[&str]) -> Self {
         assert!(!cluster_mode(), "{}", Self::NOT_IN_A_CLUSTER);
@@ -109,14 +130,14 @@ impl Redis {
     fn single(&self) -> &testkit::RedisServer {
         match &self.backend {
             Backend::Single(server) => server,
-            Backend::Cluster(_) => panic!("{}", Self::NOT_IN_A_CLUSTER),
+            _ => panic!("{}", Self::NOT_IN_A_CLUSTER),
         }
     }
 
     fn single_mut(&mut self) -> &mut testkit::RedisServer {
         match &mut self.backend {
             Backend::Single(server) => server,
-            Backend::Cluster(_) => panic!("{}", Self::NOT_IN_A_CLUSTER),
+            _ => panic!("{}", Self::NOT_IN_A_CLUSTER),
         }
     }
 
@@ -126,48 +147,101 @@ impl Redis {
     /// The cluster when this is one.
     pub fn cluster(&self) -> Option<&testkit::RedisCluster> {
         match &self.backend {
-            Backend::Single(_) => None,
             Backend::Cluster(cluster) => Some(cluster),
+            _ => None,
         }
     }
 
     pub fn cluster_mut(&mut self) -> Option<&mut testkit::RedisCluster> {
         match &mut self.backend {
-            Backend::Single(_) => None,
             Backend::Cluster(cluster) => Some(cluster),
+            _ => None,
         }
     }
 
-    /// For `REDIS_URL`; in a cluster the first node's (the server takes only the scheme and
-    /// credentials from it).
+    /// The master, replicas and sentinels when this is Sentinel.
+    pub fn sentinel_mut(&mut self) -> Option<&mut testkit::RedisSentinel> {
+        match &mut self.backend {
+            Backend::Sentinel(sentinel) => Some(sentinel),
+            _ => None,
+        }
+    }
+
+    /// For `REDIS_URL`; in a cluster the first node's, with Sentinel the first master's (the
+    /// server takes only the scheme and credentials from it).
     pub fn url(&self) -> String {
         match &self.backend {
             Backend::Single(server) => server.url(),
             Backend::Cluster(cluster) => cluster.url(),
+            Backend::Sentinel(sentinel) => sentinel.url(),
         }
     }
 
     /// What an mpr process needs besides `REDIS_URL` to find this Redis: nothing for one
-    /// redis-server, `REDIS_TYPE=cluster` and `REDIS_NODES` for a cluster.
-    pub fn cluster_env(&self) -> Vec<(String, String)> {
+    /// redis-server, `REDIS_TYPE=cluster` and `REDIS_NODES` for a cluster, `REDIS_TYPE=sentinel`,
+    /// `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER` for Sentinel.
+    pub fn topology_env(&self) -> Vec<(String, String)> {
         match &self.backend {
             Backend::Single(_) => Vec::new(),
             Backend::Cluster(cluster) => vec![
                 ("REDIS_TYPE".into(), "cluster".into()),
                 ("REDIS_NODES".into(), cluster.seed_nodes_env()),
             ],
+            Backend::Sentinel(sentinel) => vec![
+                ("REDIS_TYPE".into(), "sentinel".into()),
+                ("REDIS_SENTINELS".into(), sentinel.sentinels_env()),
+                (
+                    "REDIS_SENTINEL_MASTER".into(),
+                    sentinel.master_name().to_owned(),
+                ),
+            ],
         }
     }
 
-    /// The same as command-line flags (`--redis-url …`, in a cluster also `--redis-type`,
-    /// `--redis-nodes`), for an instance built in process.
+    /// The same as command-line flags (`--redis-url …` and [`Self::topology_env`] as flags), for
+    /// an instance built in process.
     pub fn mpr_flags(&self) -> Vec<String> {
         let mut flags = vec!["--redis-url".to_owned(), self.url()];
-        for (name, value) in self.cluster_env() {
+        for (name, value) in self.topology_env() {
             flags.push(format!("--{}", name.to_lowercase().replace('_', "-")));
             flags.push(value);
         }
         flags
+    }
+
+    /// kill -9 the node serving `key`: its cluster primary, or the master Sentinel names;
+    /// returns its port.
+    pub async fn kill_node_of(&mut self, key: &str) -> u16 {
+        match &mut self.backend {
+            Backend::Cluster(cluster) => {
+                let victim = cluster
+                    .primary_of_key(key)
+                    .await
+                    .expect("the key's primary");
+                cluster
+                    .kill_node(victim)
+                    .await
+                    .expect("kill -9 the primary");
+                victim
+            }
+            Backend::Sentinel(sentinel) => {
+                let victim = sentinel.master_port().await.expect("a master");
+                sentinel.kill_node(victim).expect("kill -9 the master");
+                victim
+            }
+            Backend::Single(_) => panic!("a single redis-server has no replica to fail over to"),
+        }
+    }
+
+    /// Waits until a replica took over from the node killed on port `killed`; its port.
+    pub async fn wait_failover(&self, killed: u16) -> u16 {
+        let within = Duration::from_secs(60);
+        match &self.backend {
+            Backend::Cluster(cluster) => cluster.wait_failover(killed, within).await,
+            Backend::Sentinel(sentinel) => sentinel.wait_failover(killed, within).await,
+            Backend::Single(_) => panic!("a single redis-server has no replica to fail over to"),
+        }
+        .expect("a replica takes over")
     }
 
     /// Starts (again) on the same port, empty.
@@ -209,12 +283,22 @@ impl Redis {
     /// redis-cli with `args`; its stdout, trimmed. In a cluster `redis-cli -c` on a running node,
     /// which follows a key to its primary (`--scan` asks every primary).
     pub fn cli(&self, args: &[&str]) -> String {
-        if let Backend::Cluster(cluster) = &self.backend {
-            return cluster
-                .cli(args)
-                .expect("redis-cli is installed")
-                .trim()
-                .to_owned();
+        match &self.backend {
+            Backend::Cluster(cluster) => {
+                return cluster
+                    .cli(args)
+                    .expect("redis-cli is installed")
+                    .trim()
+                    .to_owned();
+            }
+            Backend::Sentinel(sentinel) => {
+                return sentinel
+                    .cli(args)
+                    .expect("redis-cli is installed")
+                    .trim()
+                    .to_owned();
+            }
+            Backend::Single(_) => {}
         }
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
@@ -255,7 +339,7 @@ impl Server {
             testkit::MprOpts::new(env!("CARGO_BIN_EXE_mpr"), &redis.url()).expect("free ports");
         opts.wrapper = wrapper.iter().map(|part| part.to_string()).collect();
         opts.clear_env = true;
-        opts.env = redis.cluster_env();
+        opts.env = redis.topology_env();
         opts.env
             .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         if let Ok(level) = std::env::var("MPR_TEST_LOG") {
