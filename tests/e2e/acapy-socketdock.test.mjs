@@ -83,4 +83,40 @@ describe('ACA-Py mediators (mpr_acapy) behind SocketDock: 2 SocketDock, 2 mpr, 2
       },
     });
   }));
+
+  test('garbage on the MEDIATOR_URL port: 400 naming what is wrong, 404 for an unknown connection', withLogs(async () => {
+    const A = world.mediators[0];
+    const post = async (headers, body) => {
+      const res = await fetch(`http://127.0.0.1:${A.socketdockPort}/`, { method: 'POST', headers, body });
+      return `${res.status} ${await res.text()}`;
+    };
+    const wrap = (body, connectionId = 'c-1') => post({ 'content-type': 'application/json', 'x-mpr-deliver': connectionId }, body);
+    const message = { id: 'a'.repeat(24), receivedAt: new Date().toISOString(), encryptedMessage: { protected: 'x' } };
+    assert.match(await post({ 'content-type': 'application/didcomm-envelope-enc' }, '{}'), /^400 .*X-Mpr-Socket-Id or X-Mpr-Deliver is required/);
+    assert.match(await wrap('not json'), /^400 .*the body is not JSON/);
+    assert.match(await wrap(JSON.stringify({ connectionId: 'other', messages: [message] })), /^400 .*connectionId must be the X-Mpr-Deliver header's/);
+    assert.match(await wrap(JSON.stringify({ connectionId: 'c-1', messages: [] })), /^400 .*messages must be a non-empty array/);
+    assert.match(await wrap(JSON.stringify({ connectionId: 'c-1', messages: [message, { id: 'b' }] })), /^400 .*messages\[1\] must be \{id, receivedAt, encryptedMessage\}/);
+    assert.match(await wrap(JSON.stringify({ connectionId: 'c-1', messages: [message] })), /^404 .*no connection c-1/);
+    assert.match(await post({ 'content-type': 'application/didcomm-envelope-enc', 'x-mpr-socket-id': 'f'.repeat(32) }, 'garbage'), /^400 /);
+  }));
+
+  test('the ACA-Py instance taking the frames killed -9 under a live recipient: the other takes frames, wraps and forwards; every message arrives', withLogs(async () => {
+    const p = pairs[0] ?? (pairs[0] = await pair(CREDO[0], `recipient-${CREDO[0].dir}`));
+    const [A, B] = world.mediators;
+    world.frames.route(B.socketdockPort);
+    world.senders.route(B.httpPort);
+    const run = newRun();
+    await sendAcknowledged(p.sender, p.connectionId, run, 5);
+    await waitForAll(view(p), run, 5);
+    B.killNow();
+    await B.exited();
+    // The balancers now find only A.
+    await sendAcknowledged(p.sender, p.connectionId, run, 5, { from: 5 });
+    await waitForAll(view(p), run, 10, 90_000);
+    assert.ok(world.frames.openTo(A.socketdockPort) >= 1, 'A takes the frames');
+    // At least once: a messages-received B had not handled when it died makes its delivery
+    // come again; what was sent after the kill comes once.
+    assertReceived(view(p), run, 10, { mayRepeat: (seq) => seq < 5, ordered: false });
+  }));
 });

@@ -51,7 +51,9 @@ class SocketDockTransport(base.BaseInboundTransport):
         self.site: web.BaseSite = None
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.max_message_size or MAX_BODY_BYTES)
+        # A wrap request holds up to SOCKETDOCK_DELIVERY_BATCH messages: more than one message
+        # ACA-Py takes (--max-message-size) may be in it.
+        app = web.Application(client_max_size=max(self.max_message_size, MAX_BODY_BYTES))
         app.add_routes([web.post("/", self.handle)])
         runner = web.AppRunner(app)
         await runner.setup()
