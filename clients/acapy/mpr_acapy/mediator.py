@@ -81,7 +81,6 @@ class SocketDockFrame:
     """A session that is one frame an agent sent through SocketDock (mpr_acapy.socketdock): the
     server binds the agent's socket from the frame's answer, so nothing is bound here."""
 
-    socket_id: str
     # (connectionId, on) when the frame turned Pickup 2.0 live mode on or off.
     live_delivery: Optional[tuple[str, bool]] = None
 

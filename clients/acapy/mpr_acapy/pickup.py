@@ -168,8 +168,8 @@ class PickupHandler(BaseHandler):
 
     async def live(self) -> bool:
         """Whether the connection's new messages are pushed to the recipient: live mode on this
-        instance, or, for a frame through SocketDock, a socket bound on the server (which held
-        by any instance, or bound by implicit pickup, also gets them pushed)."""
+        instance; for a frame through SocketDock, whether the server has the connection bound
+        to a socket (by any instance; implicit pickup's raw frames count too)."""
         if self.frame is not None:
             return await self.mediator.client.live_session(self.connection_id)
         binding = self.mediator.bindings.get(self.connection_id)

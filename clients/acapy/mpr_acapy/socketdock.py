@@ -40,7 +40,9 @@ MAX_BODY_BYTES = 4 << 20
 
 # Pickup 2.0 requests answer in their reply and bind no socket: a recipient that polls is not
 # pushed to. Other return-route frames bind it (implicit pickup, or live mode: acknowledged).
-PICKUP_REQUEST = re.compile(r"/messagepickup/2\.0/(status-request|delivery-request|messages-received)$")
+PICKUP_REQUEST = re.compile(
+    r"/messagepickup/2\.0/(status-request|delivery-request|messages-received)$"
+)
 
 
 class SocketDockTransport(base.BaseInboundTransport):
@@ -85,7 +87,7 @@ class SocketDockTransport(base.BaseInboundTransport):
             can_respond=True,
             client_info={"host": request.host, "remote": request.remote, "socket": socket_id},
         )
-        frame = session.mpr_socketdock_frame = SocketDockFrame(socket_id)
+        frame = session.mpr_socketdock_frame = SocketDockFrame()
         async with session:
             inbound, reply = await process(session, await request_body(request))
         headers = {}
