@@ -237,6 +237,73 @@ async fn both_tiers_read_as_one_queue() {
     );
 }
 
+/// A Pickup 2.0 status counts what the cold tier holds as what Redis holds (docs/api.md).
+#[tokio::test]
+async fn queue_status_counts_cold_messages() {
+    let redis = Redis::start();
+    let mongo = Mongo::shared();
+    let database = unique_id("db");
+    let server = cold_server(&redis, &mongo.url(&database), &[]).await;
+    let mut client = Client::connect(&server.url()).await;
+    let connection = unique_id("conn");
+    let old = numbered("old", 3);
+    add_all(&mut client, &connection, "did:a", &old[..2]).await;
+    client.add(&connection, "did:b", &old[2]).await;
+    eventually(MOVE_WAIT, async || cold_count(&redis, &connection) == 3).await;
+    documents_settle(mongo, &database, &connection, 3).await;
+    add_all(&mut client, &connection, "did:b", &numbered("new", 2)).await;
+    assert_eq!(cold_count(&redis, &connection), 3, "new messages stay hot");
+    let bytes: usize = ["old-000", "old-001", "old-002", "new-000", "new-001"]
+        .iter()
+        .map(|t| payload(t).to_string().len())
+        .sum();
+    let all = client.queue_status(&connection, None).await;
+    let for_b = client.queue_status(&connection, Some("did:b")).await;
+
+    // Taken in queue order across both tiers: the receivedAt the status reported.
+    let taken = client
+        .take(json!({"connectionId": connection, "limit": 5}))
+        .await;
+    assert_eq!(
+        texts(&taken),
+        ["old-000", "old-001", "old-002", "new-000", "new-001"]
+    );
+    assert_eq!(all["messageCount"], 5, "{all}");
+    assert_eq!(all["totalBytes"], bytes, "{all}");
+    assert_eq!(
+        all["oldestReceivedAt"], taken[0]["receivedAt"],
+        "the oldest is cold"
+    );
+    assert_eq!(all["newestReceivedAt"], taken[4]["receivedAt"]);
+    assert_eq!(for_b["messageCount"], 3, "{for_b}");
+    assert_eq!(
+        for_b["oldestReceivedAt"], taken[2]["receivedAt"],
+        "did:b's oldest is cold"
+    );
+    assert_eq!(for_b["newestReceivedAt"], taken[4]["receivedAt"]);
+    // In flight: held (bytes) but not pending.
+    assert_eq!(
+        client.queue_status(&connection, None).await,
+        json!({"messageCount": 0, "totalBytes": bytes, "oldestReceivedAt": null, "newestReceivedAt": null})
+    );
+    client
+        .call(
+            "removeMessages",
+            json!({"connectionId": connection, "messageIds": ids(&taken[..2])}),
+        )
+        .await;
+    documents_settle(mongo, &database, &connection, 1).await;
+    let left: usize = ["old-002", "new-000", "new-001"]
+        .iter()
+        .map(|t| payload(t).to_string().len())
+        .sum();
+    assert_eq!(
+        client.queue_status(&connection, None).await["totalBytes"],
+        left,
+        "removed cold messages leave the total"
+    );
+}
+
 /// Three instances move one data set at once, small batches, while a client takes and removes:
 /// every message ends in exactly one place, none is lost or handed out twice.
 #[tokio::test]

@@ -571,12 +571,8 @@ async fn queue_status_reads_count_bytes_and_the_pending_ends_for_the_connection_
         .iter()
         .map(|t| payload(t).to_string().len())
         .sum();
-    let status = |did: Option<&str>| match did {
-        Some(did) => json!({"connectionId": connection, "recipientDid": did}),
-        None => json!({"connectionId": connection}),
-    };
-    let all = client.call("getQueueStatus", status(None)).await;
-    let for_b = client.call("getQueueStatus", status(Some(DID_B))).await;
+    let all = client.queue_status(&connection, None).await;
+    let for_b = client.queue_status(&connection, Some(DID_B)).await;
 
     // Taken without delete: in flight, so not pending, but still held.
     let taken = client.take(json!({"connectionId": connection})).await;
@@ -592,7 +588,7 @@ async fn queue_status_reads_count_bytes_and_the_pending_ends_for_the_connection_
     );
     assert_eq!(for_b["oldestReceivedAt"], taken[1]["receivedAt"]);
     assert_eq!(for_b["newestReceivedAt"], taken[1]["receivedAt"]);
-    let in_flight = client.call("getQueueStatus", status(None)).await;
+    let in_flight = client.queue_status(&connection, None).await;
     assert_eq!(
         in_flight,
         json!({"messageCount": 0, "totalBytes": bytes, "oldestReceivedAt": null, "newestReceivedAt": null})
@@ -602,7 +598,7 @@ async fn queue_status_reads_count_bytes_and_the_pending_ends_for_the_connection_
     let mut again = in_flight;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        again = client.call("getQueueStatus", status(None)).await;
+        again = client.queue_status(&connection, None).await;
         if again["messageCount"] == 3 {
             break;
         }
@@ -616,7 +612,7 @@ async fn queue_status_reads_count_bytes_and_the_pending_ends_for_the_connection_
         )
         .await;
     assert_eq!(
-        client.call("getQueueStatus", status(None)).await,
+        client.queue_status(&connection, None).await,
         json!({"messageCount": 0, "totalBytes": 0, "oldestReceivedAt": null, "newestReceivedAt": null})
     );
     let error = client

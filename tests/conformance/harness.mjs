@@ -407,11 +407,12 @@ export function uniquePrefix() {
  * cluster; `redisUrl` alone: one redis-server there) and waits until GET /ready answers 200.
  * `env` adds to or overrides the defaults below.
  */
-export async function startServer({ redis, redisUrl = redis?.url, prefix, env = {}, name = 'mpr' } = {}) {
+export async function startServer({ redis, redisUrl = redis?.url, prefix, env = {}, name = 'mpr', ports } = {}) {
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const wsPort = await freePort();
-    let appPort = await freePort();
+    // `ports` ({wsPort, appPort}): a server started again where a killed one was.
+    const wsPort = ports?.wsPort ?? (await freePort());
+    let appPort = ports?.appPort ?? (await freePort());
     while (appPort === wsPort) appPort = await freePort();
     const childEnv = {
       PATH: process.env.PATH,

@@ -33,11 +33,15 @@ export function newWallet() {
 /**
  * Starts one ACA-Py mediator instance and resolves once its admin API says ready.
  * `endpoints`: what it advertises (the first is its mediation grants' routing endpoint);
+ * `httpPort`: its mpr_acapy.http port (default a free one); `socketdockPort`: adds
+ * `-it mpr_acapy.socketdock` there;
  * `plugin: false` runs core ACA-Py (its in-memory undelivered queue) for comparison.
  */
-export async function startAcapyMediator({ label, wallet, mprUrl, endpoints, plugin = true, readyTimeoutMs = 90_000 }) {
+export async function startAcapyMediator({
+  label, wallet, mprUrl, endpoints, plugin = true, readyTimeoutMs = 90_000, httpPort: givenHttpPort, socketdockPort,
+}) {
   if (!fs.existsSync(ACAPY)) throw new Error(`${ACAPY} missing: run scripts/ensure-acapy`);
-  const [httpPort, wsPort, adminPort] = [await freePort(), await freePort(), await freePort()];
+  const [httpPort, wsPort, adminPort] = [givenHttpPort ?? (await freePort()), await freePort(), await freePort()];
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'mpr-acapy-'));
   dirs.add(home);
   const args = [
@@ -45,6 +49,8 @@ export async function startAcapyMediator({ label, wallet, mprUrl, endpoints, plu
     // Core too gets the transport that answers after processing, so rates compare like for like.
     '-it', 'mpr_acapy.http', '127.0.0.1', String(httpPort),
     '-it', 'ws', '127.0.0.1', String(wsPort),
+    // The servers' MEDIATOR_URL (frames through SocketDock, pickup deliveries to wrap).
+    ...(socketdockPort ? ['-it', 'mpr_acapy.socketdock', '127.0.0.1', String(socketdockPort)] : []),
     '-ot', 'http', '-ot', 'ws',
     '-e', ...(endpoints ?? [`http://127.0.0.1:${httpPort}`, `ws://127.0.0.1:${wsPort}`]),
     '--admin', '127.0.0.1', String(adminPort), '--admin-insecure-mode',
@@ -74,6 +80,7 @@ export async function startAcapyMediator({ label, wallet, mprUrl, endpoints, plu
     pid: child.pid,
     httpPort,
     wsPort,
+    socketdockPort,
     admin,
     log: () => log,
     exited: () => gone,
@@ -105,8 +112,8 @@ export async function startAcapyMediator({ label, wallet, mprUrl, endpoints, plu
       return res.json();
     },
     /** An out-of-band invitation (DID exchange 1.1) a recipient can accept, then ask mediation on. */
-    async createInvitation() {
-      const oob = await mediator.post('/out-of-band/create-invitation?auto_accept=true', {
+    async createInvitation({ multiUse = false } = {}) {
+      const oob = await mediator.post(`/out-of-band/create-invitation?auto_accept=true&multi_use=${multiUse}`, {
         handshake_protocols: ['https://didcomm.org/didexchange/1.1'],
       });
       return { url: oob.invitation_url };

@@ -1,7 +1,8 @@
 // The seed's HA mediator, whole: mobile recipients' WebSockets in two real SocketDock
 // instances, two mpr servers (SocketDock adapter on), two instances of the runnable Credo
 // mediator (mediators/credo, INBOUND_MODE=socketdock) on one PostgreSQL wallet, Redis and
-// SecantusDB. Every hop goes through a failover balancer, as a deployment's load balancers:
+// SecantusDB (or, given startMediators, other mediators: acapy-socketdock.test.mjs runs ACA-Py
+// with mpr_acapy). Every hop goes through a failover balancer, as a deployment's load balancers:
 //
 //   recipient ─ws─▶ [agents] ─▶ SocketDock 1|2 ─callbacks─▶ [callbacks] ─▶ mpr 1|2
 //   sender ─http─▶ [senders] ─▶ mediator A|B (HTTP_PORT)
@@ -11,17 +12,27 @@
 //
 // The mediator advertises the senders' HTTP endpoint first and the agents' WebSocket second.
 
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { freePort, startMongo, startRedis, startServer, uniquePrefix } from '../conformance/harness.mjs';
-import { scratchDir, startAgent, startFailoverBalancer } from './agents.mjs';
-import { startMediator, walletDatabaseName } from './mediator.mjs';
-import { startSocketDock } from './socketdock.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { closeAllClients, freePort, pollUntil, startMongo, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
+import { stopAcapyMediators } from './acapy.mjs';
+import { agentLogs, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
+import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
+import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
+import { assertReceived, newRun, received, waitForAll } from './world.mjs';
 import { SERVER_ENV } from './world.mjs';
 
 const SECRET = 'e2e-socketdock-secret';
 
-export async function startDockedWorld() {
+/**
+ * `startMediators({ rpcUrls, httpPorts, framePorts, endpoints })` starts the mediator instances
+ * (instance i: RPC through rpcUrls[i], senders' HTTP on httpPorts[i], the servers' frames on
+ * framePorts[i], advertising `endpoints`) and resolves with them, a reusable invitation URL and
+ * `logs()` (their log tails); by default two mediators/credo instances on one PostgreSQL wallet.
+ */
+export async function startDockedWorld({ startMediators = startCredoMediators } = {}) {
   const world = { servers: [], docks: [], mediators: [], agents: [] };
   const [redis, mongo] = await Promise.all([startRedis(), startMongo()]);
   const prefix = uniquePrefix();
@@ -53,29 +64,41 @@ export async function startDockedWorld() {
   const httpPorts = [await freePort(), await freePort()];
   world.senders = await startFailoverBalancer(httpPorts);
 
+  const { mediators, invitationUrl, logs } = await startMediators({
+    rpcUrls: rpc.map((balancer) => `ws://127.0.0.1:${balancer.port}`),
+    httpPorts,
+    framePorts,
+    endpoints: [`http://127.0.0.1:${world.senders.port}`, `ws://127.0.0.1:${world.agentsBalancer.port}/ws`],
+  });
+  world.mediators = mediators;
+  world.invitationUrl = invitationUrl;
+  world.mediatorLogs = logs;
+  world.dir = scratchDir();
+  world.rpc = rpc;
+  return world;
+}
+
+async function startCredoMediators({ rpcUrls, httpPorts, framePorts, endpoints }) {
   const database = walletDatabaseName();
   const walletKey = randomBytes(16).toString('hex');
-  const endpoints = `http://127.0.0.1:${world.senders.port},ws://127.0.0.1:${world.agentsBalancer.port}/ws`;
+  const mediators = [];
   // One after the other: the first makes the wallet (two at once on a new one race; ha-mediator.test.mjs covers that).
   for (const [i, name] of ['A', 'B'].entries()) {
-    world.mediators.push(await startMediator({
+    mediators.push(await startMediator({
       label: `mediator-${name}`,
       env: {
-        MPR_URL: `ws://127.0.0.1:${rpc[i].port}`,
+        MPR_URL: rpcUrls[i],
         WALLET_ID: database,
         WALLET_KEY: walletKey,
         HTTP_PORT: String(httpPorts[i]),
         INBOUND_MODE: 'socketdock',
         SOCKETDOCK_PORT: String(framePorts[i]),
         BIND_ADDRESS: '127.0.0.1',
-        ENDPOINTS: endpoints,
+        ENDPOINTS: endpoints.join(','),
       },
     }));
   }
-  world.invitationUrl = world.mediators[0].invitationUrl;
-  world.dir = scratchDir();
-  world.rpc = rpc;
-  return world;
+  return { mediators, invitationUrl: mediators[0].invitationUrl, logs: mediatorLogs };
 }
 
 /** A Credo agent of `flavour` in the world (`role` recipient or sender); recipients are phones: WebSocket only. */
@@ -89,6 +112,67 @@ export async function joinWorld(world, flavour, { role, label, pickup = 'live', 
   });
   world.agents.push(agent);
   return agent;
+}
+
+/**
+ * A recipient of `flavour` with `pickup`, mediated through SocketDock, and the world's sender of
+ * the same Credo line (one per line) connected to it.
+ */
+export async function joinPair(world, flavour, { pickup = 'live', label }) {
+  const recipient = await joinWorld(world, flavour, { role: 'recipient', label, pickup });
+  await recipient.call('connectMediator', { url: world.invitationUrl });
+  if (pickup === 'poll') await recipient.call('startPickup', {});
+  world.senderAgents ??= {};
+  world.senderAgents[flavour.dir] ??= await joinWorld(world, flavour, { role: 'sender', label: `sender-${flavour.dir}` });
+  const sender = world.senderAgents[flavour.dir];
+  const { connectionId } = await sender.call('receiveInvitation', { url: (await recipient.call('createInvitation')).url });
+  return { flavour, recipient, sender, connectionId, label };
+}
+
+/** The tails of every log of the world, for a failed test's message. */
+export function dockedLogs(world) {
+  return [agentLogs(world?.agents ?? []), world?.mediatorLogs?.() ?? '',
+    ...(world?.docks ?? []).map((d) => `--- ${d.name} log tail ---\n${d.log().slice(-2500)}`),
+    ...(world?.servers ?? []).map((s) => `--- ${s.name} (pid ${s.pid}) log tail ---\n${s.log().slice(-3000) || '(empty)'}`)].join('\n');
+}
+
+/** Stops everything a docked world started (either kind of mediator). */
+export async function stopDockedWorld() {
+  await stopAgents();
+  await stopMediators();
+  await stopAcapyMediators();
+  await stopSocketDocks();
+  await closeAllClients();
+  await stopAll();
+}
+
+/**
+ * The pair `p` (a live recipient) closes its socket cleanly; six messages sent meanwhile are
+ * moved to MongoDB; it comes back through the other SocketDock (after `whileAway`): asserts the
+ * backlog oldest first, once, then four live ones, each once. (Their order is not asserted:
+ * sent while the recipient may still be ending its pickup, one can come in a delivery-request's
+ * reply and the next in a delivery.)
+ */
+export async function offlineThenBack(world, p, { whileAway = () => {} } = {}) {
+  const view = { recipient: p.recipient };
+  const docks = world.docks.map((d) => d.port);
+  const before = docks.find((port) => world.agentsBalancer.openTo(port) > 0);
+  await p.recipient.call('stopPickup');
+  const run = newRun();
+  const moved = await metricSum(world, 'mpr_cold_moved_total');
+  await sendAcknowledged(p.sender, p.connectionId, run, 6);
+  // Old enough to move to MongoDB (THRESHOLD_TIMESTAMP 1 s).
+  assert.ok(await pollUntil(async () => (await metricSum(world, 'mpr_cold_moved_total')) >= moved + 6, { timeoutMs: 20_000, intervalMs: 200 }), 'the backlog moved to MongoDB');
+  const other = docks.find((port) => port !== before) ?? docks[1];
+  world.agentsBalancer.route(other);
+  whileAway();
+  await p.recipient.call('startPickup', {});
+  await waitForAll(view, run, 6);
+  assert.ok(world.agentsBalancer.openTo(other) >= 1, 'the recipient came back through the other SocketDock');
+  assert.deepEqual(received(view, run).map((m) => m.seq), [0, 1, 2, 3, 4, 5], 'the backlog, oldest first, once');
+  await sendAcknowledged(p.sender, p.connectionId, run, 4, { from: 6 });
+  await waitForAll(view, run, 10);
+  assertReceived(view, run, 10, { ordered: false });
 }
 
 /** Server metric lines of `name` (with labels), summed over the servers still running. */
@@ -108,4 +192,25 @@ export async function metricSum(world, name, labels = '') {
     }
   }
   return sum;
+}
+
+/** Sends seq [from, from+count) of `run`, each once the sender's HTTP POST to the mediator was answered (queued). */
+export async function sendAcknowledged(sender, connectionId, run, count, { from = 0, retries = 0 } = {}) {
+  const retried = new Set();
+  for (let seq = from; seq < from + count; seq++) {
+    const content = JSON.stringify({ run, seq, sentAt: Date.now() });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await sender.call('send', { connectionId, content }, 30_000);
+        break;
+      } catch (error) {
+        // A mediator or server killed under the POST: the outcome is unknown, the sender retries
+        // (a message queued before the kill then arrives twice).
+        if (attempt >= retries) throw error;
+        retried.add(seq);
+        await sleep(500);
+      }
+    }
+  }
+  return retried;
 }

@@ -11,8 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { closeAllClients, freePort, pollUntil, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
 import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents } from './agents.mjs';
-import { joinWorld, metricSum, startDockedWorld } from './docked.mjs';
-import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
+import { dockedLogs, joinPair, joinWorld, metricSum, offlineThenBack, sendAcknowledged, startDockedWorld, stopDockedWorld } from './docked.mjs';
+import { startMediator, walletDatabaseName } from './mediator.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
 import { SERVER_ENV, assertReceived, newRun, percentile, received, waitForAll, withLogTails } from './world.mjs';
 
@@ -23,61 +23,19 @@ const ONE_BY_ONE = Number(process.env.MPR_E2E_LATENCY_MESSAGES || 10);
 /** After the last expected message: anything more would be a duplicate (or a re-delivery). */
 const SETTLE_MS = Number(SERVER_ENV.VISIBILITY_TIMEOUT_MS) + 2000;
 
-/** Sends seq [from, from+count) of `run`, each once the sender's HTTP POST to the mediator was answered (queued). */
-async function sendAcknowledged(sender, connectionId, run, count, { from = 0, retries = 0 } = {}) {
-  const retried = new Set();
-  for (let seq = from; seq < from + count; seq++) {
-    const content = JSON.stringify({ run, seq, sentAt: Date.now() });
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await sender.call('send', { connectionId, content }, 30_000);
-        break;
-      } catch (error) {
-        // A mediator or server killed under the POST: the outcome is unknown, the sender retries
-        // (a message queued before the kill then arrives twice).
-        if (attempt >= retries) throw error;
-        retried.add(seq);
-        await sleep(500);
-      }
-    }
-  }
-  return retried;
-}
-
 describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo on one PostgreSQL wallet', () => {
   let world;
-  const senders = {};
   const pairs = {};
-  const logs = () => [agentLogs(world?.agents ?? []), mediatorLogs(),
-    ...(world?.docks ?? []).map((d) => `--- ${d.name} log tail ---\n${d.log().slice(-2500)}`),
-    ...(world?.servers ?? []).map((s) => `--- ${s.name} (pid ${s.pid}) log tail ---\n${s.log().slice(-3000) || '(empty)'}`)].join('\n');
-  const withLogs = withLogTails(logs);
+  const withLogs = withLogTails(() => dockedLogs(world));
   /** The view world.mjs's received / assertReceived / waitForAll take. */
   const view = (pair) => ({ recipient: pair.recipient });
-
-  /** A recipient of `flavour` with `pickup`, mediated through SocketDock, and a sender of the same line connected to it. */
-  async function pair(flavour, pickup, label) {
-    const recipient = await joinWorld(world, flavour, { role: 'recipient', label, pickup });
-    await recipient.call('connectMediator', { url: world.invitationUrl });
-    if (pickup === 'poll') await recipient.call('startPickup', {});
-    senders[flavour.dir] ??= await joinWorld(world, flavour, { role: 'sender', label: `sender-${flavour.dir}` });
-    const invitation = await recipient.call('createInvitation');
-    const sender = senders[flavour.dir];
-    const { connectionId } = await sender.call('receiveInvitation', { url: invitation.url });
-    return { flavour, recipient, sender, connectionId, label };
-  }
+  const pair = (flavour, pickup, label) => joinPair(world, flavour, { pickup, label });
 
   before(withLogs(async () => {
     world = await startDockedWorld();
   }));
 
-  after(async () => {
-    await stopAgents();
-    await stopMediators();
-    await stopSocketDocks();
-    await closeAllClients();
-    await stopAll();
-  });
+  after(() => stopDockedWorld());
 
   test('mediation through SocketDock, live mode: every message once, in order, acknowledged (stock 0.6 and 0.5 senders)', withLogs(async () => {
     for (const flavour of [F06, F05]) pairs[flavour.dir] = await pair(flavour, 'live', `recipient-${flavour.dir}`);
@@ -97,25 +55,7 @@ describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo 
   }));
 
   test('offline, then back through the other SocketDock: the backlog oldest first (some from MongoDB), then live ones, each once; the clean close lost nothing', withLogs(async () => {
-    const p = await live06();
-    const docks = world.docks.map((d) => d.port);
-    const before = docks.find((port) => world.agentsBalancer.openTo(port) > 0);
-    await p.recipient.call('stopPickup');
-    const run = newRun();
-    await sendAcknowledged(p.sender, p.connectionId, run, 6);
-    // Old enough to move to MongoDB (THRESHOLD_TIMESTAMP 1 s).
-    await pollUntil(async () => (await metricSum(world, 'mpr_cold_moved_total')) >= 6, { timeoutMs: 20_000, intervalMs: 200 });
-    const other = docks.find((port) => port !== before) ?? docks[1];
-    world.agentsBalancer.route(other);
-    await p.recipient.call('startPickup', {});
-    await waitForAll(view(p), run, 6);
-    assert.ok(world.agentsBalancer.openTo(other) >= 1, 'the recipient came back through the other SocketDock');
-    assert.deepEqual(received(view(p), run).map((m) => m.seq), [0, 1, 2, 3, 4, 5], 'the backlog, oldest first, once');
-    await sendAcknowledged(p.sender, p.connectionId, run, 4, { from: 6 });
-    await waitForAll(view(p), run, 10);
-    // Live ones each once. (Their order is not asserted: sent while the recipient may still be
-    // ending its pickup, one can come in a delivery-request's reply and the next in a delivery.)
-    assertReceived(view(p), run, 10, { ordered: false });
+    await offlineThenBack(world, await live06());
   }));
 
   test('implicit pickup and polling through SocketDock', withLogs(async () => {

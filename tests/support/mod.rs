@@ -588,6 +588,15 @@ impl Client {
         result.as_u64().expect("a count")
     }
 
+    /// getQueueStatus of the connection, or of one recipient DID.
+    pub async fn queue_status(&mut self, connection_id: &str, did: Option<&str>) -> Value {
+        let params = match did {
+            Some(did) => json!({"connectionId": connection_id, "recipientDid": did}),
+            None => json!({"connectionId": connection_id}),
+        };
+        self.call("getQueueStatus", params).await
+    }
+
     /// Binds a live session of `connection_id` to this socket.
     pub async fn add_live_session(&mut self, connection_id: &str, session_id: &str) {
         let bound = self

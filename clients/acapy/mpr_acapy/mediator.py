@@ -77,6 +77,19 @@ def delivery(messages: list[dict], thread_id: Optional[str] = None, recipient_ke
 
 
 @dataclass
+class SocketDockFrame:
+    """A session that is one frame an agent sent through SocketDock (mpr_acapy.socketdock): the
+    server binds the agent's socket from the frame's answer, so nothing is bound here."""
+
+    # (connectionId, on) when the frame turned Pickup 2.0 live mode on or off.
+    live_delivery: Optional[tuple[str, bool]] = None
+
+
+def socketdock_frame(session: Optional[InboundSession]) -> Optional[SocketDockFrame]:
+    return getattr(session, "mpr_socketdock_frame", None)
+
+
+@dataclass
 class Binding:
     """A recipient's session on this instance that gets the connection's messages as they come."""
 
@@ -233,6 +246,8 @@ class MprMediator:
             or session.reply_mode != MessageReceipt.REPLY_MODE_ALL
             or not message.connection_id
             or message.connection_id in self.bindings
+            # A SocketDock socket is bound by the frame's answer; the server delivers to it.
+            or socketdock_frame(session)
             or "/messagepickup/" in str(message.payload.get("@type", ""))
         ):
             return

@@ -13,7 +13,7 @@ from acapy_agent.messaging.base_handler import (
     RequestContext,
 )
 
-from .mediator import PICKUP, Binding, MprMediator, delivery, did_key
+from .mediator import PICKUP, Binding, MprMediator, delivery, did_key, socketdock_frame
 
 PROTOCOL = "messagepickup/2.0"
 STATUS_REQUEST = f"{PROTOCOL}/status-request"
@@ -122,6 +122,7 @@ class PickupHandler(BaseHandler):
         self.connection_id = context.connection_record.connection_id
         inbound = getattr(responder, "_inbound_message", None)
         self.session = self.mediator.session(inbound.session_id if inbound else None)
+        self.frame = socketdock_frame(self.session)
         await self.answer(context.message)
 
     async def answer(self, message):
@@ -162,11 +163,17 @@ class PickupHandler(BaseHandler):
             status["newest_received_time"] = queue["newestReceivedAt"]
         if recipient_key:
             status["recipient_key"] = recipient_key
-        binding = self.mediator.bindings.get(self.connection_id)
-        status["live_delivery"] = (
-            live if live is not None else bool(binding and binding.pickup)
-        )
+        status["live_delivery"] = live if live is not None else await self.live()
         return status
+
+    async def live(self) -> bool:
+        """Whether the connection's new messages are pushed to the recipient: live mode on this
+        instance; for a frame through SocketDock, whether the server has the connection bound
+        to a socket (by any instance; implicit pickup's raw frames count too)."""
+        if self.frame is not None:
+            return await self.mediator.client.live_session(self.connection_id)
+        binding = self.mediator.bindings.get(self.connection_id)
+        return bool(binding and binding.pickup)
 
 
 class StatusRequestHandler(PickupHandler):
@@ -195,7 +202,12 @@ class MessagesReceivedHandler(PickupHandler):
         binding = self.mediator.bindings.get(self.connection_id)
         if binding and binding.pickup:
             binding.acknowledge(message.message_id_list)
-        if binding and binding.pickup and binding.session is self.session:
+        pushed = (
+            binding is not None and binding.pickup and binding.session is self.session
+            if self.frame is None
+            else await self.live()
+        )
+        if pushed:
             # Live: new messages come as pushes. A status counting one that is being pushed
             # would make the recipient also request it, and the two paths can swap its order.
             return
@@ -205,7 +217,10 @@ class MessagesReceivedHandler(PickupHandler):
 class LiveDeliveryChangeHandler(PickupHandler):
     async def answer(self, message: LiveDeliveryChange):
         receipt = self.context.message_receipt
-        if message.live_delivery:
+        if self.frame is not None:
+            # Through SocketDock the frame's answer tells the server, which binds the socket.
+            self.frame.live_delivery = (self.connection_id, message.live_delivery)
+        elif message.live_delivery:
             if self.session is None or not self.session.can_respond:
                 raise HandlerException("live delivery needs a return-route session")
             await self.mediator.bind(

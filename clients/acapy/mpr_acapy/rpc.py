@@ -158,6 +158,13 @@ class MprClient:
                 del self.live_sessions[connection_id]
             raise
 
+    async def live_session(self, connection_id: str) -> bool:
+        """getLiveSession: whether the connection is bound to a live peer, on any instance."""
+        result = await self.call("getLiveSession", {"connectionId": connection_id})
+        if not isinstance(result, bool):
+            raise MprConnectionError(f"getLiveSession: unexpected result {result!r}")
+        return result
+
     async def remove_live_session(self, connection_id: str) -> bool:
         self.live_sessions.pop(connection_id, None)
         return bool(await self.call("removeLiveSession", {"connectionId": connection_id}))
