@@ -111,7 +111,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_counter!(
         SOCKETDOCK_DELIVERIES,
-        "Frames POSTed to SocketDock sockets, by mode (raw: a message; pickup: a delivery the mediator wrapped) and outcome (ok, failed, unwrapped: the mediator did not wrap)"
+        "Frames POSTed to SocketDock sockets, by mode (raw: a message; pickup: a delivery the mediator wrapped) and outcome (ok, failed, unwrapped: the mediator did not wrap, sent_raw: too large to wrap, sent as a raw frame)"
     );
     metrics::describe_histogram!(
         SOCKETDOCK_SEND_SECONDS,

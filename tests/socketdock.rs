@@ -776,3 +776,41 @@ async fn the_instance_wrapping_a_delivery_dies_and_another_delivers_it_when_its_
     assert_eq!(texts, numbered("m", 1));
     assert!(next_delivery(&mut agent, QUIET).await.is_none(), "once");
 }
+
+#[tokio::test]
+async fn a_message_too_large_to_wrap_goes_as_a_raw_frame_in_its_place() {
+    // The stand-in's delivery of a 9 000-byte message is larger than SOCKETDOCK_MAX_BODY_BYTES:
+    // asked again and again, it would hold up every message behind it.
+    let deployment = deploy_with(1, 1, &[("SOCKETDOCK_MAX_BODY_BYTES", "8192")]).await;
+    deployment.mediator.reply_with(mediator_with_pickup);
+    let mut sender = Client::connect(&deployment.servers[0].url()).await;
+    let connection = unique_id("c");
+    let huge = "H".repeat(9000);
+    add_all(
+        &mut sender,
+        &connection,
+        &["before".to_owned(), huge.clone(), "after".to_owned()],
+    )
+    .await;
+    let mut agent = agent_saying(&deployment.docks[0], &format!("live {connection}")).await;
+    let (_, first) = next_delivery(&mut agent, WAIT).await.expect("a delivery");
+    assert_eq!(first, ["before"]);
+    let raw = agent.next_text(WAIT).await.expect("the large one");
+    let raw: Value = serde_json::from_str(&raw).expect("a JWE as JSON text");
+    assert_eq!(
+        raw["ciphertext"],
+        huge.as_str(),
+        "the message itself, unwrapped"
+    );
+    let (_, last) = next_delivery(&mut agent, WAIT).await.expect("a delivery");
+    assert_eq!(last, ["after"], "then the rest, in order");
+    assert_eq!(
+        deployment.servers[0]
+            .metric(
+                "mpr_socketdock_deliveries_total",
+                "mode=\"pickup\",outcome=\"sent_raw\""
+            )
+            .await,
+        1.0
+    );
+}

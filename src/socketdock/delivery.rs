@@ -184,10 +184,11 @@ impl SocketDock {
                     }
                 }
             }
-            metrics::counter!(telemetry::SOCKETDOCK_DELIVERIES, "mode" => mode.label(), "outcome" => match outcome {
-                Outcome::Taken | Outcome::Wrapped => "ok",
-                Outcome::Failed => "failed",
-                Outcome::Unwrapped => "unwrapped",
+            metrics::counter!(telemetry::SOCKETDOCK_DELIVERIES, "mode" => mode.label(), "outcome" => match (mode, outcome) {
+                (Mode::Pickup, Outcome::Taken) => "sent_raw",
+                (_, Outcome::Taken | Outcome::Wrapped) => "ok",
+                (_, Outcome::Failed) => "failed",
+                (_, Outcome::Unwrapped) => "unwrapped",
             })
             .increment(1);
         }
@@ -277,6 +278,15 @@ impl SocketDock {
     async fn send_wrapped(&self, connection_id: &str, url: &str, bodies: &[String]) -> Outcome {
         let envelope = match self.wrap(connection_id, bodies).await {
             Ok(envelope) => envelope,
+            // A message whose delivery would not fit SOCKETDOCK_MAX_BODY_BYTES goes as a raw
+            // frame rather than never: retried, it would hold up every message behind it.
+            Err("mediator_reply_too_large") if bodies.len() == 1 => {
+                tracing::info!(
+                    connection_id,
+                    "a message too large to wrap in a pickup delivery goes as a raw frame"
+                );
+                return self.send_raw(url, &bodies[0]).await;
+            }
             Err(failure) => {
                 tracing::warn!(
                     connection_id,
