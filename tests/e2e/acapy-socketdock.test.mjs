@@ -49,7 +49,7 @@ describe('ACA-Py mediators (mpr_acapy) behind SocketDock: 2 SocketDock, 2 mpr, 2
     world = await startDockedWorld({ startMediators: startAcapyMediators });
   }));
 
-  after(() => stopDockedWorld());
+  after(() => stopDockedWorld(world));
 
   const pairs = [];
 

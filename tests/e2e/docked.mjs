@@ -1,7 +1,7 @@
 // The seed's HA mediator, whole: mobile recipients' WebSockets in two real SocketDock
 // instances, two mpr servers (SocketDock adapter on), two instances of the runnable Credo
 // mediator (mediators/credo, INBOUND_MODE=socketdock) on one PostgreSQL wallet, Redis and
-// SecantusDB (or, given startMediators, other mediators: acapy-socketdock.test.mjs runs ACA-Py
+// SecantusDB, Google (FCM) played by google.mjs (or, given startMediators, other mediators: acapy-socketdock.test.mjs runs ACA-Py
 // with mpr_acapy). Every hop goes through a failover balancer, as a deployment's load balancers:
 //
 //   recipient ─ws─▶ [agents] ─▶ SocketDock 1|2 ─callbacks─▶ [callbacks] ─▶ mpr 1|2
@@ -20,6 +20,7 @@ import { closeAllClients, freePort, pollUntil, startMongo, startRedis, startServ
 import { stopAcapyMediators } from './acapy.mjs';
 import { agentLogs, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
 import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
+import { startGoogle } from './google.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
 import { assertReceived, newRun, received, waitForAll } from './world.mjs';
 import { SERVER_ENV } from './world.mjs';
@@ -45,7 +46,12 @@ export async function startDockedWorld({ startMediators = startCredoMediators } 
   }
   const framePorts = [await freePort(), await freePort()];
   world.frames = await startFailoverBalancer(framePorts);
+  // FCM: phones that gave their mediator a device token are woken while away.
+  world.google = await startGoogle();
+  world.dir = scratchDir();
   const env = {
+    FIREBASE_CFG_FILE: world.google.serviceAccountFile(world.dir),
+    FCM_BASE_URL: world.google.url,
     ...SERVER_ENV,
     MEDIATOR_URL: `http://127.0.0.1:${world.frames.port}/`,
     SOCKETDOCK_SECRET: SECRET,
@@ -73,7 +79,6 @@ export async function startDockedWorld({ startMediators = startCredoMediators } 
   world.mediators = mediators;
   world.invitationUrl = invitationUrl;
   world.mediatorLogs = logs;
-  world.dir = scratchDir();
   world.rpc = rpc;
   return world;
 }
@@ -137,7 +142,8 @@ export function dockedLogs(world) {
 }
 
 /** Stops everything a docked world started (either kind of mediator). */
-export async function stopDockedWorld() {
+export async function stopDockedWorld(world) {
+  await world?.google?.close();
   await stopAgents();
   await stopMediators();
   await stopAcapyMediators();

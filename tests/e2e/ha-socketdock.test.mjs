@@ -35,7 +35,7 @@ describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo 
     world = await startDockedWorld();
   }));
 
-  after(() => stopDockedWorld());
+  after(() => stopDockedWorld(world));
 
   test('mediation through SocketDock, live mode: every message once, in order, acknowledged (stock 0.6 and 0.5 senders)', withLogs(async () => {
     for (const flavour of [F06, F05]) pairs[flavour.dir] = await pair(flavour, 'live', `recipient-${flavour.dir}`);
@@ -56,6 +56,35 @@ describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo 
 
   test('offline, then back through the other SocketDock: the backlog oldest first (some from MongoDB), then live ones, each once; the clean close lost nothing', withLogs(async () => {
     await offlineThenBack(world, await live06());
+  }));
+
+  test('a recipient that gave its mediator an FCM token (RFC 0734) is woken while away, then gets what waited, once, in order', withLogs(async (t) => {
+    const p = await pair(F06, 'live', 'recipient-push');
+    const token = `fcm-device-${newRun()}`;
+    // set-device-info goes as a frame through SocketDock (the phone has no HTTP transport); its
+    // socket must stay open until the server forwarded it (SocketDock drops a frame whose socket
+    // closed), and the mediator answers a frame once it processed it.
+    const forwarded = () => metricSum(world, 'mpr_socketdock_frames_total', 'outcome="forwarded"');
+    const frames = await forwarded();
+    await p.recipient.call('setDeviceToken', { token });
+    assert.ok(await pollUntil(async () => (await forwarded()) > frames, { timeoutMs: 20_000, intervalMs: 100 }), 'set-device-info reached the mediator');
+    await p.recipient.call('stopPickup');
+    const run = newRun();
+    const pushed = () => world.google.messages.filter((m) => m.token === token);
+    // Each message queued for a phone without a socket wakes it; the mediator takes the token
+    // from its wallet with every add, so one sent before set-device-info was processed is not.
+    let sent = 0;
+    while (sent < 3 && pushed().length === 0) {
+      await sendAcknowledged(p.sender, p.connectionId, run, 1, { from: sent });
+      sent += 1;
+      await pollUntil(async () => pushed().length > 0, { timeoutMs: 15_000, intervalMs: 100 });
+    }
+    assert.ok(pushed().length > 0, `a push to the device's token reached FCM (${world.google.messages.length} pushes in all)`);
+    assert.deepEqual(world.google.refusals, [], 'every request to Google was well formed');
+    t.diagnostic(`${sent} sent while away, ${pushed().length} pushes to the device's token: ${JSON.stringify(pushed()[0])}`);
+    await p.recipient.call('startPickup', {});
+    await waitForAll(view(p), run, sent);
+    assertReceived(view(p), run, sent, { ordered: true });
   }));
 
   test('implicit pickup and polling through SocketDock', withLogs(async () => {

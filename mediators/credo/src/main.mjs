@@ -29,6 +29,7 @@ const { DidCommHttpOutboundTransport, DidCommMessageForwardingStrategy, DidCommM
 const { MprHttpInboundTransport, MprQueueTransportRepository } = await import('@mpr/credo-client')
 const { KeepOpenWsInboundTransport } = await import('./keep-open-ws-inbound.mjs')
 const { mediatorInvitationUrl } = await import('./invitation.mjs')
+const { pushNotificationsFcm } = await import('./push.mjs')
 
 const logger = new ConsoleLogger(LogLevel[config.logLevel])
 
@@ -136,13 +137,17 @@ process.on('SIGINT', () => stop('SIGINT'))
 try {
   // A call made while the server connection is being re-opened (a server's failover) waits for
   // it a few seconds rather than failing the frame or forward it serves.
-  repository = new MprQueueTransportRepository({ url: config.mprUrl, token: config.mprToken, logger, waitForReconnectMs: 3000 })
+  const push = pushNotificationsFcm(await import('@credo-ts/didcomm'))
+  repository = new MprQueueTransportRepository({
+    url: config.mprUrl, token: config.mprToken, logger, waitForReconnectMs: 3000, connectionInfo: push.connectionInfo,
+  })
   try {
     await repository.connect()
   } catch (error) {
     throw new Error(`cannot reach mpr at MPR_URL=${config.mprUrl}: ${error.message}`)
   }
   agent = await startAgent(repository)
+  agent.didcomm.registerMessageHandlers([push.handler])
   repository.attach(agent, { logger })
   const sendersEndpoint = config.endpoints.find((e) => e.startsWith('http')) ?? config.endpoints[0]
   invitationUrl = await mediatorInvitationUrl(agent, { label: config.label, domain: sendersEndpoint })

@@ -208,6 +208,19 @@ export async function startAgent(config, { log, emit, handlers }) {
       await outbound.closeSockets()
       return {}
     }
+    // Aries RFC 0734: the device's FCM token, for the mediator to wake the phone with.
+    handlers.setDeviceToken = async ({ token }) => {
+      mediation ??= await api.mediationRecipient.findDefaultMediator()
+      if (!mediation) throw new Error('no mediator')
+      const message = new didcommModule.DidCommMessage()
+      message.id = message.generateId()
+      message.type = 'https://didcomm.org/push-notifications-fcm/1.0/set-device-info'
+      Object.assign(message, { device_token: token, device_platform: 'android' })
+      const connection = await api.connections.getById(mediation.connectionId)
+      await agent.dependencyManager.resolve(didcommModule.DidCommMessageSender)
+        .sendMessage(new didcommModule.DidCommOutboundMessageContext(message, { agentContext: agent.context, connection }))
+      return {}
+    }
   }
 
   if (role === 'sender' || role === 'recipient') {
