@@ -14,7 +14,7 @@ import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents } from './agent
 import { joinWorld, metricSum, startDockedWorld } from './docked.mjs';
 import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
-import { SERVER_ENV, assertReceived, newRun, percentile, received, waitForAll, withLogTails } from './world.mjs';
+import { SERVER_ENV, assertReceived, newRun, percentile, received, sendAcknowledged, waitForAll, withLogTails } from './world.mjs';
 
 const F06 = FLAVOURS.find((f) => f.dir === 'credo-0.6');
 const F05 = FLAVOURS.find((f) => f.dir === 'credo-0.5' && f.client === 'project');
@@ -22,27 +22,6 @@ const F05 = FLAVOURS.find((f) => f.dir === 'credo-0.5' && f.client === 'project'
 const ONE_BY_ONE = Number(process.env.MPR_E2E_LATENCY_MESSAGES || 10);
 /** After the last expected message: anything more would be a duplicate (or a re-delivery). */
 const SETTLE_MS = Number(SERVER_ENV.VISIBILITY_TIMEOUT_MS) + 2000;
-
-/** Sends seq [from, from+count) of `run`, each once the sender's HTTP POST to the mediator was answered (queued). */
-async function sendAcknowledged(sender, connectionId, run, count, { from = 0, retries = 0 } = {}) {
-  const retried = new Set();
-  for (let seq = from; seq < from + count; seq++) {
-    const content = JSON.stringify({ run, seq, sentAt: Date.now() });
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await sender.call('send', { connectionId, content }, 30_000);
-        break;
-      } catch (error) {
-        // A mediator or server killed under the POST: the outcome is unknown, the sender retries
-        // (a message queued before the kill then arrives twice).
-        if (attempt >= retries) throw error;
-        retried.add(seq);
-        await sleep(500);
-      }
-    }
-  }
-  return retried;
-}
 
 describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo on one PostgreSQL wallet', () => {
   let world;
