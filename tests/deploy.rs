@@ -362,18 +362,8 @@ fn compose_services_agree_with_the_servers_settings() {
     let services = compose["services"].as_object().unwrap();
 
     let redis = &services["redis"];
-    let command: Vec<&str> = redis["command"]
-        .as_array()
-        .expect("redis command")
-        .iter()
-        .map(|arg| str_of(arg, "argument"))
-        .collect();
-    let after = |flag: &str| {
-        command
-            .iter()
-            .position(|arg| *arg == flag)
-            .map(|at| command[at + 1])
-    };
+    let command = arguments(&redis["command"]);
+    let after = |flag: &str| argument_after(&command, flag);
     assert_eq!(after("--appendonly"), Some("yes"));
     assert!(matches!(
         after("--appendfsync"),
@@ -758,6 +748,22 @@ fn kubernetes_manifests_agree_with_the_servers_settings() {
     assert!(container["resources"]["requests"]["cpu"].is_string());
 }
 
+/// A command line given as a YAML list.
+fn arguments(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("a list of arguments")
+        .iter()
+        .map(|arg| str_of(arg, "argument"))
+        .collect()
+}
+
+/// The argument after `flag` in `args`.
+fn argument_after<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|arg| *arg == flag)
+        .map(|at| args[at + 1])
+}
+
 /// The only container of a workload's pod template.
 fn only_container(workload: &Value) -> &Value {
     let containers = workload["spec"]["template"]["spec"]["containers"]
@@ -841,19 +847,8 @@ fn kubernetes_socketdock_and_mediator_fit_the_servers() {
         env["SOCKETDOCK_SECRET"], "secret:mpr/SOCKETDOCK_SECRET",
         "the servers' secret"
     );
-    let args: Vec<&str> = container["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .map(|a| str_of(a, "argument"))
-        .collect();
-    let arg = |flag: &str| {
-        args[args
-            .iter()
-            .position(|a| *a == flag)
-            .unwrap_or_else(|| panic!("{flag}"))
-            + 1]
-    };
+    let args = arguments(&container["args"]);
+    let arg = |flag: &str| argument_after(&args, flag).unwrap_or_else(|| panic!("{flag}"));
     let replicas = socketdock["spec"]["replicas"].as_u64().unwrap();
     let announced: Vec<String> = (0..replicas)
         .map(|ordinal| arg("--endpoint").replace("$(POD_NAME)", &format!("socketdock-{ordinal}")))
