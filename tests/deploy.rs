@@ -362,18 +362,8 @@ fn compose_services_agree_with_the_servers_settings() {
     let services = compose["services"].as_object().unwrap();
 
     let redis = &services["redis"];
-    let command: Vec<&str> = redis["command"]
-        .as_array()
-        .expect("redis command")
-        .iter()
-        .map(|arg| str_of(arg, "argument"))
-        .collect();
-    let after = |flag: &str| {
-        command
-            .iter()
-            .position(|arg| *arg == flag)
-            .map(|at| command[at + 1])
-    };
+    let command = arguments(&redis["command"]);
+    let after = |flag: &str| argument_after(&command, flag);
     assert_eq!(after("--appendonly"), Some("yes"));
     assert!(matches!(
         after("--appendfsync"),
@@ -550,7 +540,7 @@ impl Manifests {
     }
 
     fn container(&self) -> &Value {
-        let containers = self.one("Deployment")["spec"]["template"]["spec"]["containers"]
+        let containers = self.named("Deployment", "mpr")["spec"]["template"]["spec"]["containers"]
             .as_array()
             .expect("containers");
         assert_eq!(containers.len(), 1);
@@ -598,7 +588,7 @@ impl Manifests {
 
     /// Files of the pod: mount path → (secret name, keys).
     fn secret_mounts(&self) -> Vec<(String, String)> {
-        let pod = &self.one("Deployment")["spec"]["template"]["spec"];
+        let pod = &self.named("Deployment", "mpr")["spec"]["template"]["spec"];
         let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
         self.container()["volumeMounts"]
             .as_array()
@@ -638,7 +628,7 @@ fn kubernetes_manifests_agree_with_the_servers_settings() {
     };
     let (ws_port, app_port) = (setting("WS_PORT"), setting("APP_PORT"));
 
-    let deployment = manifests.one("Deployment");
+    let deployment = manifests.named("Deployment", "mpr");
     assert_eq!(deployment["spec"]["replicas"], 2);
     let pod = &deployment["spec"]["template"]["spec"];
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
@@ -723,7 +713,7 @@ fn kubernetes_manifests_agree_with_the_servers_settings() {
     }
 
     // Service: both ports, onto the container's.
-    let service = manifests.one("Service");
+    let service = manifests.named("Service", "mpr");
     for (key, value) in service["spec"]["selector"].as_object().unwrap() {
         assert_eq!(&labels[key], value, "the Service selects the pods");
     }
@@ -756,6 +746,199 @@ fn kubernetes_manifests_agree_with_the_servers_settings() {
         "scales on CPU"
     );
     assert!(container["resources"]["requests"]["cpu"].is_string());
+}
+
+/// A command line given as a YAML list.
+fn arguments(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("a list of arguments")
+        .iter()
+        .map(|arg| str_of(arg, "argument"))
+        .collect()
+}
+
+/// The argument after `flag` in `args`.
+fn argument_after<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|arg| *arg == flag)
+        .map(|at| args[at + 1])
+}
+
+/// The only container of a workload's pod template.
+fn only_container(workload: &Value) -> &Value {
+    let containers = workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    assert_eq!(containers.len(), 1);
+    &containers[0]
+}
+
+/// A Service's port `name` as "service:port" (how the other manifests address it).
+fn service_address(manifests: &Manifests, service: &str, name: &str) -> String {
+    let ports = manifests.named("Service", service)["spec"]["ports"]
+        .as_array()
+        .expect("ports");
+    let port = ports
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("Service {service} has a port {name}"));
+    format!("{service}:{}", port["port"])
+}
+
+/// The numeric user of a Dockerfile's last USER line.
+fn dockerfile_user(path: &str) -> u64 {
+    std::fs::read_to_string(root().join(path))
+        .unwrap()
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("USER "))
+        .and_then(|user| user.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{path}'s numeric USER"))
+}
+
+/// A container's env: literal values, and `secret:<name>/<key>` for a Secret's key (which must
+/// exist) or `field:<path>` for the downward API.
+fn container_env(manifests: &Manifests, container: &Value) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for var in container["env"].as_array().expect("env") {
+        let name = str_of(&var["name"], "name").to_owned();
+        let value = if let Some(value) = var["value"].as_str() {
+            value.to_owned()
+        } else if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            format!("field:{field}")
+        } else {
+            let reference = &var["valueFrom"]["secretKeyRef"];
+            let (secret, key) = (
+                str_of(&reference["name"], "name"),
+                str_of(&reference["key"], "key"),
+            );
+            assert!(
+                manifests.named("Secret", secret)["stringData"][key].is_string(),
+                "{name}: Secret {secret} has {key}"
+            );
+            format!("secret:{secret}/{key}")
+        };
+        env.insert(name, value);
+    }
+    env
+}
+
+#[test]
+fn kubernetes_socketdock_and_mediator_fit_the_servers() {
+    let manifests = Manifests::load();
+    let config = manifests.config_map();
+    let mpr_app = service_address(&manifests, "mpr", "http");
+    let mpr_ws = service_address(&manifests, "mpr", "ws");
+
+    // SocketDock: a StatefulSet whose pods announce the addresses the servers list.
+    let socketdock = manifests.named("StatefulSet", "socketdock");
+    let headless = manifests.named(
+        "Service",
+        str_of(&socketdock["spec"]["serviceName"], "serviceName"),
+    );
+    assert_eq!(
+        headless["spec"]["clusterIP"], "None",
+        "a headless Service names the pods"
+    );
+    let container = only_container(socketdock);
+    let env = container_env(&manifests, container);
+    assert_eq!(env["POD_NAME"], "field:metadata.name");
+    assert_eq!(
+        env["SOCKETDOCK_SECRET"], "secret:mpr/SOCKETDOCK_SECRET",
+        "the servers' secret"
+    );
+    let args = arguments(&container["args"]);
+    let arg = |flag: &str| argument_after(&args, flag).unwrap_or_else(|| panic!("{flag}"));
+    let replicas = socketdock["spec"]["replicas"].as_u64().unwrap();
+    let announced: Vec<String> = (0..replicas)
+        .map(|ordinal| arg("--endpoint").replace("$(POD_NAME)", &format!("socketdock-{ordinal}")))
+        .collect();
+    assert_eq!(
+        config["SOCKETDOCK_ENDPOINTS"]
+            .split(',')
+            .collect::<Vec<_>>(),
+        announced,
+        "SOCKETDOCK_ENDPOINTS are the pods' --endpoint"
+    );
+    let headless_port = service_address(&manifests, "socketdock", "socketdock");
+    assert!(arg("--endpoint").ends_with(&format!(".{headless_port}")));
+    for route in ["connect", "message", "disconnect"] {
+        assert_eq!(
+            arg(&format!("--{route}-uri")),
+            format!("http://{mpr_app}/socketdock/{route}?secret=$(SOCKETDOCK_SECRET)")
+        );
+    }
+    assert_eq!(
+        socketdock["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_u64(),
+        Some(dockerfile_user("deploy/socketdock/Dockerfile"))
+    );
+
+    // The mediator: settings it knows, the servers' and SocketDock's addresses, secrets by
+    // reference only.
+    let mediator = manifests.named("Deployment", "mediator");
+    let container = only_container(mediator);
+    let env = container_env(&manifests, container);
+    let readme = std::fs::read_to_string(root().join("mediators/credo/README.md")).unwrap();
+    for name in env.keys() {
+        assert!(
+            readme.contains(&format!("| `{name}`")) || readme.contains(&format!("/ `{name}`")),
+            "the mediator knows {name}"
+        );
+    }
+    for secret in ["MPR_TOKEN", "WALLET_KEY", "POSTGRES_PASSWORD"] {
+        assert_eq!(
+            env[secret],
+            format!("secret:mediator/{secret}"),
+            "{secret} by reference"
+        );
+    }
+    assert_eq!(env["MPR_URL"], format!("ws://{mpr_ws}"));
+    assert_eq!(env["INBOUND_MODE"], "socketdock");
+    let port_of = |name: &str| -> String {
+        let ports = container["ports"].as_array().unwrap();
+        let port = ports
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("port {name}"));
+        port["containerPort"].to_string()
+    };
+    assert_eq!(env["HTTP_PORT"], port_of("http"));
+    assert_eq!(env["SOCKETDOCK_PORT"], port_of("frames"));
+    assert_eq!(
+        config["MEDIATOR_URL"],
+        format!(
+            "http://{}",
+            service_address(&manifests, "mediator", "frames")
+        ),
+        "the servers forward SocketDock's frames to the mediators' frames port"
+    );
+    assert_eq!(
+        mediator["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_u64(),
+        Some(dockerfile_user("mediators/credo/Dockerfile"))
+    );
+
+    // From outside: /ws only to SocketDock (its other routes need no credentials).
+    let ingress = manifests.one("Ingress");
+    let mut to_socketdock = Vec::new();
+    for rule in ingress["spec"]["rules"].as_array().unwrap() {
+        for path in rule["http"]["paths"].as_array().unwrap() {
+            let service = str_of(&path["backend"]["service"]["name"], "service");
+            let selector = &manifests.named("Service", service)["spec"]["selector"];
+            if selector["app.kubernetes.io/name"] == "socketdock" {
+                to_socketdock.push((
+                    str_of(&path["path"], "path"),
+                    str_of(&path["pathType"], "pathType"),
+                ));
+            } else {
+                assert_eq!(service, "mediator");
+                assert_eq!(
+                    path["backend"]["service"]["port"]["name"], "http",
+                    "never the frames port"
+                );
+            }
+        }
+    }
+    assert_eq!(to_socketdock, [("/ws", "Exact")]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -937,14 +1120,17 @@ fn ha_composition_keeps_secrets_out_and_publishes_only_the_proxy() {
         );
     }
 
-    // Every backend the proxy names is a service of the file, and the public side refuses
+    // Every backend the proxy names is a service of the file (an address is
+    // "${VARIABLE-default}": the default is the composition's), and the public side refuses
     // SocketDock's own routes.
     for line in HAPROXY_CFG.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("server ") {
-            let address = rest
-                .split_whitespace()
-                .nth(1)
-                .expect("server NAME HOST:PORT");
+            let address = rest.split_whitespace().nth(1).expect("server NAME ADDRESS");
+            let address = address
+                .strip_prefix("\"${")
+                .and_then(|a| a.strip_suffix("}\""))
+                .and_then(|a| a.split_once('-'))
+                .map_or(address, |(_, default)| default);
             let host = address.split(':').next().unwrap();
             assert!(
                 services.contains_key(host),

@@ -14,7 +14,7 @@ import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents } from './agent
 import { dockedLogs, joinPair, joinWorld, metricSum, offlineThenBack, sendAcknowledged, startDockedWorld, stopDockedWorld } from './docked.mjs';
 import { startMediator, walletDatabaseName } from './mediator.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
-import { SERVER_ENV, assertReceived, newRun, percentile, received, waitForAll, withLogTails } from './world.mjs';
+import { SERVER_ENV, assertReceived, newRun, percentile, received, sendAcknowledged, waitForAll, withLogTails } from './world.mjs';
 
 const F06 = FLAVOURS.find((f) => f.dir === 'credo-0.6');
 const F05 = FLAVOURS.find((f) => f.dir === 'credo-0.5' && f.client === 'project');

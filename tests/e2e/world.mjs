@@ -104,7 +104,7 @@ export function worldLogs(world) {
   return [agentLogs([...world.mediators, world.recipient, world.sender]), ...servers].join('\n');
 }
 
-/** Wraps a test body so that a failure's error carries `logs()` (every process's log tail). */
+/** Wraps a test body so that a failure's error carries `logs()` (every process's log tail; a string or its promise). */
 export function withLogTails(logs) {
   return (fn) => async (t) => {
     try {
@@ -112,7 +112,7 @@ export function withLogTails(logs) {
     } catch (error) {
       if (error && typeof error === 'object') {
         try {
-          error.message += `\n${logs()}`;
+          error.message += `\n${await logs()}`;
         } catch {
           // a frozen error
         }
@@ -175,6 +175,27 @@ export async function sendSequence(world, run, count, { from = 0 } = {}) {
     const queued = await pollUntil(async () => (await messagesAdded(world)) > before, { timeoutMs: 20_000, intervalMs: 10 });
     assert.ok(queued, `seq ${seq} of run ${run} was queued by a server within 20 s of sending`);
   }
+}
+
+/** Sends seq [from, from+count) of `run`, each once the sender's HTTP POST to the mediator was answered (queued). */
+export async function sendAcknowledged(sender, connectionId, run, count, { from = 0, retries = 0 } = {}) {
+  const retried = new Set();
+  for (let seq = from; seq < from + count; seq++) {
+    const content = JSON.stringify({ run, seq, sentAt: Date.now() });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await sender.call('send', { connectionId, content }, 30_000);
+        break;
+      } catch (error) {
+        // A mediator or server killed under the POST: the outcome is unknown, the sender retries
+        // (a message queued before the kill then arrives twice).
+        if (attempt >= retries) throw error;
+        retried.add(seq);
+        await sleep(500);
+      }
+    }
+  }
+  return retried;
 }
 
 /** The recipient's basic messages of `run`, in the order they arrived. */
