@@ -10,8 +10,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { acapyLogs, newWallet, startAcapyMediator } from './acapy.mjs';
 import { FLAVOURS } from './agents.mjs';
-import { dockedLogs, joinPair, metricSum, offlineThenBack, sendAcknowledged, startDockedWorld, stopDockedWorld } from './docked.mjs';
-import { SERVER_ENV, assertReceived, newRun, received, waitForAll, withLogTails } from './world.mjs';
+import { dockedLogs, joinPair, metricSum, offlineThenBack, startDockedWorld, stopDockedWorld } from './docked.mjs';
+import { SERVER_ENV, assertReceived, newRun, received, sendAcknowledged, waitForAll, withLogTails } from './world.mjs';
 
 const wanted = (process.env.MPR_E2E_FLAVOURS || '').split(',').filter(Boolean);
 const CREDO = [FLAVOURS.find((f) => f.dir === 'credo-0.6'), FLAVOURS.find((f) => f.dir === 'credo-0.5' && f.client === 'project')]

@@ -15,15 +15,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { closeAllClients, freePort, pollUntil, startMongo, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
 import { stopAcapyMediators } from './acapy.mjs';
 import { agentLogs, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
 import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
 import { startGoogle } from './google.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
-import { assertReceived, newRun, received, waitForAll } from './world.mjs';
-import { SERVER_ENV } from './world.mjs';
+import { SERVER_ENV, assertReceived, newRun, received, sendAcknowledged, waitForAll } from './world.mjs';
 
 const SECRET = 'e2e-socketdock-secret';
 
@@ -198,25 +196,4 @@ export async function metricSum(world, name, labels = '') {
     }
   }
   return sum;
-}
-
-/** Sends seq [from, from+count) of `run`, each once the sender's HTTP POST to the mediator was answered (queued). */
-export async function sendAcknowledged(sender, connectionId, run, count, { from = 0, retries = 0 } = {}) {
-  const retried = new Set();
-  for (let seq = from; seq < from + count; seq++) {
-    const content = JSON.stringify({ run, seq, sentAt: Date.now() });
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await sender.call('send', { connectionId, content }, 30_000);
-        break;
-      } catch (error) {
-        // A mediator or server killed under the POST: the outcome is unknown, the sender retries
-        // (a message queued before the kill then arrives twice).
-        if (attempt >= retries) throw error;
-        retried.add(seq);
-        await sleep(500);
-      }
-    }
-  }
-  return retried;
 }

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { closeAllClients, freePort, pollUntil, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
 import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents } from './agents.mjs';
-import { dockedLogs, joinPair, joinWorld, metricSum, offlineThenBack, sendAcknowledged, startDockedWorld, stopDockedWorld } from './docked.mjs';
+import { dockedLogs, joinPair, joinWorld, metricSum, offlineThenBack, startDockedWorld, stopDockedWorld } from './docked.mjs';
 import { startMediator, walletDatabaseName } from './mediator.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
 import { SERVER_ENV, assertReceived, newRun, percentile, received, sendAcknowledged, waitForAll, withLogTails } from './world.mjs';
