@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO, freePort } from '../conformance/harness.mjs';
+import { captureOutput } from './output.mjs';
 
 export const ACAPY_VENV = process.env.MPR_ACAPY_VENV || path.join(REPO, 'tmp', 'acapy-venv');
 const ACAPY = path.join(ACAPY_VENV, 'bin', 'aca-py');
@@ -66,13 +67,7 @@ export async function startAcapyMediator({
     env: { PATH: process.env.PATH, HOME: home, PYTHONUNBUFFERED: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  let log = '';
-  const append = (d) => {
-    log += d;
-    if (log.length > 400_000) log = log.slice(-200_000);
-  };
-  child.stdout.on('data', append);
-  child.stderr.on('data', append);
+  const { log } = captureOutput(child);
   const gone = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
   const admin = `http://127.0.0.1:${adminPort}`;
   const mediator = {
@@ -82,7 +77,7 @@ export async function startAcapyMediator({
     wsPort,
     socketdockPort,
     admin,
-    log: () => log,
+    log,
     exited: () => gone,
     killNow() {
       if (child.exitCode === null && child.signalCode === null) {
@@ -129,7 +124,7 @@ export async function startAcapyMediator({
   const deadline = Date.now() + readyTimeoutMs;
   for (;;) {
     const exit = await Promise.race([gone, sleep(250).then(() => undefined)]);
-    if (exit !== undefined) throw new Error(`${label} exited (${exit}) before ready:\n${log.slice(-6000)}`);
+    if (exit !== undefined) throw new Error(`${label} exited (${exit}) before ready:\n${log().slice(-6000)}`);
     try {
       const res = await fetch(`${admin}/status/ready`, { signal: AbortSignal.timeout(1000) });
       if (res.ok && (await res.json()).ready) break;
@@ -138,13 +133,13 @@ export async function startAcapyMediator({
     }
     if (Date.now() > deadline) {
       mediator.killNow();
-      throw new Error(`${label} not ready within ${readyTimeoutMs} ms:\n${log.slice(-6000)}`);
+      throw new Error(`${label} not ready within ${readyTimeoutMs} ms:\n${log().slice(-6000)}`);
     }
   }
   // The plugin's mpr connection opens on ACA-Py's startup event, after the admin API answers.
   if (plugin) {
-    while (!/mpr_acapy: queue in/.test(log)) {
-      if (Date.now() > deadline) throw new Error(`${label}: the plugin did not connect to ${mprUrl}:\n${log.slice(-6000)}`);
+    while (!/mpr_acapy: queue in/.test(log())) {
+      if (Date.now() > deadline) throw new Error(`${label}: the plugin did not connect to ${mprUrl}:\n${log().slice(-6000)}`);
       await sleep(100);
     }
   }

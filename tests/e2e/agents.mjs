@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { captureOutput } from './output.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -72,13 +73,7 @@ export async function startAgent(flavour, config, { readyTimeoutMs = 90_000 } = 
     },
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
-  let log = '';
-  const append = (d) => {
-    log += d;
-    if (log.length > 400_000) log = log.slice(-200_000);
-  };
-  child.stdout.on('data', append);
-  child.stderr.on('data', append);
+  const { log, append } = captureOutput(child);
 
   const pending = new Map();
   const events = [];
@@ -109,7 +104,7 @@ export async function startAgent(flavour, config, { readyTimeoutMs = 90_000 } = 
     config,
     pid: child.pid,
     events,
-    log: () => log,
+    log,
     exited: () => gone,
     /** Sends a command; rejects with the agent's error, on exit or after timeoutMs. */
     call(cmd, args = {}, timeoutMs = 60_000) {
@@ -178,7 +173,7 @@ export async function startAgent(flavour, config, { readyTimeoutMs = 90_000 } = 
     await agent.waitFor('ready', () => true, readyTimeoutMs);
   } catch (error) {
     agent.killNow();
-    error.message += `\n--- agent ${config.label} (pid ${child.pid}) log tail ---\n${log.slice(-4000)}`;
+    error.message += `\n--- agent ${config.label} (pid ${child.pid}) log tail ---\n${log().slice(-4000)}`;
     throw error;
   }
   return agent;

@@ -88,6 +88,8 @@ export async function startGoogle() {
     });
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  // Never what keeps a test process alive (a world that failed to start leaves it open).
+  server.unref();
   port = server.address().port;
   return {
     url: `http://127.0.0.1:${port}`,

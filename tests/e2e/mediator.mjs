@@ -11,6 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { captureOutput } from './output.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MEDIATOR_DIR = path.join(here, '..', '..', 'mediators', 'credo');
@@ -66,13 +67,7 @@ export async function startMediator({ label, env, readyTimeoutMs = 120_000 }) {
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  let log = '';
-  const append = (d) => {
-    log += d;
-    if (log.length > 400_000) log = log.slice(-200_000);
-  };
-  child.stdout.on('data', append);
-  child.stderr.on('data', append);
+  const { log, append } = captureOutput(child);
   const gone = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   gone.then(({ code, signal }) => append(`\n[exited: ${code ?? signal}]\n`));
   const running = () => child.exitCode === null && child.signalCode === null;
@@ -85,7 +80,7 @@ export async function startMediator({ label, env, readyTimeoutMs = 120_000 }) {
     httpPort: Number(env.HTTP_PORT),
     wsPort: Number(env.WS_PORT),
     invitationUrl: undefined,
-    log: () => log,
+    log,
     exited: () => gone,
     killNow() {
       if (running()) child.kill('SIGKILL');
@@ -109,11 +104,11 @@ export async function startMediator({ label, env, readyTimeoutMs = 120_000 }) {
   while (!mediator.invitationUrl) {
     if (!running()) {
       await gone;
-      throw new Error(`mediator ${label} exited before it was ready\n--- its log ---\n${log.slice(-4000)}`);
+      throw new Error(`mediator ${label} exited before it was ready\n--- its log ---\n${log().slice(-4000)}`);
     }
     if (Date.now() > deadline) {
       mediator.killNow();
-      throw new Error(`mediator ${label} not ready within ${readyTimeoutMs} ms\n--- its log ---\n${log.slice(-4000)}`);
+      throw new Error(`mediator ${label} not ready within ${readyTimeoutMs} ms\n--- its log ---\n${log().slice(-4000)}`);
     }
     try {
       const response = await fetch(`http://127.0.0.1:${mediator.httpPort}/invitation`);

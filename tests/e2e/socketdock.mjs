@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../conformance/harness.mjs';
+import { captureOutput } from './output.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const LAUNCHER = process.env.MPR_SOCKETDOCK_RUN || path.join(here, '..', '..', '..', 'shared', 'tools', 'socketdock-run');
@@ -43,13 +44,7 @@ export async function startSocketDock({ backend, secret = backend?.env?.SOCKETDO
     // Its own process group: a kill also reaches pip when the launcher is still building its venv.
     detached: true,
   });
-  let log = '';
-  const append = (d) => {
-    log += d;
-    if (log.length > 400_000) log = log.slice(-200_000);
-  };
-  child.stdout.on('data', append);
-  child.stderr.on('data', append);
+  const { log, append } = captureOutput(child);
   let spawnError;
   child.once('error', (error) => { spawnError = error; });
   const gone = new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
@@ -64,7 +59,7 @@ export async function startSocketDock({ backend, secret = backend?.env?.SOCKETDO
     endpoint,
     /** Where agents connect. */
     wsUrl: `ws://127.0.0.1:${port}/ws`,
-    log: () => log,
+    log,
     exited: () => gone,
     killNow() {
       if (!running()) return;
@@ -94,7 +89,7 @@ export async function startSocketDock({ backend, secret = backend?.env?.SOCKETDO
   for (;;) {
     if (!running()) {
       if (!spawnError) await gone;
-      throw new Error(`${label} (${LAUNCHER}) exited before it answered HTTP${spawnError ? `: ${spawnError.message}` : ''}\n--- its log ---\n${log.slice(-4000)}`);
+      throw new Error(`${label} (${LAUNCHER}) exited before it answered HTTP${spawnError ? `: ${spawnError.message}` : ''}\n--- its log ---\n${log().slice(-4000)}`);
     }
     try {
       const response = await fetch(`${endpoint}/`, { signal: AbortSignal.timeout(1000) });
@@ -105,7 +100,7 @@ export async function startSocketDock({ backend, secret = backend?.env?.SOCKETDO
     }
     if (Date.now() > deadline) {
       await dock.kill();
-      throw new Error(`${label} did not answer HTTP within ${readyTimeoutMs} ms\n--- its log ---\n${log.slice(-4000)}`);
+      throw new Error(`${label} did not answer HTTP within ${readyTimeoutMs} ms\n--- its log ---\n${log().slice(-4000)}`);
     }
     await Promise.race([gone, sleep(100)]);
   }
