@@ -407,6 +407,21 @@ export function uniquePrefix() {
  * cluster; `redisUrl` alone: one redis-server there) and waits until GET /ready answers 200.
  * `env` adds to or overrides the defaults below.
  */
+/**
+ * A child process's stdout and stderr, kept in memory (the newest 200–400 kB) for the log tails
+ * a failed test prints: `log()` is what it wrote so far, `append(text)` adds a note of ours.
+ */
+export function captureOutput(child) {
+  let text = '';
+  const append = (data) => {
+    text += data;
+    if (text.length > 400_000) text = text.slice(-200_000);
+  };
+  child.stdout.on('data', append);
+  child.stderr.on('data', append);
+  return { log: () => text, append };
+}
+
 export async function startServer({ redis, redisUrl = redis?.url, prefix, env = {}, name = 'mpr', ports } = {}) {
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -432,13 +447,7 @@ export async function startServer({ redis, redisUrl = redis?.url, prefix, env = 
     };
     const child = spawn(MPR_BIN, [], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(child);
-    let log = '';
-    const append = (d) => {
-      log += d;
-      if (log.length > 200_000) log = log.slice(-100_000);
-    };
-    child.stdout.on('data', append);
-    child.stderr.on('data', append);
+    const output = captureOutput(child);
     let spawnError = null;
     child.once('error', (e) => (spawnError = e));
     const server = {
@@ -450,7 +459,7 @@ export async function startServer({ redis, redisUrl = redis?.url, prefix, env = 
       child,
       pid: child.pid,
       env: childEnv,
-      log: () => log.replace(/\x1b\[[0-9;]*m/g, ''),
+      log: () => output.log().replace(/\x1b\[[0-9;]*m/g, ''),
       stop: () => stopChild(child),
       /** Sends a signal to this instance only, by pid. */
       kill: (signal = 'SIGKILL') => process.kill(child.pid, signal),
@@ -469,10 +478,10 @@ export async function startServer({ redis, redisUrl = redis?.url, prefix, env = 
     }
     lastError = new Error(
       `${name} (${MPR_BIN}) not ready within 10 s (exit ${child.exitCode ?? child.signalCode ?? 'none'}` +
-        `${spawnError ? `, ${spawnError.message}` : ''}):\n${log}`,
+        `${spawnError ? `, ${spawnError.message}` : ''}):\n${output.log()}`,
     );
     await stopChild(child, 500);
-    if (!/address.{0,20}in use/i.test(log)) break;
+    if (!/address.{0,20}in use/i.test(output.log())) break;
   }
   throw lastError;
 }

@@ -8,8 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { REPO, freePort } from '../conformance/harness.mjs';
-import { captureOutput } from './output.mjs';
+import { REPO, captureOutput, freePort } from '../conformance/harness.mjs';
 
 export const ACAPY_VENV = process.env.MPR_ACAPY_VENV || path.join(REPO, 'tmp', 'acapy-venv');
 const ACAPY = path.join(ACAPY_VENV, 'bin', 'aca-py');

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { captureOutput } from './output.mjs';
+import { captureOutput } from '../conformance/harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 

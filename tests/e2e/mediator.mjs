@@ -11,7 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { captureOutput } from './output.mjs';
+import { captureOutput } from '../conformance/harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MEDIATOR_DIR = path.join(here, '..', '..', 'mediators', 'credo');

@@ -8,8 +8,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { freePort } from '../conformance/harness.mjs';
-import { captureOutput } from './output.mjs';
+import { captureOutput, freePort } from '../conformance/harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const LAUNCHER = process.env.MPR_SOCKETDOCK_RUN || path.join(here, '..', '..', '..', 'shared', 'tools', 'socketdock-run');
