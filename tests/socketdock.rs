@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::push_standins::Google;
-use support::socketdock::{Agent, Frame, MediatorStandIn, Received, Reply, post};
+use support::socketdock::{Agent, Frame, MediatorStandIn, Received, Reply, TcpRelay, post};
 use support::{Client, Redis, Server, free_port, unique_id};
 
 const SECRET: &str = "s3cret-for-tests";
@@ -22,6 +22,8 @@ struct Deployment {
     mediator: MediatorStandIn,
     servers: Vec<Server>,
     docks: Vec<testkit::SocketDock>,
+    /// In front of each dock's sends, when deployed with them.
+    relays: Vec<TcpRelay>,
 }
 
 /// `servers` instances and `docks` SocketDock instances; dock i calls back server i mod n.
@@ -30,13 +32,33 @@ async fn deploy(servers: usize, docks: usize) -> Deployment {
 }
 
 async fn deploy_with(servers: usize, docks: usize, extra: &[(&str, &str)]) -> Deployment {
+    deploy_world(servers, docks, extra, false).await
+}
+
+/// With `relayed`, the servers send to each dock through a relay of the test's (`TcpRelay`).
+async fn deploy_world(
+    servers: usize,
+    docks: usize,
+    extra: &[(&str, &str)],
+    relayed: bool,
+) -> Deployment {
     let redis = Redis::start();
     let mediator = MediatorStandIn::start().await;
     let dock_ports: Vec<u16> = (0..docks).map(|_| free_port()).collect();
-    let endpoints: Vec<String> = dock_ports
-        .iter()
-        .map(|port| format!("http://127.0.0.1:{port}"))
-        .collect();
+    let mut relays = Vec::new();
+    if relayed {
+        for port in &dock_ports {
+            relays.push(TcpRelay::start(*port).await);
+        }
+    }
+    let endpoints: Vec<String> = if relayed {
+        relays.iter().map(TcpRelay::url).collect()
+    } else {
+        dock_ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect()
+    };
     let mediator_url = mediator.uri("/didcomm");
     let endpoints = endpoints.join(",");
     let mut env = vec![
@@ -66,6 +88,7 @@ async fn deploy_with(servers: usize, docks: usize, extra: &[(&str, &str)]) -> De
         )
         .expect("options");
         opts.port = port;
+        opts.endpoint = relays.get(i).map(TcpRelay::url);
         running.push(
             testkit::SocketDock::start(opts)
                 .await
@@ -77,6 +100,7 @@ async fn deploy_with(servers: usize, docks: usize, extra: &[(&str, &str)]) -> De
         mediator,
         servers: started,
         docks: running,
+        relays,
     }
 }
 
@@ -813,4 +837,90 @@ async fn a_message_too_large_to_wrap_goes_as_a_raw_frame_in_its_place() {
             .await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn the_instance_sending_a_message_its_add_handed_out_dies_and_another_sends_it_when_its_lease_ends()
+ {
+    // A lone message for an idle socket is handed out by its add, under the relay lease the add
+    // takes: in flight, with nobody else to deliver it, from the moment the add answers.
+    let mut deployment = deploy_world(2, 1, &[], true).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let connection = unique_id("c");
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    let mut sender = Client::connect(&deployment.servers[1].url()).await;
+    add_all(&mut sender, &connection, &numbered("before", 1)).await;
+    assert_eq!(delivered(&mut agent, 1).await, numbered("before", 1));
+    // Its POST to SocketDock stalls; the instance that added (and so sends) it dies under it,
+    // and the POST never reaches SocketDock.
+    deployment.relays[0].hold();
+    add_all(&mut sender, &connection, &numbered("m", 1)).await;
+    deployment.relays[0].wait_held(1, WAIT).await;
+    deployment.servers[1].kill();
+    deployment.relays[0].release();
+    assert_eq!(
+        delivered(&mut agent, 1).await,
+        numbered("m", 1),
+        "sent by the survivor once the lease ended, once"
+    );
+}
+
+/// As `mediator_with_pickup`, with deliveries three times the size of their messages (as an
+/// encrypting mediator's may be: base64 inside a JWE), so that a batch can outgrow a frame.
+fn mediator_with_large_pickup(received: &Received) -> Reply {
+    if !received.header_values("x-mpr-deliver").is_empty() {
+        let request = received.json();
+        let messages = request["messages"].as_array().expect("messages");
+        let texts = support::texts(messages);
+        let size: usize = texts.iter().map(String::len).sum();
+        let delivery = json!({
+            "delivery": support::ids(messages),
+            "texts": texts,
+            "padding": "P".repeat(2 * size),
+        });
+        return Reply::ok().body(&delivery.to_string());
+    }
+    mediator_with_pickup(received)
+}
+
+#[tokio::test]
+async fn a_batch_too_large_to_wrap_goes_in_smaller_deliveries_in_order() {
+    // Batches hold at most 4 096 bytes of messages; wrapped, five 700-byte messages would not
+    // fit in SOCKETDOCK_MAX_BODY_BYTES.
+    let deployment = deploy_with(1, 1, &[("SOCKETDOCK_MAX_BODY_BYTES", "8192")]).await;
+    deployment.mediator.reply_with(mediator_with_large_pickup);
+    let mut sender = Client::connect(&deployment.servers[0].url()).await;
+    let connection = unique_id("c");
+    let messages: Vec<String> = (0..8).map(|i| format!("{i}{}", "x".repeat(600))).collect();
+    add_all(&mut sender, &connection, &messages).await;
+    let mut agent = agent_saying(&deployment.docks[0], &format!("live {connection}")).await;
+    let mut texts = Vec::new();
+    let mut deliveries = 0;
+    while texts.len() < messages.len() {
+        let (_, more) = next_delivery(&mut agent, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("after {texts:?}, a delivery"));
+        assert!(!more.is_empty());
+        texts.extend(more);
+        deliveries += 1;
+    }
+    assert_eq!(texts, messages, "every message once, in order");
+    assert!(
+        next_delivery(&mut agent, QUIET).await.is_none(),
+        "nothing more"
+    );
+    assert!(deliveries > 2, "in smaller deliveries: {deliveries}");
+    let counted = |outcome: &'static str| {
+        let server = &deployment.servers[0];
+        async move {
+            server
+                .metric(
+                    "mpr_socketdock_deliveries_total",
+                    &format!("mode=\"pickup\",outcome=\"{outcome}\""),
+                )
+                .await
+        }
+    };
+    assert_eq!(counted("ok").await, deliveries as f64);
+    assert_eq!(counted("sent_raw").await, 0.0, "none went unwrapped");
 }

@@ -111,6 +111,9 @@ fn add_argv(id: &str, tail: String) -> Vec<String> {
         "0".to_owned(),
         "0".to_owned(),
         "0".to_owned(),
+        // No relay lease token, no raw window: the server's add without SocketDock.
+        String::new(),
+        "0".to_owned(),
         DID.to_owned(),
         tail,
     ]

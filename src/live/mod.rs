@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use peer::{DeliveredMessage, Delivery, LocalSocket};
-pub use relay::Kicks;
+pub use relay::{Kick, Kicks};
 
 use crate::config::LiveSettings;
 use crate::push::Pushes;
@@ -43,11 +43,11 @@ impl Live {
         let instance = format!("{:016x}", rand::random::<u64>());
         Arc::new(Self {
             membership: Membership::new(&instance, settings.liveness_timeout()),
+            kicks: Kicks::new(instance.clone()),
             instance,
             store,
             registry: Registry::default(),
             pushes,
-            kicks: Kicks::default(),
         })
     }
 

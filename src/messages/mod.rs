@@ -14,7 +14,7 @@ use crate::live::{DeliveredMessage, Delivery, Live, LocalSocket};
 use crate::model::{ConnectionId, Did, MessageId, NewMessage};
 use crate::push::{PushToken, Pushes};
 use crate::store::{
-    Added, QueueStatus, Quota, Settle, Step, Store, StoreError, StoreResult, Take, Taken,
+    Added, HandOut, QueueStatus, Quota, Settle, Step, Store, StoreError, StoreResult, Take, Taken,
     TakenMessage,
 };
 use crate::telemetry;
@@ -77,9 +77,12 @@ impl Messages {
         message: NewMessage,
         push_token: Option<PushToken>,
     ) -> StoreResult<String> {
+        // With SocketDock served here, the add may take its connection's relay lease.
+        let claim = self.live.kicks().claim();
         // Both commands go out together on the multiplexed connection: one round trip.
         let (live, ()) = tokio::join!(
-            self.store.add_message(connection_id, &message),
+            self.store
+                .add_message(connection_id, &message, claim.as_ref()),
             self.pushes
                 .remember_token(connection_id, push_token.as_ref()),
         );
@@ -108,6 +111,18 @@ impl Messages {
                     .await;
             }
             Added::Relayed { .. } => self.live.kicks().kick(connection_id),
+            Added::HandedOut { socket, deadline } => {
+                let claim = claim.expect("a hand-out is made under the add's claim");
+                let hand_out = HandOut {
+                    socket,
+                    deadline,
+                    messages: vec![TakenMessage {
+                        id: id.clone(),
+                        body: Some(body),
+                    }],
+                };
+                self.live.kicks().handed_out(connection_id, claim, hand_out);
+            }
             Added::Pending if push_token.is_some() => {
                 self.pushes.request(connection_id, push_token.as_ref(), &id);
             }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::SocketDock;
+use crate::live::Kick;
 use crate::messages::ColdBody;
 use crate::store::{HandOut, LoopStep, Outcome, RelayStep, Sent, TakenMessage};
 use crate::telemetry;
@@ -34,8 +35,8 @@ pub(super) async fn dispatch(
         };
         // Each kick in a task of its own: one connection's lease attempt never waits behind
         // another's (there is at most one pending kick per connection).
-        for connection_id in kicked {
-            tracker.spawn(dock.clone().deliver(connection_id));
+        for kick in kicked {
+            tracker.spawn(dock.clone().deliver(kick));
         }
     }
 }
@@ -68,30 +69,48 @@ struct Queued<'a> {
 impl SocketDock {
     /// The delivery loop of one connection: steps while it has work and holds the lease. A
     /// raw frame is POSTed while the next step settles the one before it and hands out the
-    /// next, so a backlog flows at SocketDock's pace; a pickup delivery goes alone.
-    async fn deliver(self: Arc<Self>, connection_id: String) {
-        let token = format!("{}:{:016x}", self.instance, rand::random::<u64>());
+    /// next, so a backlog flows at SocketDock's pace; a pickup delivery goes alone. A loop
+    /// started by an add that handed its message out holds the lease already and sends that
+    /// message alone: nothing else was waiting.
+    async fn deliver(self: Arc<Self>, kick: Kick) {
+        // A raw frame handed out beside the POST of the one before it, or by the add.
+        let (connection_id, token, mut ahead, mut beside) = match kick {
+            Kick::Connection(connection_id) => {
+                (connection_id, self.live.kicks().lease_token(), None, true)
+            }
+            Kick::HandedOut {
+                connection_id,
+                token,
+                hand_out,
+            } => (connection_id, token, Some(hand_out), false),
+        };
         // Known from the first hand-out on.
         let mut socket = String::new();
         let mut send_url: Option<String> = None;
-        // What the next step settles: the messages last sent, and how their send ended.
+        // What the next step settles: the messages last sent, how their send ended, and how
+        // many of them were left out of it.
         let mut outcome = Outcome::Wrapped;
         let mut handed_out: Vec<(String, i64)> = Vec::new();
-        // A raw frame handed out beside the POST of the one before it.
-        let mut ahead: Option<HandOut> = None;
+        let mut left_out = 0;
         loop {
             let step = match ahead.take() {
                 Some(hand_out) => Ok(RelayStep::Raw(hand_out)),
                 None => {
+                    let sent = Sent {
+                        outcome,
+                        handed_out: &handed_out,
+                        left_out,
+                    };
                     let step = self
                         .store
                         .relay_next(
                             &connection_id,
-                            self.loop_step(&token, &socket, outcome, &handed_out, false),
+                            self.loop_step(&token, &socket, sent, false),
                             &self.policy,
                         )
                         .await;
                     handed_out.clear();
+                    left_out = 0;
                     step
                 }
             };
@@ -142,29 +161,52 @@ impl SocketDock {
                     }
                 },
             };
-            let sent: Vec<(String, i64)> = hand_out.handed_out().collect();
-            let Some(bodies) = self
-                .bodies(&connection_id, hand_out.messages, hand_out.deadline)
+            let HandOut {
+                deadline,
+                mut messages,
+                ..
+            } = hand_out;
+            if !self
+                .read_cold_bodies(&connection_id, &mut messages, deadline)
                 .await
-            else {
+            {
                 return;
-            };
+            }
+            // Those gone from MongoDB (and so from the queue) are settled with the others,
+            // first: the messages a delivery leaves out are the last ones.
+            let (gone, messages): (Vec<_>, Vec<_>) =
+                messages.into_iter().partition(|m| m.body.is_none());
+            let mut sent: Vec<(String, i64)> = gone.into_iter().map(|m| (m.id, deadline)).collect();
+            let mut bodies = Vec::with_capacity(messages.len());
+            for message in messages {
+                sent.push((message.id, deadline));
+                bodies.extend(message.body);
+            }
             if bodies.is_empty() {
-                // Gone from MongoDB, and so from the queue: on to the next.
                 continue;
             }
             match mode {
                 Mode::Pickup => {
-                    outcome = self.send_wrapped(&connection_id, &url, &bodies).await;
+                    (outcome, left_out) = self.send_wrapped(&connection_id, &url, &bodies).await;
                     handed_out = sent;
+                }
+                Mode::Raw if !beside => {
+                    outcome = self.send_raw(&url, &bodies[0]).await;
+                    handed_out = sent;
+                    beside = true;
                 }
                 Mode::Raw => {
                     let before = std::mem::take(&mut handed_out);
+                    let sent_before = Sent {
+                        outcome,
+                        handed_out: &before,
+                        left_out: 0,
+                    };
                     let (posted, next) = tokio::join!(
                         self.send_raw(&url, &bodies[0]),
                         self.store.relay_next(
                             &connection_id,
-                            self.loop_step(&token, &socket, outcome, &before, true),
+                            self.loop_step(&token, &socket, sent_before, true),
                             &self.policy,
                         )
                     );
@@ -198,17 +240,13 @@ impl SocketDock {
         &self,
         token: &'a str,
         socket: &'a str,
-        outcome: Outcome,
-        handed_out: &'a [(String, i64)],
+        sent: Sent<'a>,
         beside_post: bool,
     ) -> LoopStep<'a> {
         LoopStep {
             token,
             socket,
-            sent: Sent {
-                outcome,
-                handed_out,
-            },
+            sent,
             hot_only: !self.messages.cold_readable(),
             beside_post,
         }
@@ -226,39 +264,34 @@ impl SocketDock {
         Ok(url)
     }
 
-    /// The QueuedMessage JSON of each message handed out, cold ones read from MongoDB; those
-    /// gone from MongoDB (and so from the queue) are left out. None when MongoDB cannot be
-    /// read: the loop stops, and the messages come back at their deadline.
-    async fn bodies(
+    /// Reads the QueuedMessage JSON of the cold messages handed out from MongoDB; those gone
+    /// from MongoDB (and so from the queue) are left without a body. False when MongoDB cannot
+    /// be read: the loop stops, and the messages come back at their deadline.
+    async fn read_cold_bodies(
         &self,
         connection_id: &str,
-        messages: Vec<TakenMessage>,
+        messages: &mut [TakenMessage],
         deadline: i64,
-    ) -> Option<Vec<String>> {
-        let mut bodies = Vec::with_capacity(messages.len());
-        for message in messages {
-            let body = match message.body {
-                Some(body) => body,
-                None => match self
-                    .messages
-                    .cold_body(connection_id, &message.id, deadline)
-                    .await
-                {
-                    Ok(ColdBody::Found(body)) => body,
-                    Ok(ColdBody::Gone) => continue,
-                    Ok(ColdBody::Unreadable) => {
-                        tracing::warn!(%connection_id, "cold message not read; delivery resumes at its deadline");
-                        return None;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%connection_id, %error, "cold message not read; delivery resumes at its deadline");
-                        return None;
-                    }
-                },
-            };
-            bodies.push(body);
+    ) -> bool {
+        for message in messages.iter_mut().filter(|m| m.body.is_none()) {
+            match self
+                .messages
+                .cold_body(connection_id, &message.id, deadline)
+                .await
+            {
+                Ok(ColdBody::Found(body)) => message.body = Some(body),
+                Ok(ColdBody::Gone) => {}
+                Ok(ColdBody::Unreadable) => {
+                    tracing::warn!(%connection_id, "cold message not read; delivery resumes at its deadline");
+                    return false;
+                }
+                Err(error) => {
+                    tracing::warn!(%connection_id, %error, "cold message not read; delivery resumes at its deadline");
+                    return false;
+                }
+            }
         }
-        Some(bodies)
+        true
     }
 
     /// Sends one message as a raw frame: its encryptedMessage.
@@ -274,33 +307,40 @@ impl SocketDock {
     }
 
     /// Has the mediator wrap the messages in a pickup delivery for the connection's recipient,
-    /// then sends that.
-    async fn send_wrapped(&self, connection_id: &str, url: &str, bodies: &[String]) -> Outcome {
-        let envelope = match self.wrap(connection_id, bodies).await {
-            Ok(envelope) => envelope,
-            // A message whose delivery would not fit SOCKETDOCK_MAX_BODY_BYTES goes as a raw
-            // frame rather than never: retried, it would hold up every message behind it.
-            Err("mediator_reply_too_large") if bodies.len() == 1 => {
-                tracing::info!(
-                    connection_id,
-                    "a message too large to wrap in a pickup delivery goes as a raw frame"
-                );
-                return self.send_raw(url, &bodies[0]).await;
-            }
-            Err(failure) => {
-                tracing::warn!(
-                    connection_id,
-                    failure,
-                    "mediator did not wrap a pickup delivery; tried again shortly"
-                );
-                return Outcome::Unwrapped;
+    /// then sends that. A delivery too large to send (SOCKETDOCK_MAX_BODY_BYTES) is asked for
+    /// again with the first half of the messages, down to a lone one, which goes as a raw frame
+    /// rather than never (retried, it would hold up every message behind it). Returns how the
+    /// send ended and how many messages, the last ones, it left out.
+    async fn send_wrapped(
+        &self,
+        connection_id: &str,
+        url: &str,
+        bodies: &[String],
+    ) -> (Outcome, usize) {
+        let mut count = bodies.len();
+        let envelope = loop {
+            match self.wrap(connection_id, &bodies[..count]).await {
+                Ok(envelope) => break envelope,
+                Err("mediator_reply_too_large") if count > 1 => count /= 2,
+                Err("mediator_reply_too_large") => {
+                    tracing::info!(
+                        connection_id,
+                        "a message too large to wrap in a pickup delivery goes as a raw frame"
+                    );
+                    return (self.send_raw(url, &bodies[0]).await, bodies.len() - 1);
+                }
+                Err(failure) => {
+                    tracing::warn!(
+                        connection_id,
+                        failure,
+                        "mediator did not wrap a pickup delivery; tried again shortly"
+                    );
+                    return (Outcome::Unwrapped, 0);
+                }
             }
         };
-        settled(
-            url,
-            self.post_to_socket(url, envelope).await,
-            Outcome::Wrapped,
-        )
+        let sent = self.post_to_socket(url, envelope).await;
+        (settled(url, sent, Outcome::Wrapped), bodies.len() - count)
     }
 
     /// POSTs a text frame to a socket. Err names the failure: anything but 200 `OK` in time.

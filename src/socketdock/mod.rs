@@ -55,8 +55,6 @@ pub struct SocketDock {
     socket_ttl: Duration,
     max_connections_per_socket: u64,
     max_body_bytes: usize,
-    /// This instance, in the lease tokens it takes.
-    instance: String,
     send_urls: send_urls::SendUrls,
 }
 
@@ -76,7 +74,6 @@ impl SocketDock {
             .build()
             .expect("an HTTP client");
         Some(Arc::new(Self {
-            instance: live.instance().to_owned(),
             store,
             live,
             messages,
@@ -105,7 +102,7 @@ impl SocketDock {
 
     /// Serves the delivery loops' kicks until `shutdown`.
     pub fn spawn_tasks(self: &Arc<Self>, tracker: &TaskTracker, shutdown: &CancellationToken) {
-        self.live.kicks().serve();
+        self.live.kicks().serve(self.policy.raw_window);
         tracker.spawn(delivery::dispatch(
             self.clone(),
             tracker.clone(),

@@ -83,7 +83,7 @@ const REDELIVERING: &[&str] = &[
 #[rustfmt::skip]
 mod table {
     use super::*;
-    function!(ADD_MESSAGE, "add_message", CONNECTION, &["msg", "seq", "conn", "pending", "inflight", "pushed"], &["pending", "inflight"], true);
+    function!(ADD_MESSAGE, "add_message", CONNECTION, &["msg", "seq", "conn", "pending", "inflight", "pushed", "cold", "relay"], &["pending", "inflight"], true);
     function!(SETTLE_ADD, "settle_add", CONNECTION, &["msg", "removed", "conn"], &[]);
     function!(TAKE_FROM_QUEUE, "take_from_queue", CONNECTION, DELETING, &["pending", "cold", "inflight"]);
     function!(COUNT_PENDING, "count_pending", CONNECTION, &["msg", "pending", "cold", "inflight", "pushed"], &["pending", "cold"]);

@@ -41,7 +41,9 @@ pub use queue::{
 };
 pub use record::{Record, record_tail};
 pub use redelivery::{Claimed, Redelivery, Step};
-pub use relay::{AttachRefused, HandOut, LoopStep, Outcome, RelayPolicy, RelayStep, Sent};
+pub use relay::{
+    AttachRefused, HandOut, LeaseClaim, LoopStep, Outcome, RelayPolicy, RelayStep, Sent,
+};
 pub use tiering::{MoveOutcome, Visits};
 
 /// The oldest Redis with functions (Valkey 7.2 reports a `redis_version` of 7.2 as well).

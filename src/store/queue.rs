@@ -6,9 +6,10 @@ use super::functions::{
     ADD_MESSAGE, COUNT_PENDING, QUEUE_STATUS, RELEASE, REMOVE_ALL_MESSAGES, REMOVE_MESSAGES,
     SETTLE_ADD, SETTLE_COLD, TAKE_FROM_QUEUE,
 };
-use super::live::Bound;
+use super::live::{Bound, RELAY_KIND};
 use super::record::record_tail;
 use super::redelivery::{Step, StepReply};
+use super::relay::LeaseClaim;
 use super::{Quota, Store, StoreError, StoreResult, flag};
 use crate::model::NewMessage;
 
@@ -25,6 +26,9 @@ pub enum Added {
     Pending,
     /// Pending, for the delivery loop of the SocketDock socket the connection is bound to.
     Relayed { socket: String },
+    /// Handed out as a raw frame for the socket, in flight until `deadline`, under the relay
+    /// lease the add took with the caller's claim: the caller's delivery loop sends it.
+    HandedOut { socket: String, deadline: i64 },
     /// In flight to a live session's peer.
     Pushed(LiveDelivery),
 }
@@ -99,10 +103,13 @@ fn did_list(did: Option<&str>) -> Vec<&str> {
 
 impl Store {
     /// Queues a message; when the connection has a live session it is queued in flight to it.
+    /// With a lease claim, a message for a SocketDock socket with nothing else to deliver is
+    /// handed out at once under the claimed lease.
     pub async fn add_message(
         &self,
         connection_id: &str,
         message: &NewMessage,
+        claim: Option<&LeaseClaim>,
     ) -> StoreResult<Added> {
         let dids: Vec<&str> = message.dids.iter().map(String::as_str).collect();
         let sent = tokio::time::Instant::now();
@@ -113,6 +120,8 @@ impl Store {
             .arg(self.visit_after_ms)
             .arg(self.max_messages)
             .arg(self.max_bytes)
+            .arg(claim.map_or("", |claim| claim.token.as_str()))
+            .arg(claim.map_or(0, |claim| claim.raw_window.as_millis() as u64))
             .arg(&dids)
             .arg(record_tail(
                 message.size,
@@ -167,6 +176,12 @@ impl Store {
         let due: u8 = decode(reply.next())?;
         if due == 1 {
             self.index_due(connection_id, deadline).await?;
+        }
+        if bound.kind == RELAY_KIND {
+            return Ok(Added::HandedOut {
+                socket: bound.address,
+                deadline,
+            });
         }
         Ok(Added::Pushed(LiveDelivery { bound, deadline }))
     }

@@ -52,13 +52,9 @@ impl Outcome {
 pub struct Sent<'a> {
     pub outcome: Outcome,
     pub handed_out: &'a [(String, i64)],
-}
-
-impl Sent<'_> {
-    pub const NOTHING: Sent<'static> = Sent {
-        outcome: Outcome::Wrapped,
-        handed_out: &[],
-    };
+    /// How many of `handed_out`, the last ones, were left out of what was sent (a pickup
+    /// delivery of them all would not fit): back to their places whatever the outcome.
+    pub left_out: usize,
 }
 
 /// A delivery loop's step, as it asks for it.
@@ -92,6 +88,15 @@ pub struct RelayPolicy {
     pub batch_bytes: u64,
     /// Most messages in flight to a connection in pickup mode (the window a recipient acknowledges).
     pub most_in_flight: u64,
+}
+
+/// The relay lease an add may take for its connection, when its caller delivers to SocketDock:
+/// a message for a socket that takes raw frames and has nothing else waiting is then handed
+/// out by the add itself (`Added::HandedOut`), and the caller's delivery loop holds the lease.
+pub struct LeaseClaim {
+    pub token: String,
+    /// How long the raw frame may be in flight, and the lease last (`RelayPolicy::raw_window`).
+    pub raw_window: Duration,
 }
 
 /// Messages a delivery loop handed out, in flight until `deadline`, for `socket`.
@@ -219,7 +224,8 @@ impl Store {
             .arg(policy.batch_bytes)
             .arg(policy.most_in_flight)
             .arg(ms(policy.wrap_lease))
-            .arg(flag(step.beside_post));
+            .arg(flag(step.beside_post))
+            .arg(step.sent.left_out);
         for (id, deadline) in step.sent.handed_out {
             call.arg(id).arg(deadline);
         }

@@ -22,6 +22,9 @@ pub struct SocketDockOpts {
     pub connect_uri: Option<String>,
     /// Where it POSTs a closed socket (not reliably, see the reference).
     pub disconnect_uri: Option<String>,
+    /// Its `--endpoint`, the base of the send and disconnect URLs it hands out; None: its own
+    /// address (a test may put a relay of its own in front of it).
+    pub endpoint: Option<String>,
     /// Its `--log-level`.
     pub log_level: String,
     pub spawn: Spawn,
@@ -38,6 +41,7 @@ impl SocketDockOpts {
             message_uri: message_uri.to_owned(),
             connect_uri: Some(connect_uri.to_owned()),
             disconnect_uri: Some(disconnect_uri.to_owned()),
+            endpoint: None,
             log_level: "INFO".to_owned(),
             spawn: Spawn {
                 log: Log::File(default_log(port)),
@@ -70,6 +74,7 @@ fn default_log(port: u16) -> PathBuf {
 #[derive(Debug)]
 pub struct SocketDock {
     port: u16,
+    endpoint: String,
     log: Log,
     proc: Proc,
 }
@@ -79,7 +84,8 @@ impl SocketDock {
     /// launcher's virtualenv from PyPI).
     pub async fn start(opts: SocketDockOpts) -> Result<Self> {
         let port = opts.port;
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint =
+            (opts.endpoint.clone()).unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
         let mut cmd = Command::new(&opts.launcher);
         // `--endpoint` is the base of the send/disconnect URLs handed to the backend.
         cmd.args(["--bindip", "127.0.0.1", "--bindport", &port.to_string()])
@@ -95,6 +101,7 @@ impl SocketDock {
         let proc = Proc::spawn(cmd, &format!("socketdock-{port}"), &opts.spawn)?;
         let dock = Self {
             port,
+            endpoint,
             log: opts.spawn.log,
             proc,
         };
@@ -119,7 +126,7 @@ impl SocketDock {
 
     /// Its `--endpoint`: the base of every `send` and `disconnect` URL it hands out.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.endpoint.clone()
     }
 
     /// The launcher `exec`s SocketDock, so this is SocketDock's own pid.

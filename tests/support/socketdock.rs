@@ -466,3 +466,115 @@ pub async fn post_for_response(
         .await
         .unwrap_or_else(|error| panic!("POST {url}: {error}"))
 }
+
+/// A TCP relay in front of a SocketDock's HTTP port (its `--endpoint`, so the send URLs point
+/// here) that can stall the sends: while holding, whatever a connection sends next (a POST, on a
+/// new or a pooled connection) is kept from SocketDock, unanswered, as by a SocketDock that took
+/// it and never answered; `release` closes those connections unread.
+pub struct TcpRelay {
+    pub port: u16,
+    holding: watch::Sender<bool>,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpRelay {
+    pub async fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a relay port");
+        let port = listener.local_addr().expect("its address").port();
+        let (holding, _) = watch::channel(false);
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (watching, counting) = (holding.clone(), held.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(relay(
+                    inbound,
+                    target,
+                    watching.subscribe(),
+                    counting.clone(),
+                ));
+            }
+        });
+        Self {
+            port,
+            holding,
+            held,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What connections send is held from now on.
+    pub fn hold(&self) {
+        self.holding.send_replace(true);
+    }
+
+    /// Waits until `count` connections have been held.
+    pub async fn wait_held(&self, count: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let held = self.held.load(std::sync::atomic::Ordering::SeqCst);
+            if held >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{held} connections held of {count} awaited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes the held connections without passing on what they sent, and relays again.
+    pub fn release(&self) {
+        self.holding.send_replace(false);
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// One connection through a `TcpRelay`.
+async fn relay(
+    mut inbound: tokio::net::TcpStream,
+    target: u16,
+    mut holding: watch::Receiver<bool>,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = inbound.split();
+    let (mut from_target, mut to_target) = outbound.split();
+    let (mut up, mut down) = ([0u8; 16384], [0u8; 16384]);
+    loop {
+        tokio::select! {
+            read = from_client.read(&mut up) => {
+                let Ok(n @ 1..) = read else { return };
+                if *holding.borrow_and_update() {
+                    held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = holding.wait_for(|holding| !holding).await;
+                    return;
+                }
+                if to_target.write_all(&up[..n]).await.is_err() {
+                    return;
+                }
+            }
+            read = from_target.read(&mut down) => {
+                let Ok(n @ 1..) = read else { return };
+                if to_client.write_all(&down[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

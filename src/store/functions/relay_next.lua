@@ -14,7 +14,9 @@
 -- long the lease lasts after handing out a pickup delivery (ms: the mediator wraps it, then
 -- SocketDock takes it), 12 "1" when a raw frame of this holder is still on its way (the step
 -- runs beside its POST): the lease is kept whatever happens and only a raw frame is handed out,
--- 13.. pairs of an id last handed out and the deadline it was handed out with.
+-- 13 how many of the pairs that follow, the last ones, go back to their places whatever the
+-- outcome (messages a pickup delivery left out: the whole batch would not fit in one), 14.. pairs
+-- of an id last handed out and the deadline it was handed out with.
 -- The connection's `ack` field (set when its recipient turned Pickup V2 live mode on) chooses
 -- the next hand-out: one raw frame, or a batch for the mediator to wrap in a pickup delivery.
 -- Returns {"raw", socket, deadline, due, id, body} (body "" for a cold message; due as in
@@ -48,10 +50,13 @@ if socket == "" then
 elseif redis.call("GET", Q.relay) ~= token then
   return redis.error_reply("FENCED relay lease lost")
 end
-for i = 13, #ARGV, 2 do
+local left_out_from = #ARGV - 2 * tonumber(ARGV[13]) + 1
+for i = 14, #ARGV, 2 do
   local id = ARGV[i]
   if inflight_with(Q, id, tonumber(ARGV[i + 1])) then
-    if outcome == "ok" then
+    if i >= left_out_from then
+      release(Q, id, redis.call("HGET", Q.msg, id))
+    elseif outcome == "ok" then
       delete(Q, id)
     elseif outcome == "failed" then
       release(Q, id, redis.call("HGET", Q.msg, id))
