@@ -50,7 +50,7 @@ def command(env):
     if not endpoints or not all(re.fullmatch(r"(https?|wss?)://\S+", e) for e in endpoints):
         raise SettingError(f"ENDPOINTS must be comma-separated http(s):// and ws(s):// URLs; got {env.get('ENDPOINTS')!r}")
 
-    child = {k: v for k, v in env.items() if not k.startswith(("ACAPY_", "MPR_ACAPY_"))}
+    child = dict(env)
     child["ACAPY_WALLET_KEY"] = wallet_key
     if env.get("MPR_TOKEN"):
         child["MPR_ACAPY_TOKEN"] = env["MPR_TOKEN"]
