@@ -30,10 +30,10 @@ const COMPOSE = process.env.DOCKER_COMPOSE || 'docker-compose';
 const CREDO = FLAVOURS.find((f) => f.dir === 'credo-0.6');
 const execFileAsync = promisify(execFile);
 
-/** The composition's files, by its mediators: ci.yml, CI's addresses, always last. */
+/** The composition's files (ci.yml, CI's addresses, always last) and its mediators' image, by its mediators. */
 const COMPOSITIONS = {
-  credo: { mediators: 'Credo', files: ['ha.yml', 'ci.yml'] },
-  acapy: { mediators: 'ACA-Py', files: ['ha.yml', 'acapy.yml', 'ci.yml'] },
+  credo: { mediators: 'Credo', files: ['ha.yml', 'ci.yml'], image: process.env.MEDIATOR_IMAGE || 'mpr-credo-mediator:local' },
+  acapy: { mediators: 'ACA-Py', files: ['ha.yml', 'acapy.yml', 'ci.yml'], image: process.env.ACAPY_MEDIATOR_IMAGE || 'mpr-acapy-mediator:local' },
 };
 const COMPOSITION = COMPOSITIONS[process.env.MPR_HA_MEDIATOR || 'credo'];
 if (!COMPOSITION) throw new Error(`MPR_HA_MEDIATOR must be one of ${Object.keys(COMPOSITIONS).join(', ')}`);
@@ -116,6 +116,9 @@ describe(`the HA composition with ${COMPOSITION.mediators} mediators (${COMPOSIT
       { timeoutMs: HEALTHY_MS, intervalMs: 1000 },
     );
     assert.ok(healthy, `not every container turned healthy:\n${await diagnosis()}`);
+    for (const service of ['mediator-1', 'mediator-2']) {
+      assert.equal(await docker('inspect', '-f', '{{.Config.Image}}', await containerOf(service)), COMPOSITION.image, `${service}'s image`);
+    }
   });
 
   it('refuses SocketDock\'s own routes on the public port', async () => {
