@@ -1174,7 +1174,12 @@ fn acapy_composition_changes_only_the_mediators_image_and_health_check() {
             keys.extend(merged.keys().map(String::as_str));
         }
         assert!(
-            keys.is_subset(&BTreeSet::from(["image", "build", "healthcheck", "depends_on"])),
+            keys.is_subset(&BTreeSet::from([
+                "image",
+                "build",
+                "healthcheck",
+                "depends_on"
+            ])),
             "{name} changes only its image, build, health check and order: {keys:?}"
         );
         assert_eq!(
@@ -1186,7 +1191,9 @@ fn acapy_composition_changes_only_the_mediators_image_and_health_check() {
     let ci = yaml(&interpolate(HA_CI_COMPOSE, &|name| name.to_owned()));
     for compose in [ha_compose(), ci] {
         for name in ["mediator-1", "mediator-2"] {
-            let env = compose["services"][name]["environment"].as_object().unwrap();
+            let env = compose["services"][name]["environment"]
+                .as_object()
+                .unwrap();
             // ci.yml's mediator-2 merges mediator-1's (checked on its own).
             assert_mediator_knows("acapy", env.keys().filter(|key| *key != "<<"));
         }
