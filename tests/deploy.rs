@@ -22,6 +22,8 @@ const DOCKERFILE: &str = include_str!("../Dockerfile");
 const DOCKERIGNORE: &str = include_str!("../.dockerignore");
 const COMPOSE: &str = include_str!("../docker-compose.yml");
 const HA_COMPOSE: &str = include_str!("../deploy/compose/ha.yml");
+const HA_ACAPY_COMPOSE: &str = include_str!("../deploy/compose/acapy.yml");
+const HA_CI_COMPOSE: &str = include_str!("../deploy/compose/ci.yml");
 const HAPROXY_CFG: &str = include_str!("../deploy/compose/haproxy.cfg");
 const DASHBOARD: &str = include_str!("../deploy/grafana/mpr-dashboard.json");
 const ALERTS: &str = include_str!("../deploy/prometheus/alerts.yml");
@@ -785,6 +787,18 @@ fn service_address(manifests: &Manifests, service: &str, name: &str) -> String {
     format!("{service}:{}", port["port"])
 }
 
+/// Each name is a setting of the mediator (mediators/<mediator>), as its README's table says.
+fn assert_mediator_knows<'a>(mediator: &str, names: impl Iterator<Item = &'a String>) {
+    let readme =
+        std::fs::read_to_string(root().join(format!("mediators/{mediator}/README.md"))).unwrap();
+    for name in names {
+        assert!(
+            readme.contains(&format!("| `{name}`")) || readme.contains(&format!("/ `{name}`")),
+            "the {mediator} mediator knows {name}"
+        );
+    }
+}
+
 /// The numeric user of a Dockerfile's last USER line.
 fn dockerfile_user(path: &str) -> u64 {
     std::fs::read_to_string(root().join(path))
@@ -878,12 +892,9 @@ fn kubernetes_socketdock_and_mediator_fit_the_servers() {
     let mediator = manifests.named("Deployment", "mediator");
     let container = only_container(mediator);
     let env = container_env(&manifests, container);
-    let readme = std::fs::read_to_string(root().join("mediators/credo/README.md")).unwrap();
-    for name in env.keys() {
-        assert!(
-            readme.contains(&format!("| `{name}`")) || readme.contains(&format!("/ `{name}`")),
-            "the mediator knows {name}"
-        );
+    // Either mediator's image runs with it (mediators/acapy takes the same settings).
+    for mediator in ["credo", "acapy"] {
+        assert_mediator_knows(mediator, env.keys());
     }
     for secret in ["MPR_TOKEN", "WALLET_KEY", "POSTGRES_PASSWORD"] {
         assert_eq!(
@@ -912,10 +923,12 @@ fn kubernetes_socketdock_and_mediator_fit_the_servers() {
         ),
         "the servers forward SocketDock's frames to the mediators' frames port"
     );
-    assert_eq!(
-        mediator["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_u64(),
-        Some(dockerfile_user("mediators/credo/Dockerfile"))
-    );
+    for dockerfile in ["mediators/credo/Dockerfile", "mediators/acapy/Dockerfile"] {
+        assert_eq!(
+            mediator["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_u64(),
+            Some(dockerfile_user(dockerfile))
+        );
+    }
 
     // From outside: /ws only to SocketDock (its other routes need no credentials).
     let ingress = manifests.one("Ingress");
@@ -1139,6 +1152,52 @@ fn ha_composition_keeps_secrets_out_and_publishes_only_the_proxy() {
         }
     }
     assert!(HAPROXY_CFG.contains("http-request deny deny_status 403 if { path_sub /socket/ }"));
+}
+
+#[test]
+fn acapy_composition_changes_only_the_mediators_image_and_health_check() {
+    let acapy = yaml(&interpolate(HA_ACAPY_COMPOSE, &|name| name.to_owned()));
+    let services = acapy["services"].as_object().expect("services");
+    assert_eq!(
+        services.keys().collect::<Vec<_>>(),
+        ["mediator-1", "mediator-2"]
+    );
+    for (name, service) in services {
+        let mut keys: BTreeSet<&str> = service
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        if let Some(merged) = service["<<"].as_object() {
+            keys.remove("<<");
+            keys.extend(merged.keys().map(String::as_str));
+        }
+        assert!(
+            keys.is_subset(&BTreeSet::from([
+                "image",
+                "build",
+                "healthcheck",
+                "depends_on"
+            ])),
+            "{name} changes only its image, build, health check and order: {keys:?}"
+        );
+        assert_eq!(
+            merged(service, "build")["dockerfile"],
+            "mediators/acapy/Dockerfile"
+        );
+    }
+    // ha.yml's settings of the mediators, and ci.yml's, are the ACA-Py mediator's too.
+    let ci = yaml(&interpolate(HA_CI_COMPOSE, &|name| name.to_owned()));
+    for compose in [ha_compose(), ci] {
+        for name in ["mediator-1", "mediator-2"] {
+            let env = compose["services"][name]["environment"]
+                .as_object()
+                .unwrap();
+            // ci.yml's mediator-2 merges mediator-1's (checked on its own).
+            assert_mediator_knows("acapy", env.keys().filter(|key| *key != "<<"));
+        }
+    }
 }
 
 #[tokio::test]

@@ -1,17 +1,19 @@
 // The HA composition (deploy/compose/ha.yml) started for real, with CI's override on top
 // (deploy/compose/ci.yml: host networking, every port a free one chosen here): two SocketDock,
-// two mpr servers, two Credo mediators on one PostgreSQL wallet, Redis (AOF), MongoDB-wire and
-// the public proxy, from the images scripts/image-test built. Every container turns healthy; a
-// real Credo 0.6 recipient outside the containers (tests/e2e's agent) connects through the
-// public port's SocketDock path and receives what a real Credo sender sends over the public
-// HTTP endpoint; then one server container and one mediator container are killed (docker kill)
-// and what is sent afterwards still arrives: content and count asserted (not the order: two
-// mediators and two servers, every message once).
+// two mpr servers, two mediators on one PostgreSQL wallet, Redis (AOF), MongoDB-wire and the
+// public proxy, from the images scripts/image-test built. The mediators are ha.yml's Credo ones,
+// or with MPR_HA_MEDIATOR=acapy the ACA-Py ones of deploy/compose/acapy.yml (applied between
+// the two). Every container turns healthy; a real Credo 0.6 recipient outside the containers
+// (tests/e2e's agent) connects through the public port's SocketDock path and receives what a
+// real Credo sender sends over the public HTTP endpoint; then one server container and one
+// mediator container are killed (docker kill) and what is sent afterwards still arrives:
+// content and count asserted (not the order: two mediators and two servers, every message once).
 //
 // Environment (scripts/image-test sets it): DOCKER and DOCKER_HOST (scripts/ensure-docker);
-// MPR_IMAGE, SOCKETDOCK_IMAGE, MEDIATOR_IMAGE, REDIS_IMAGE, MONGO_IMAGE, POSTGRES_IMAGE and
-// HAPROXY_IMAGE (ha.yml's variables; CI's stand-ins for the official ones come from
-// scripts/build-base-images); DOCKER_COMPOSE (default docker-compose).
+// MPR_IMAGE, SOCKETDOCK_IMAGE, MEDIATOR_IMAGE, ACAPY_MEDIATOR_IMAGE, REDIS_IMAGE, MONGO_IMAGE,
+// POSTGRES_IMAGE and HAPROXY_IMAGE (the compose files' variables; CI's stand-ins for the
+// official ones come from scripts/build-base-images); DOCKER_COMPOSE (default docker-compose);
+// MPR_HA_MEDIATOR (credo, the default, or acapy).
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -27,6 +29,14 @@ const DOCKER = process.env.DOCKER || 'docker';
 const COMPOSE = process.env.DOCKER_COMPOSE || 'docker-compose';
 const CREDO = FLAVOURS.find((f) => f.dir === 'credo-0.6');
 const execFileAsync = promisify(execFile);
+
+/** The composition's files (ci.yml, CI's addresses, always last) and its mediators' image, by its mediators. */
+const COMPOSITIONS = {
+  credo: { mediators: 'Credo', files: ['ha.yml', 'ci.yml'], image: process.env.MEDIATOR_IMAGE || 'mpr-credo-mediator:local' },
+  acapy: { mediators: 'ACA-Py', files: ['ha.yml', 'acapy.yml', 'ci.yml'], image: process.env.ACAPY_MEDIATOR_IMAGE || 'mpr-acapy-mediator:local' },
+};
+const COMPOSITION = COMPOSITIONS[process.env.MPR_HA_MEDIATOR || 'credo'];
+if (!COMPOSITION) throw new Error(`MPR_HA_MEDIATOR must be one of ${Object.keys(COMPOSITIONS).join(', ')}`);
 
 // ci.yml runs ha.yml's proxy as ci-proxy.
 const SERVICES = ['redis', 'mongodb', 'postgres', 'mpr-1', 'mpr-2', 'socketdock-1', 'socketdock-2', 'mediator-1', 'mediator-2', 'ci-proxy'];
@@ -45,11 +55,12 @@ const HEALTHY_MS = 5 * 60_000;
 const project = `mprha${randomBytes(4).toString('hex')}`;
 const env = { ...process.env };
 
-/** docker-compose with ha.yml and ci.yml, this run's project name and environment. */
+/** docker-compose with the composition's files, this run's project name and environment. */
 async function compose(...args) {
+  const files = COMPOSITION.files.flatMap((file) => ['-f', `deploy/compose/${file}`]);
   const { stdout } = await execFileAsync(
     COMPOSE,
-    ['-p', project, '-f', 'deploy/compose/ha.yml', '-f', 'deploy/compose/ci.yml', ...args],
+    ['-p', project, ...files, ...args],
     { cwd: REPO, env, maxBuffer: 64 * 1024 * 1024, timeout: UP_MS },
   );
   return stdout.trim();
@@ -70,7 +81,7 @@ async function diagnosis() {
   return lines.join('\n');
 }
 
-describe('the HA composition (deploy/compose/ha.yml + ci.yml) started for real', () => {
+describe(`the HA composition with ${COMPOSITION.mediators} mediators (${COMPOSITION.files.join(' + ')}) started for real`, () => {
   const agents = {};
   let connectionId;
   const withLogs = withLogTails(async () => `${agentLogs(Object.values(agents))}\n${await diagnosis()}`);
@@ -90,7 +101,7 @@ describe('the HA composition (deploy/compose/ha.yml + ci.yml) started for real',
       // As agents reach the proxy from outside: the senders' HTTP first, then SocketDock's path.
       MEDIATOR_ENDPOINTS: `http://127.0.0.1:${env.PUBLIC_PORT},ws://127.0.0.1:${env.PUBLIC_PORT}/ws`,
     });
-    // No build: scripts/image-test built the images ha.yml names (through the *_IMAGE variables).
+    // No build: scripts/image-test built the images the files name (through the *_IMAGE variables).
     await compose('up', '-d', '--no-build');
   });
 
@@ -105,6 +116,9 @@ describe('the HA composition (deploy/compose/ha.yml + ci.yml) started for real',
       { timeoutMs: HEALTHY_MS, intervalMs: 1000 },
     );
     assert.ok(healthy, `not every container turned healthy:\n${await diagnosis()}`);
+    for (const service of ['mediator-1', 'mediator-2']) {
+      assert.equal(await docker('inspect', '-f', '{{.Config.Image}}', await containerOf(service)), COMPOSITION.image, `${service}'s image`);
+    }
   });
 
   it('refuses SocketDock\'s own routes on the public port', async () => {

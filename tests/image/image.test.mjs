@@ -5,9 +5,9 @@
 // healthy, a clean SIGTERM, and that a bad setting stops the container naming it.
 //
 // SocketDock's image is checked for its user and HEALTHCHECK (tests/image/proxy.test.mjs runs
-// SocketDock behind the public proxy); the Credo mediator's image (MEDIATOR_IMAGE, built by
-// scripts/image-test where mediators/credo exists) for its wallet and invitation against the
-// server's image, its user, HEALTHCHECK and SIGTERM.
+// SocketDock behind the public proxy); the mediators' images, Credo's (MEDIATOR_IMAGE) and
+// ACA-Py's (ACAPY_MEDIATOR_IMAGE), each skipped when not given, for their wallet and invitation
+// against the server's image, their user, HEALTHCHECK and SIGTERM.
 //
 // Environment: MPR_IMAGE (the image, default mpr:ci), SOCKETDOCK_IMAGE (socketdock:ci), DOCKER (the client, default docker) with
 // DOCKER_HOST as scripts/ensure-docker prints them.
@@ -24,7 +24,13 @@ import {
 
 const IMAGE = process.env.MPR_IMAGE || 'mpr:ci';
 const SOCKETDOCK_IMAGE = process.env.SOCKETDOCK_IMAGE || 'socketdock:ci';
-const MEDIATOR_IMAGE = process.env.MEDIATOR_IMAGE;
+/** The mediators' images: the same settings, but for where a one-instance wallet is kept. */
+const MEDIATORS = [
+  // Its SQLite wallet in the container's /tmp.
+  { name: 'Credo', image: process.env.MEDIATOR_IMAGE, variable: 'MEDIATOR_IMAGE', wallet: { SQLITE_PATH: '/tmp/mediator.sqlite' } },
+  // ACA-Py's SQLite wallet in the user's home.
+  { name: 'ACA-Py', image: process.env.ACAPY_MEDIATOR_IMAGE, variable: 'ACAPY_MEDIATOR_IMAGE', wallet: {} },
+];
 const DOCKER = process.env.DOCKER || 'docker';
 const execFileAsync = promisify(execFile);
 
@@ -167,7 +173,7 @@ describe(`the image ${SOCKETDOCK_IMAGE}`, () => {
   });
 });
 
-describe(`the Credo mediator's image ${MEDIATOR_IMAGE ?? ''}`, { skip: !MEDIATOR_IMAGE && 'MEDIATOR_IMAGE not given (no mediators/credo)' }, () => {
+for (const { name, image, variable, wallet } of MEDIATORS) describe(`the ${name} mediator's image ${image ?? ''}`, { skip: !image && `${variable} not given` }, () => {
   let redis;
   let mpr;
   let mediator;
@@ -183,18 +189,18 @@ describe(`the Credo mediator's image ${MEDIATOR_IMAGE ?? ''}`, { skip: !MEDIATOR
     });
     assert.ok(ready, `the server's /ready never answered 200:\n${await logsOf(mpr)}`);
     httpPort = await freePort();
-    // A SQLite wallet in the container's /tmp: one instance (ha.yml gives the PostgreSQL one).
+    // A SQLite wallet: one instance (ha.yml gives the PostgreSQL one).
     mediator = await runImage(
       {
         MPR_URL: `ws://127.0.0.1:${wsPort}`,
         WALLET_KEY: 'image-test-wallet-key',
-        SQLITE_PATH: '/tmp/mediator.sqlite',
+        ...wallet,
         HTTP_PORT: httpPort,
         WS_PORT: await freePort(),
         BIND_ADDRESS: '127.0.0.1',
       },
-      // Writable, as in ha.yml: Credo keeps files of its own beside the wallet.
-      { image: MEDIATOR_IMAGE, readOnly: false },
+      // Writable, as in ha.yml: the wallet is a file.
+      { image, readOnly: false },
     );
   });
 
