@@ -183,6 +183,7 @@ impl SocketDock {
                 bodies.extend(message.body);
             }
             if bodies.is_empty() {
+                // All gone from MongoDB, and so from the queue: on to the next.
                 continue;
             }
             match mode {
