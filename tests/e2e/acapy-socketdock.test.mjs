@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { acapyLogs, newWallet, startAcapyMediator } from './acapy.mjs';
 import { FLAVOURS } from './agents.mjs';
-import { dockedLogs, joinPair, metricSum, offlineThenBack, startDockedWorld, stopDockedWorld } from './docked.mjs';
+import { dockedLogs, joinPair, metricSum, offlineThenBack, startDockedWorld, stopDockedWorld, wokenWhileAway } from './docked.mjs';
 import { SERVER_ENV, assertReceived, newRun, received, sendAcknowledged, waitForAll, withLogTails } from './world.mjs';
 
 const wanted = (process.env.MPR_E2E_FLAVOURS || '').split(',').filter(Boolean);
@@ -82,6 +82,13 @@ describe('ACA-Py mediators (mpr_acapy) behind SocketDock: 2 SocketDock, 2 mpr, 2
         world.senders.route(B.httpPort);
       },
     });
+  }));
+
+  test('a recipient that gave its mediator an FCM token (RFC 0734) is woken while away, then gets what waited, once, in order', withLogs(async (t) => {
+    // The set-device-info handler is mpr_acapy's (push.py); the token goes with every addMessage.
+    const F06 = FLAVOURS.find((f) => f.dir === 'credo-0.6');
+    if (!CREDO.includes(F06)) return t.skip('Credo 0.6 only (its recipient sends set-device-info)');
+    await wokenWhileAway(world, await pair(F06, 'recipient-push'), t);
   }));
 
   test('garbage on the MEDIATOR_URL port: 400 naming what is wrong, 404 for an unknown connection', withLogs(async () => {

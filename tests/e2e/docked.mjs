@@ -179,6 +179,41 @@ export async function offlineThenBack(world, p, { whileAway = () => {} } = {}) {
   assertReceived(view, run, 10, { ordered: false });
 }
 
+/**
+ * Aries RFC 0734: the pair `p` (a live Credo 0.6 recipient) gives its mediator an FCM token with
+ * set-device-info, then stops its pickup; messages sent while it is away wake it through Google
+ * (google.mjs: a push to its token, every request well formed); back, it gets what waited, once,
+ * in order. `t` is the test's context (for a diagnostic line).
+ */
+export async function wokenWhileAway(world, p, t) {
+  const view = { recipient: p.recipient };
+  const token = `fcm-device-${newRun()}`;
+  // set-device-info goes as a frame through SocketDock (the phone has no HTTP transport); its
+  // socket must stay open until the server forwarded it (SocketDock drops a frame whose socket
+  // closed), and the mediator answers a frame once it processed it.
+  const forwarded = () => metricSum(world, 'mpr_socketdock_frames_total', 'outcome="forwarded"');
+  const frames = await forwarded();
+  await p.recipient.call('setDeviceToken', { token });
+  assert.ok(await pollUntil(async () => (await forwarded()) > frames, { timeoutMs: 20_000, intervalMs: 100 }), 'set-device-info reached the mediator');
+  await p.recipient.call('stopPickup');
+  const run = newRun();
+  const pushed = () => world.google.messages.filter((m) => m.token === token);
+  // Each message queued for a phone without a socket wakes it; the mediator takes the token
+  // from its wallet with every add, so one sent before set-device-info was processed is not.
+  let sent = 0;
+  while (sent < 3 && pushed().length === 0) {
+    await sendAcknowledged(p.sender, p.connectionId, run, 1, { from: sent });
+    sent += 1;
+    await pollUntil(async () => pushed().length > 0, { timeoutMs: 15_000, intervalMs: 100 });
+  }
+  assert.ok(pushed().length > 0, `a push to the device's token reached FCM (${world.google.messages.length} pushes in all)`);
+  assert.deepEqual(world.google.refusals, [], 'every request to Google was well formed');
+  t.diagnostic(`${sent} sent while away, ${pushed().length} pushes to the device's token: ${JSON.stringify(pushed()[0])}`);
+  await p.recipient.call('startPickup', {});
+  await waitForAll(view, run, sent);
+  assertReceived(view, run, sent, { ordered: true });
+}
+
 /** Server metric lines of `name` (with labels), summed over the servers still running. */
 export async function metricSum(world, name, labels = '') {
   let sum = 0;

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { closeAllClients, freePort, pollUntil, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
 import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents } from './agents.mjs';
-import { dockedLogs, joinPair, joinWorld, metricSum, offlineThenBack, startDockedWorld, stopDockedWorld } from './docked.mjs';
+import { dockedLogs, joinPair, joinWorld, metricSum, offlineThenBack, startDockedWorld, stopDockedWorld, wokenWhileAway } from './docked.mjs';
 import { startMediator, walletDatabaseName } from './mediator.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
 import { SERVER_ENV, assertReceived, newRun, percentile, received, sendAcknowledged, waitForAll, withLogTails } from './world.mjs';
@@ -59,32 +59,7 @@ describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo 
   }));
 
   test('a recipient that gave its mediator an FCM token (RFC 0734) is woken while away, then gets what waited, once, in order', withLogs(async (t) => {
-    const p = await pair(F06, 'live', 'recipient-push');
-    const token = `fcm-device-${newRun()}`;
-    // set-device-info goes as a frame through SocketDock (the phone has no HTTP transport); its
-    // socket must stay open until the server forwarded it (SocketDock drops a frame whose socket
-    // closed), and the mediator answers a frame once it processed it.
-    const forwarded = () => metricSum(world, 'mpr_socketdock_frames_total', 'outcome="forwarded"');
-    const frames = await forwarded();
-    await p.recipient.call('setDeviceToken', { token });
-    assert.ok(await pollUntil(async () => (await forwarded()) > frames, { timeoutMs: 20_000, intervalMs: 100 }), 'set-device-info reached the mediator');
-    await p.recipient.call('stopPickup');
-    const run = newRun();
-    const pushed = () => world.google.messages.filter((m) => m.token === token);
-    // Each message queued for a phone without a socket wakes it; the mediator takes the token
-    // from its wallet with every add, so one sent before set-device-info was processed is not.
-    let sent = 0;
-    while (sent < 3 && pushed().length === 0) {
-      await sendAcknowledged(p.sender, p.connectionId, run, 1, { from: sent });
-      sent += 1;
-      await pollUntil(async () => pushed().length > 0, { timeoutMs: 15_000, intervalMs: 100 });
-    }
-    assert.ok(pushed().length > 0, `a push to the device's token reached FCM (${world.google.messages.length} pushes in all)`);
-    assert.deepEqual(world.google.refusals, [], 'every request to Google was well formed');
-    t.diagnostic(`${sent} sent while away, ${pushed().length} pushes to the device's token: ${JSON.stringify(pushed()[0])}`);
-    await p.recipient.call('startPickup', {});
-    await waitForAll(view(p), run, sent);
-    assertReceived(view(p), run, sent, { ordered: true });
+    await wokenWhileAway(world, await pair(F06, 'live', 'recipient-push'), t);
   }));
 
   test('implicit pickup and polling through SocketDock', withLogs(async () => {

@@ -17,7 +17,7 @@ from acapy_agent.core.util import STARTUP_EVENT_PATTERN
 from acapy_agent.protocols.didcomm_prefix import DIDCommPrefix
 from acapy_agent.transport.inbound.manager import InboundTransportManager
 
-from . import forward, pickup
+from . import forward, pickup, push
 from .mediator import MprMediator
 from .rpc import MprClient
 
@@ -46,6 +46,7 @@ async def setup(context: InjectionContext):
         DIDCommPrefix.qualify_all({forward.FORWARD: forward.MprForward})
     )
     registry.register_message_types(DIDCommPrefix.qualify_all(pickup.MESSAGE_TYPES))
+    registry.register_message_types(DIDCommPrefix.qualify_all(push.MESSAGE_TYPES))
 
     async def started(profile: Profile, _event):
         await mediator.start(profile.inject(InboundTransportManager))

@@ -14,6 +14,7 @@ from acapy_agent.protocols.routing.v1_0.messages.forward import Forward, Forward
 from acapy_agent.transport.outbound.status import OutboundSendStatus
 
 from .mediator import MprMediator, did_key, envelope_recipient_dids
+from .push import push_token
 from .rpc import MprConnectionError, MprError
 
 FORWARD = "routing/1.0/forward"
@@ -48,8 +49,13 @@ class MprForwardHandler(BaseHandler):
             recipient_dids = []
         mediator = context.inject(MprMediator)
         try:
+            # RFC 0734: the recipient's FCM token, if it gave one (one wallet read, not cached).
+            token = await push_token(context.profile, route.connection_id)
             await mediator.client.add_message(
-                route.connection_id, recipient_dids or [did_key(route.recipient_key)], envelope
+                route.connection_id,
+                recipient_dids or [did_key(route.recipient_key)],
+                envelope,
+                push_token=token,
             )
         except (MprError, MprConnectionError) as error:
             # Read by mpr_acapy.http, which answers the sender's POST with an error.

@@ -91,12 +91,22 @@ class MprClient:
     # -- methods -----------------------------------------------------------------------------
 
     async def add_message(
-        self, connection_id: str, recipient_dids: list[str], payload: dict
+        self,
+        connection_id: str,
+        recipient_dids: list[str],
+        payload: dict,
+        push_token: Optional[dict] = None,
     ) -> str:
-        result = await self.call(
-            "addMessage",
-            {"connectionId": connection_id, "recipientDids": recipient_dids, "payload": payload},
-        )
+        """push_token: the server's pushNotificationToken ({"type": "fcm", "token": ...}), to wake
+        the recipient while it has no live session."""
+        params = {
+            "connectionId": connection_id,
+            "recipientDids": recipient_dids,
+            "payload": payload,
+        }
+        if push_token:
+            params["pushNotificationToken"] = push_token
+        result = await self.call("addMessage", params)
         if not isinstance(result, dict) or not isinstance(result.get("messageId"), str):
             raise MprConnectionError(f"addMessage: unexpected result {result!r}")
         return result["messageId"]
