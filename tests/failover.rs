@@ -2,8 +2,9 @@
 //! primary of some of their connections is killed -9, its replica takes over and the old
 //! primary rejoins as a replica, then an instance is killed -9 (`support::reconcile`). With
 //! REDIS_WAIT_REPLICAS=1 no acknowledged message may be lost; without it, what replication had
-//! not carried over when the primary died may be (counted and printed, not asserted).
-//! Nothing that got an error is delivered, nothing comes twice after its removal, order holds.
+//! not carried over when the primary died may be, and a removal it had not carried over comes
+//! again (both counted and printed, not asserted). Nothing that got an error is delivered,
+//! order holds; with WAIT nothing comes twice after its removal.
 
 mod support;
 
@@ -64,10 +65,11 @@ async fn with_wait_a_failover_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_wait_a_failover_never_lies_about_errors_or_order() {
     let counts = run("0").await;
-    counts.assert_sound();
+    counts.assert_truthful();
     eprintln!(
-        "without WAIT: {} acknowledged messages lost to the failover (replication lag)",
-        counts.lost
+        "without WAIT: {} acknowledged messages lost and {} acknowledged removals undone by the \
+         failover (replication lag)",
+        counts.lost, counts.duplicated
     );
 }
 

@@ -635,8 +635,21 @@ pub async fn reconcile(
 }
 
 impl Counts {
-    /// What must hold after any run: progress, and nothing handed out wrongly.
+    /// What must hold after any run where replication does not lag behind the replies (one
+    /// node, or REDIS_WAIT_REPLICAS): progress, and nothing handed out wrongly.
     pub fn assert_sound(&self) {
+        self.assert_truthful();
+        assert_eq!(
+            self.duplicated, 0,
+            "messages handed out after their removal"
+        );
+    }
+
+    /// What must hold even when a failover can undo what the lost primary acknowledged
+    /// (REDIS_WAIT_REPLICAS=0): a removal it undid hands the message out again (at least
+    /// once, `docs/architecture.md`), so such duplicates are the caller's to print, not an
+    /// error; errors, order and ids still must not lie.
+    pub fn assert_truthful(&self) {
         assert!(
             self.acknowledged > 100,
             "the writers made progress: {}",
@@ -646,10 +659,6 @@ impl Counts {
             self.removed > 100,
             "the consumers made progress: {}",
             self.removed
-        );
-        assert_eq!(
-            self.duplicated, 0,
-            "messages handed out after their removal"
         );
         assert_eq!(
             self.delivered_errored, 0,
