@@ -9,7 +9,10 @@
 //! Beside each, SocketDock alone on a second instance whose frames go straight to the stand-in
 //! (no mpr, no Redis): this tool POSTs to the sockets' send URLs with the server's HTTP client,
 //! one sender per socket as the server's delivery loop (latency at the same rates), and the
-//! backlog's count sequentially to one socket (the flush's ceiling).
+//! backlog's count sequentially to one socket (the flush's ceiling). And a relay's floor on the
+//! same SocketDock: each of those senders writes the message to Redis before its POST and
+//! deletes it after (one round trip each, no Lua), the least a relay that stores a message
+//! before sending it does; the latency rows compare mpr with it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,7 @@ use crate::client::{
 };
 use crate::procs::{CpuMeter, Dock, Mpr, Redis, fmt_cpu, serve_on_own_thread};
 use crate::report::{self, Report, Table, median, pct_ms};
+use crate::resp::Resp;
 use crate::scen_live::{PhaseResult, Window, pace};
 use mpr::telemetry::SOCKETDOCK_SEND_SECONDS as SEND_SECONDS;
 
@@ -342,7 +346,8 @@ impl ThroughMpr {
     }
 }
 
-/// SocketDock alone: agents bound on the direct SocketDock, one sequential POSTer per socket.
+/// SocketDock alone: agents bound on the direct SocketDock, one sequential POSTer per socket;
+/// with `stored` (a Redis port), each POST between a write of the message and its deletion.
 struct Direct {
     window: Arc<Window>,
     agents: Vec<Agent>,
@@ -357,12 +362,16 @@ impl Direct {
         binds: &DirectBinds,
         http: &reqwest::Client,
         agents: usize,
+        stored: Option<u16>,
     ) -> Result<Self> {
         let window = Window::new();
         let posts: Arc<Mutex<PostTotals>> = Arc::default();
         let (mut bound, mut queues, mut posters) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..agents {
-            let connection = format!("direct-{k}");
+            let connection = match stored {
+                Some(_) => format!("stored-{k}"),
+                None => format!("direct-{k}"),
+            };
             let mut agent = Agent::connect(dock.port, window.clone()).await?;
             agent.send_bind(&connection).await?;
             let url = binds.send_url(&connection).await?;
@@ -370,10 +379,25 @@ impl Direct {
             let (queue, mut frames) = mpsc::unbounded_channel::<String>();
             queues.push(queue);
             let (http, errors, totals) = (http.clone(), window.clone(), posts.clone());
+            let mut redis = match stored {
+                Some(port) => Some(Resp::connect(port).await?),
+                None => None,
+            };
+            let key = format!("bench:{{{connection}}}:message");
             posters.push(tokio::spawn(async move {
                 while let Some(text) = frames.recv().await {
+                    if let Some(redis) = redis.as_mut()
+                        && let Err(e) = redis.cmd(&["SET", key.as_str(), text.as_str()]).await
+                    {
+                        errors.error(format!("{e:#}"));
+                    }
                     let started = Instant::now();
                     if let Err(e) = post_frame(&http, &url, text).await {
+                        errors.error(format!("{e:#}"));
+                    }
+                    if let Some(redis) = redis.as_mut()
+                        && let Err(e) = redis.cmd(&["DEL", key.as_str()]).await
+                    {
                         errors.error(format!("{e:#}"));
                     }
                     let mut totals = totals.lock().unwrap();
@@ -684,9 +708,12 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let mut through = ThroughMpr::setup(&mpr, &dock, s.agents)
         .await
         .context("agents bound through mpr")?;
-    let mut direct = Direct::setup(&alone, &binds, &http, s.agents)
+    let mut direct = Direct::setup(&alone, &binds, &http, s.agents, None)
         .await
         .context("agents on SocketDock alone")?;
+    let mut stored = Direct::setup(&alone, &binds, &http, s.agents, Some(redis.port))
+        .await
+        .context("agents on SocketDock alone, messages stored in Redis")?;
     let mut latency = Table::new(&[
         "rate",
         "path",
@@ -699,7 +726,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         "CPU cores used (last run)",
     ]);
     for &rate in &s.socketdock_rates {
-        let (mut m, mut d) = (Series::default(), Series::default());
+        let (mut m, mut d, mut f) = (Series::default(), Series::default(), Series::default());
         for run in 0..s.runs {
             let label = format!("socketdock {rate}/s, run {}", run + 1);
             eprintln!("   {label}/{}: through mpr", s.runs);
@@ -726,12 +753,29 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 "      alone p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
                 p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
             );
+            eprintln!("   {label}/{}: SocketDock alone, stored in Redis", s.runs);
+            s.settle(&label, report).await;
+            let meter = CpuMeter::start(&[
+                ("redis", redis.pid),
+                ("socketdock", alone.pid),
+                ("bench", std::process::id()),
+            ]);
+            let p = stored.phase(rate, s.warmup, s.duration).await?;
+            f.push(&p, fmt_cpu(&meter.stop()));
+            eprintln!(
+                "      stored p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
+                p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
+            );
         }
         for (series, path) in [
             (&m, "addMessage -> mpr -> SocketDock -> agent"),
             (
                 &d,
                 "POST send URL -> SocketDock -> agent (SocketDock alone)",
+            ),
+            (
+                &f,
+                "SET in Redis, POST send URL -> SocketDock -> agent, DEL (a relay's floor)",
             ),
         ] {
             latency.row(series.row(rate, path));
@@ -753,8 +797,12 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         .window
         .note_errors(report, "socketdock (through mpr)");
     direct.window.note_errors(report, "socketdock (alone)");
+    stored
+        .window
+        .note_errors(report, "socketdock (alone, stored in Redis)");
     through.close().await;
     direct.close().await;
+    stored.close().await;
 
     let (mut flushes, mut ceilings) = (FlushSeries::default(), FlushSeries::default());
     for run in 0..s.runs {
