@@ -863,7 +863,9 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
          order, count and duplicates checked. SocketDock alone: a second SocketDock whose frames go straight to the \
          stand-in (no mpr, no Redis); this tool POSTs the same payloads to the sockets' send URLs with the server's HTTP \
          client, one sender per socket as the server delivers (latency rows), and the backlog's count one POST after \
-         another to one socket (the flush's ceiling). \"send POST, mean\": the time of one POST to a send URL, by the server's own \
+         another to one socket (the flush's ceiling). A relay's floor: on the same SocketDock, each of those senders \
+         `SET`s the message in this tool's Redis before its POST and `DEL`s it after (one plain round trip each, no sender hop), \
+         the least a relay that stores a message before sending it adds. \"send POST, mean\": the time of one POST to a send URL, by the server's own \
          metric (`{SEND_SECONDS}` sum / count over the phase) through mpr, timed by this tool for SocketDock alone. Medians over runs of p50, p99 and rates; max of all runs; counts summed over runs.\n\n{}\n{}",
         s.agents,
         s.duration.as_secs_f64(),
