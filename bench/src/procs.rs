@@ -318,6 +318,41 @@ impl Dock {
     }
 }
 
+/// This tool's `minimal-relay` (built beside it): the least a relay in mpr's place does, on
+/// `redis_port`, listening on a free port.
+pub struct MinimalRelay {
+    pub pid: u32,
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl MinimalRelay {
+    pub async fn start(redis_port: u16) -> Result<Self> {
+        let bin = std::env::current_exe()?.with_file_name("minimal-relay");
+        let port = testkit::free_port()?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg(port.to_string()).arg(redis_port.to_string());
+        let log = tempfile_path(&format!("minimal-relay-{port}.log"));
+        let proc = Proc::spawn(cmd, "minimal-relay", &tracked(log))
+            .with_context(|| format!("starting {} (built with mpr-bench)", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() >= deadline {
+                bail!("minimal-relay did not listen on {port} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Self {
+            pid: proc.pid(),
+            port,
+            _proc: proc,
+        })
+    }
+}
+
 /// Serves `router` on 127.0.0.1 (a free port) on a thread and runtime of its own, so that
 /// serving a stand-in does not slow this tool's load generator; returns its base URL.
 pub fn serve_on_own_thread(router: axum::Router) -> Result<String> {

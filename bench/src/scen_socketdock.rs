@@ -12,7 +12,9 @@
 //! backlog's count sequentially to one socket (the flush's ceiling). And a relay's floor on the
 //! same SocketDock: each of those senders writes the message to Redis before its POST and
 //! deletes it after (one round trip each, no Lua), the least a relay that stores a message
-//! before sending it does; the latency rows compare mpr with it.
+//! before sending it does; the latency rows compare mpr with it. And a minimal relay in mpr's
+//! place (`src/bin/minimal-relay.rs`, a process of its own): the same hops as mpr, a plain `SET`
+//! and `DEL` instead of mpr's work.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,7 @@ use crate::client::{
     Client, Frame, Ws, add_message_params, clip, connect_ws, connect_ws_at, find_ts, jwe_payload,
     now_ns, request,
 };
-use crate::procs::{CpuMeter, Dock, Mpr, Redis, fmt_cpu, serve_on_own_thread};
+use crate::procs::{CpuMeter, Dock, MinimalRelay, Mpr, Redis, fmt_cpu, serve_on_own_thread};
 use crate::report::{self, Report, Table, median, pct_ms};
 use crate::resp::Resp;
 use crate::scen_live::{PhaseResult, Window, pace};
@@ -335,6 +337,75 @@ impl ThroughMpr {
         .await?;
         let post_ms = mean_post_ms(posts_before, server_post_totals(mpr).await?);
         Ok(Phase::of(r, before, tally(&self.agents), post_ms))
+    }
+
+    async fn close(mut self) {
+        let _ = self.sender.close().await;
+        self.replies.abort();
+        for agent in self.agents {
+            agent.close().await;
+        }
+    }
+}
+
+/// The minimal relay: agents bound on the direct SocketDock, one sender socket writing each
+/// message with its socket's send URL to `minimal-relay`, which stores, answers and sends it.
+struct ThroughMinimalRelay {
+    window: Arc<Window>,
+    agents: Vec<Agent>,
+    urls: Vec<String>,
+    sender: SplitSink<Ws, Message>,
+    replies: JoinHandle<()>,
+}
+
+impl ThroughMinimalRelay {
+    async fn setup(
+        relay: &MinimalRelay,
+        dock: &Dock,
+        binds: &DirectBinds,
+        agents: usize,
+    ) -> Result<Self> {
+        let window = Window::new();
+        let (mut bound, mut urls) = (Vec::new(), Vec::new());
+        for k in 0..agents {
+            let connection = format!("relayed-{k}");
+            let mut agent = Agent::connect(dock.port, window.clone()).await?;
+            agent.send_bind(&connection).await?;
+            urls.push(binds.send_url(&connection).await?);
+            bound.push(agent);
+        }
+        let (sender, mut stream) = connect_ws(relay.port).await?.split();
+        let errors = window.clone();
+        let replies = tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Text(t) = msg
+                    && t.as_str() != "ok"
+                {
+                    errors.error(format!("minimal-relay: {}", clip(t.as_str())));
+                }
+            }
+        });
+        Ok(Self {
+            window,
+            agents: bound,
+            urls,
+            sender,
+            replies,
+        })
+    }
+
+    async fn phase(&mut self, rate: u64, warmup: Duration, duration: Duration) -> Result<Phase> {
+        let before = tally(&self.agents);
+        let window = self.window.clone();
+        let (sender, urls) = (&mut self.sender, &self.urls);
+        let r = pace(&window, rate, warmup, duration, async |i: u64, ts: u64| {
+            let url = &urls[i as usize % urls.len()];
+            let frame = format!("{url}\n{}", jwe_payload(Some(ts)));
+            sender.send(Message::Text(frame.into())).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(Phase::of(r, before, tally(&self.agents), f64::NAN))
     }
 
     async fn close(mut self) {
@@ -714,6 +785,10 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let mut stored = Direct::setup(&alone, &binds, &http, s.agents, Some(redis.port))
         .await
         .context("agents on SocketDock alone, messages stored in Redis")?;
+    let relay = MinimalRelay::start(redis.port).await?;
+    let mut relayed = ThroughMinimalRelay::setup(&relay, &alone, &binds, s.agents)
+        .await
+        .context("agents on SocketDock alone, messages through the minimal relay")?;
     let mut latency = Table::new(&[
         "rate",
         "path",
@@ -726,7 +801,12 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
         "CPU cores used (last run)",
     ]);
     for &rate in &s.socketdock_rates {
-        let (mut m, mut d, mut f) = (Series::default(), Series::default(), Series::default());
+        let (mut m, mut d, mut f, mut n) = (
+            Series::default(),
+            Series::default(),
+            Series::default(),
+            Series::default(),
+        );
         for run in 0..s.runs {
             let label = format!("socketdock {rate}/s, run {}", run + 1);
             eprintln!("   {label}/{}: through mpr", s.runs);
@@ -766,6 +846,20 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 "      stored p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
                 p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
             );
+            eprintln!("   {label}/{}: the minimal relay", s.runs);
+            s.settle(&label, report).await;
+            let meter = CpuMeter::start(&[
+                ("relay", relay.pid),
+                ("redis", redis.pid),
+                ("socketdock", alone.pid),
+                ("bench", std::process::id()),
+            ]);
+            let p = relayed.phase(rate, s.warmup, s.duration).await?;
+            n.push(&p, fmt_cpu(&meter.stop()));
+            eprintln!(
+                "      minimal relay p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
+                p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
+            );
         }
         for (series, path) in [
             (&m, "addMessage -> mpr -> SocketDock -> agent"),
@@ -776,6 +870,10 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
             (
                 &f,
                 "SET in Redis, POST send URL -> SocketDock -> agent, DEL (a relay's floor)",
+            ),
+            (
+                &n,
+                "frame -> minimal relay (SET, reply; POST -> SocketDock -> agent; DEL)",
             ),
         ] {
             latency.row(series.row(rate, path));
@@ -800,9 +898,13 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
     stored
         .window
         .note_errors(report, "socketdock (alone, stored in Redis)");
+    relayed
+        .window
+        .note_errors(report, "socketdock (minimal relay)");
     through.close().await;
     direct.close().await;
     stored.close().await;
+    relayed.close().await;
 
     let (mut flushes, mut ceilings) = (FlushSeries::default(), FlushSeries::default());
     for run in 0..s.runs {
@@ -865,7 +967,10 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
          client, one sender per socket as the server delivers (latency rows), and the backlog's count one POST after \
          another to one socket (the flush's ceiling). A relay's floor: on the same SocketDock, each of those senders \
          `SET`s the message in this tool's Redis before its POST and `DEL`s it after (one plain round trip each, no sender hop), \
-         the least a relay that stores a message before sending it adds. \"send POST, mean\": the time of one POST to a send URL, by the server's own \
+         the least a relay that stores a message before sending it adds. The minimal relay: this tool's `minimal-relay`, a process of its own \
+         on one runtime thread as mpr here, takes the same messages on one sender WebSocket (each with its socket's send URL), `SET`s each \
+         in Redis, answers it, POSTs it to SocketDock alone (one sender per socket, in order) and `DEL`s it once taken: the same hops as \
+         mpr (sender -> relay -> Redis -> relay -> SocketDock -> agent) without mpr's work. \"send POST, mean\": the time of one POST to a send URL, by the server's own \
          metric (`{SEND_SECONDS}` sum / count over the phase) through mpr, timed by this tool for SocketDock alone. Medians over runs of p50, p99 and rates; max of all runs; counts summed over runs.\n\n{}\n{}",
         s.agents,
         s.duration.as_secs_f64(),

@@ -122,6 +122,10 @@ impl Messages {
                     }],
                 };
                 self.live.kicks().handed_out(connection_id, claim, hand_out);
+                // One turn of the scheduler before the reply: the delivery loop just kicked
+                // writes its POST first, so the recipient's frame does not wait behind the
+                // sender's reply (each write wakes another process on a shared machine).
+                tokio::task::yield_now().await;
             }
             Added::Pending if push_token.is_some() => {
                 self.pushes.request(connection_id, push_token.as_ref(), &id);

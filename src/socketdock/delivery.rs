@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use reqwest::Url;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +87,7 @@ impl SocketDock {
         };
         // Known from the first hand-out on.
         let mut socket = String::new();
-        let mut send_url: Option<String> = None;
+        let mut send_url: Option<Url> = None;
         // What the next step settles: the messages last sent, how their send ended, and how
         // many of them were left out of it.
         let mut outcome = Outcome::Wrapped;
@@ -253,12 +254,14 @@ impl SocketDock {
         }
     }
 
-    /// The socket's send URL: remembered, or read from its record (None: forgotten).
-    async fn send_url(&self, socket_id: &str) -> crate::store::StoreResult<Option<String>> {
+    /// The socket's send URL: remembered, or read from its record (None: forgotten, or not a
+    /// URL, which no POST could reach either).
+    async fn send_url(&self, socket_id: &str) -> crate::store::StoreResult<Option<Url>> {
         if let Some(url) = self.send_urls.get(socket_id) {
             return Ok(Some(url));
         }
-        let url = self.store.socket_send_url(socket_id).await?;
+        let recorded = self.store.socket_send_url(socket_id).await?;
+        let url = recorded.and_then(|url| Url::parse(&url).ok());
         if let Some(url) = &url {
             self.send_urls.insert(socket_id, url.clone());
         }
@@ -296,15 +299,15 @@ impl SocketDock {
     }
 
     /// Sends one message as a raw frame: its encryptedMessage.
-    async fn send_raw(&self, url: &str, body: &str) -> Outcome {
+    async fn send_raw(&self, url: &Url, body: &str) -> Outcome {
         let sent = match serde_json::from_str::<Queued<'_>>(body) {
             Ok(queued) => {
-                self.post_to_socket(url, queued.encrypted_message.get().to_owned())
+                self.post_to_socket(url.clone(), queued.encrypted_message.get().to_owned())
                     .await
             }
             Err(_) => Err("unreadable_record"),
         };
-        settled(url, sent, Outcome::Taken)
+        settled(url.as_str(), sent, Outcome::Taken)
     }
 
     /// Has the mediator wrap the messages in a pickup delivery for the connection's recipient,
@@ -315,7 +318,7 @@ impl SocketDock {
     async fn send_wrapped(
         &self,
         connection_id: &str,
-        url: &str,
+        url: &Url,
         bodies: &[String],
     ) -> (Outcome, usize) {
         let mut count = bodies.len();
@@ -340,12 +343,19 @@ impl SocketDock {
                 }
             }
         };
-        let sent = self.post_to_socket(url, envelope).await;
-        (settled(url, sent, Outcome::Wrapped), bodies.len() - count)
+        let sent = self.post_to_socket(url.clone(), envelope).await;
+        (
+            settled(url.as_str(), sent, Outcome::Wrapped),
+            bodies.len() - count,
+        )
     }
 
     /// POSTs a text frame to a socket. Err names the failure: anything but 200 `OK` in time.
-    pub(super) async fn post_to_socket(&self, url: &str, text: String) -> Result<(), &'static str> {
+    pub(super) async fn post_to_socket(
+        &self,
+        url: impl reqwest::IntoUrl,
+        text: String,
+    ) -> Result<(), &'static str> {
         let started = Instant::now();
         let response = self
             .http

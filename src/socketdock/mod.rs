@@ -149,7 +149,9 @@ impl SocketDock {
                 return Ok(Err(refused));
             }
         };
-        self.send_urls.insert(socket_id, send_url);
+        if let Ok(url) = reqwest::Url::parse(&send_url) {
+            self.send_urls.insert(socket_id, url);
+        }
         let step = self
             .live
             .bind_relay(connection_id, socket_id, session_id)

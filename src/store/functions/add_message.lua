@@ -39,17 +39,19 @@ local seq = redis.call("INCR", k_seq)
 if redis.call("HSETNX", k_msg, id, seq .. "\t" .. tail) == 0 then
   return redis.error_reply("DUPLICATE message id " .. id)
 end
--- Kept whether or not a quota is set, so that setting one later finds the truth.
-redis.call("HINCRBY", k_conn, "bytes", size)
 
+-- The connection's hash is written once, below, with every field this add changes: the bytes
+-- (kept whether or not a quota is set, so that setting one later finds the truth), and when
+-- due, the visit marker, the recipient DIDs not known yet and the deadline.
+local writes = {"bytes", (tonumber(conn[6]) or 0) + size}
 -- The marker is a time, so an index entry lost to a crash is re-made by an add after it.
 local visit = 0
 if visit_ttl > 0 and (not conn[3] or tonumber(conn[3]) < now) then
-  redis.call("HSET", k_conn, "visit", now + visit_ttl)
+  writes[#writes + 1], writes[#writes + 2] = "visit", now + visit_ttl
   visit = 1
 end
 for i = first_did, last_did do
-  if not conn[i + did_field] then redis.call("HSET", k_conn, "d:" .. ARGV[i], 1) end
+  if not conn[i + did_field] then writes[#writes + 1], writes[#writes + 2] = "d:" .. ARGV[i], 1 end
 end
 
 -- In flight until `deadline`: returns the reply of a message that went out at once.
@@ -62,9 +64,10 @@ local function in_flight(deadline, redis_now)
   -- (note_due, inlined: the hash was read above)
   local due, index = tonumber(conn[5]), 0
   if not due or due > deadline or due <= redis_now - DUE_LOST_MS then
-    redis.call("HSET", k_conn, "due", deadline)
+    writes[#writes + 1], writes[#writes + 2] = "due", deadline
     index = 1
   end
+  redis.call("HSET", k_conn, unpack(writes))
   return {visit, conn[1], conn[2], deadline, index}
 end
 
@@ -74,16 +77,17 @@ if conn[1] and conn[2] and conn[1] ~= RELAY_KIND then
   return in_flight(redis_now + visibility, redis_now)
 end
 -- A socket's lone message goes out at once: when the caller delivers to SocketDock, the
--- connection takes raw frames, nothing else of it waits or is on its way and nobody holds its
--- lease, the add takes the lease and hands the message out as relay_next would, sparing the
--- delivery loop its first call.
+-- connection takes raw frames, nothing else of it waits or is on its way (no pending, cold or
+-- in-flight index exists: Redis deletes an empty one) and nobody holds its lease, the add
+-- takes the lease and hands the message out as relay_next would, sparing the delivery loop
+-- its first call.
 if conn[1] == RELAY_KIND and conn[2] and relay_token ~= "" and not conn[7]
-    and redis.call("ZCARD", k_pending) == 0 and redis.call("ZCARD", k_cold) == 0
-    and redis.call("ZCARD", k_inflight) == 0
+    and redis.call("EXISTS", k_pending, k_cold, k_inflight) == 0
     and redis.call("SET", k_relay, relay_token, "NX", "PX", raw_window) then
   local redis_now = now_ms()
   return in_flight(redis_now + raw_window, redis_now)
 end
+redis.call("HSET", k_conn, unpack(writes))
 redis.call("ZADD", k_pending, seq, id)
 for i = first_did, last_did do
   redis.call("ZADD", KEYS[fixed_keys + 2 * (i - first_did + 1) - 1], seq, id)

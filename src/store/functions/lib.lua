@@ -23,10 +23,10 @@ local RELAY_KIND = "sd"
 -- function and the index write that follows it): the next hand-out enters it again.
 local DUE_LOST_MS = 10000
 
-local function now_ms()
-  local t = redis.call("TIME")
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- Redis's clock (ms) when the call began, read once by `fence`: a call is atomic, so one
+-- instant serves all of it, and each further TIME would cost a command.
+local call_started_ms = 0
+local function now_ms() return call_started_ms end
 
 -- Every function starts here (the generated wrapper): ARGV[1] is the call's deadline, ms since
 -- the epoch by the caller's clock, when the caller stops waiting for the reply. Past it (by
@@ -37,7 +37,9 @@ local function fence(ARGV)
   if not deadline then
     error({err = "DEADLINE missing: every call's first argument is its deadline (Store::function_call)"})
   end
-  local late = now_ms() - deadline
+  local t = redis.call("TIME")
+  call_started_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local late = call_started_ms - deadline
   if late > 0 then
     error({err = "DEADLINE the call reached Redis " .. late .. " ms after its deadline; nothing was done"})
   end
@@ -216,11 +218,11 @@ local function dids_of(Q)
   return dids
 end
 
-local function forget_dids(Q, dids)
-  if #dids == 0 then return end
-  local fields = {}
-  for i, did in ipairs(dids) do fields[i] = "d:" .. did end
-  redis.call("HDEL", Q.conn, unpack(fields))
+-- Deletes the fields of the connection's hash that name these DIDs, and the `extra` ones.
+local function forget_dids(Q, dids, ...)
+  local fields = {...}
+  for _, did in ipairs(dids) do fields[#fields + 1] = "d:" .. did end
+  if #fields > 0 then redis.call("HDEL", Q.conn, unpack(fields)) end
 end
 
 -- An empty queue leaves no keys behind (the counter restarts: order only matters among
@@ -228,8 +230,7 @@ end
 local function forget_if_empty(Q)
   if redis.call("HLEN", Q.msg) == 0 then
     redis.call("DEL", Q.seq)
-    redis.call("HDEL", Q.conn, "bytes")
-    forget_dids(Q, dids_of(Q))
+    forget_dids(Q, dids_of(Q), "bytes")
   end
 end
 

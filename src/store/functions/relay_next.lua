@@ -78,9 +78,10 @@ if outcome == "retry" then
   return {"retry", -1}
 end
 -- Beside a POST, whatever is not a raw frame to hand out waits for the step after it.
-local acknowledged = redis.call("HGET", Q.conn, "ack")
+local live = redis.call("HMGET", Q.conn, "ack", "kind", "peer")
+local acknowledged = live[1]
 if hold and acknowledged then return {"none"} end
-if not bound_to(Q, RELAY_KIND, socket) then
+if live[2] ~= RELAY_KIND or live[3] ~= socket then
   if hold then return {"none"} end
   redis.call("DEL", Q.relay)
   return {"unbound"}
