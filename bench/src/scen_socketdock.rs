@@ -547,6 +547,15 @@ struct Series {
 }
 
 impl Series {
+    /// Adds a run's phase, with the CPU its processes used, and prints it.
+    fn record(&mut self, path: &str, p: &Phase, meter: CpuMeter) {
+        self.push(p, fmt_cpu(&meter.stop()));
+        eprintln!(
+            "      {path} p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
+            p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
+        );
+    }
+
     fn push(&mut self, p: &Phase, cpu: String) {
         self.p50.push(p.r.p50);
         self.p99.push(p.r.p99);
@@ -818,21 +827,13 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 ("bench", std::process::id()),
             ]);
             let p = through.phase(&mpr, rate, s.warmup, s.duration).await?;
-            m.push(&p, fmt_cpu(&meter.stop()));
-            eprintln!(
-                "      mpr p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
-                p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
-            );
+            m.record("mpr", &p, meter);
             eprintln!("   {label}/{}: SocketDock alone", s.runs);
             s.settle(&label, report).await;
             let meter =
                 CpuMeter::start(&[("socketdock", alone.pid), ("bench", std::process::id())]);
             let p = direct.phase(rate, s.warmup, s.duration).await?;
-            d.push(&p, fmt_cpu(&meter.stop()));
-            eprintln!(
-                "      alone p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
-                p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
-            );
+            d.record("alone", &p, meter);
             eprintln!("   {label}/{}: SocketDock alone, stored in Redis", s.runs);
             s.settle(&label, report).await;
             let meter = CpuMeter::start(&[
@@ -841,11 +842,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 ("bench", std::process::id()),
             ]);
             let p = stored.phase(rate, s.warmup, s.duration).await?;
-            f.push(&p, fmt_cpu(&meter.stop()));
-            eprintln!(
-                "      stored p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
-                p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
-            );
+            f.record("stored", &p, meter);
             eprintln!("   {label}/{}: the minimal relay", s.runs);
             s.settle(&label, report).await;
             let meter = CpuMeter::start(&[
@@ -855,11 +852,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<()> {
                 ("bench", std::process::id()),
             ]);
             let p = relayed.phase(rate, s.warmup, s.duration).await?;
-            n.push(&p, fmt_cpu(&meter.stop()));
-            eprintln!(
-                "      minimal relay p50 {:.3} ms p99 {:.3} ms max {:.3} ms, {} sent, {} lost, achieved {:.0}/s",
-                p.r.p50, p.r.p99, p.r.max, p.r.sent, p.r.lost, p.r.achieved
-            );
+            n.record("minimal relay", &p, meter);
         }
         for (series, path) in [
             (&m, "addMessage -> mpr -> SocketDock -> agent"),
