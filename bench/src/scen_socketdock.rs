@@ -277,6 +277,27 @@ async fn post_frame(http: &reqwest::Client, url: &str, text: String) -> Result<(
     Ok(())
 }
 
+/// A sender's socket: its write half, and a task that notes in `window` each reply `failure`
+/// names (None: the reply is a success).
+fn sender_socket(
+    ws: Ws,
+    window: &Arc<Window>,
+    failure: fn(&str) -> Option<String>,
+) -> (SplitSink<Ws, Message>, JoinHandle<()>) {
+    let (sender, mut stream) = ws.split();
+    let errors = window.clone();
+    let replies = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            if let Message::Text(t) = msg
+                && let Some(error) = failure(t.as_str())
+            {
+                errors.error(error);
+            }
+        }
+    });
+    (sender, replies)
+}
+
 /// The mpr path: agents bound through mpr, one sender socket writing addMessage open loop.
 struct ThroughMpr {
     window: Arc<Window>,
@@ -295,17 +316,9 @@ impl ThroughMpr {
             agent.bind_through_mpr(&format!("sd-{k}")).await?;
             bound.push(agent);
         }
-        let (sender, mut stream) = connect_ws(mpr.ws_port).await?.split();
-        let errors = window.clone();
-        let replies = tokio::spawn(async move {
-            while let Some(Ok(msg)) = stream.next().await {
-                if let Message::Text(t) = msg
-                    && let Ok(frame) = Frame::parse(t.as_str())
-                    && let Some(e) = frame.error
-                {
-                    errors.error(format!("addMessage failed: {}", e.get()));
-                }
-            }
+        let (sender, replies) = sender_socket(connect_ws(mpr.ws_port).await?, &window, |reply| {
+            let error = Frame::parse(reply).ok()?.error?;
+            Some(format!("addMessage failed: {}", error.get()))
         });
         Ok(Self {
             window,
@@ -374,16 +387,8 @@ impl ThroughMinimalRelay {
             urls.push(binds.send_url(&connection).await?);
             bound.push(agent);
         }
-        let (sender, mut stream) = connect_ws(relay.port).await?.split();
-        let errors = window.clone();
-        let replies = tokio::spawn(async move {
-            while let Some(Ok(msg)) = stream.next().await {
-                if let Message::Text(t) = msg
-                    && t.as_str() != "ok"
-                {
-                    errors.error(format!("minimal-relay: {}", clip(t.as_str())));
-                }
-            }
+        let (sender, replies) = sender_socket(connect_ws(relay.port).await?, &window, |reply| {
+            (reply != "ok").then(|| format!("minimal-relay: {}", clip(reply)))
         });
         Ok(Self {
             window,
