@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { captureOutput } from '../conformance/harness.mjs';
+import { captureOutput, pollUntil } from '../conformance/harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -186,6 +186,25 @@ export async function stopAgents() {
   balancers.clear();
   for (const dir of scratchDirs) fs.rmSync(dir, { recursive: true, force: true });
   scratchDirs.clear();
+}
+
+/**
+ * Connects `sender` to `recipient` by the recipient's invitation and returns the sender's
+ * connection id once the recipient has completed the connection too. The DID exchange's last
+ * message (the sender's `complete`) travels through the recipient's mediator and its queue
+ * after the sender's side is complete; still on its way, it would be queued among a scenario's
+ * first messages, and be counted as one of them by a wait for "a message was queued".
+ */
+export async function connectSender(sender, recipient, { timeoutMs = 30_000 } = {}) {
+  const { url } = await recipient.call('createInvitation');
+  const { connectionId } = await sender.call('receiveInvitation', { url });
+  let connections;
+  const complete = await pollUntil(async () => {
+    connections = await recipient.call('connections');
+    return connections.every((c) => c.state === 'completed');
+  }, { timeoutMs, intervalMs: 50 });
+  if (!complete) throw new Error(`${recipient.label}: connections not completed within ${timeoutMs} ms: ${JSON.stringify(connections)}`);
+  return connectionId;
 }
 
 /** The tail of every running or stopped agent's log, for a failed test's message. */

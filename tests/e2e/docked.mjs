@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { closeAllClients, freePort, pollUntil, startMongo, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
 import { stopAcapyMediators } from './acapy.mjs';
-import { agentLogs, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
+import { agentLogs, connectSender, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
 import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
 import { startGoogle } from './google.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
@@ -128,7 +128,7 @@ export async function joinPair(world, flavour, { pickup = 'live', label }) {
   world.senderAgents ??= {};
   world.senderAgents[flavour.dir] ??= await joinWorld(world, flavour, { role: 'sender', label: `sender-${flavour.dir}` });
   const sender = world.senderAgents[flavour.dir];
-  const { connectionId } = await sender.call('receiveInvitation', { url: (await recipient.call('createInvitation')).url });
+  const connectionId = await connectSender(sender, recipient);
   return { flavour, recipient, sender, connectionId, label };
 }
 

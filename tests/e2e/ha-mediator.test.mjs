@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { closeAllClients, freePort, metric, pollUntil, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
-import { FLAVOURS, agentLogs, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
+import { FLAVOURS, agentLogs, connectSender, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
 import { walletDatabaseName, mediatorLogs, startMediator, stopMediators } from './mediator.mjs';
 import { SERVER_ENV, assertReceived, messagesAddedBy, newRun, percentile, received, sendSequence, waitForAll, withLogTails } from './world.mjs';
 
@@ -105,8 +105,7 @@ describe('HA Credo mediator (mediators/credo) on one PostgreSQL wallet', () => {
     world.http.route(b.httpPort);
     world.sender = await startAgent(SENDER_FLAVOUR, { role: 'sender', label: 'sender', walletPath: path.join(dir, 'sender.sqlite'), walletKey: randomBytes(16).toString('hex') });
     for (const recipient of world.recipients) {
-      const invitation = await recipient.agent.call('createInvitation');
-      recipient.senderConnectionId = (await world.sender.call('receiveInvitation', { url: invitation.url })).connectionId;
+      recipient.senderConnectionId = await connectSender(world.sender, recipient.agent);
     }
 
     const run = newRun();

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { closeAllClients, freePort, pollUntil, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
-import { FLAVOURS, agentLogs, scratchDir, startAgent, stopAgents } from './agents.mjs';
+import { FLAVOURS, agentLogs, connectSender, scratchDir, startAgent, stopAgents } from './agents.mjs';
 import { dockedLogs, joinPair, joinWorld, metricSum, offlineThenBack, startDockedWorld, stopDockedWorld, wokenWhileAway } from './docked.mjs';
 import { startMediator, walletDatabaseName } from './mediator.mjs';
 import { startSocketDock, stopSocketDocks } from './socketdock.mjs';
@@ -89,7 +89,7 @@ describe('HA mediator behind SocketDock: 2 SocketDock, 2 mpr, 2 mediators/credo 
     });
     const recipient = await joinWorld(world, F06, { role: 'recipient', label: 'recipient-websocket' });
     await recipient.call('connectMediator', { url: direct.invitationUrl });
-    const { connectionId } = await docked.sender.call('receiveInvitation', { url: (await recipient.call('createInvitation')).url });
+    const connectionId = await connectSender(docked.sender, recipient);
     const onWebSocket = { recipient, sender: docked.sender, connectionId };
     const run = newRun();
     for (let seq = 0; seq < ONE_BY_ONE; seq++) {
@@ -187,7 +187,7 @@ describe('a Credo 0.5 mediator behind SocketDock (the 0.5 transport)', () => {
       const sender = await startAgent(F05, { role: 'sender', label: 'sender-0.5', walletPath: path.join(dir, 's.sqlite'), walletKey: 's' });
       world.agents.push(mediator, recipient, sender);
       await recipient.call('connectMediator', { url: (await mediator.call('createInvitation')).url });
-      const { connectionId } = await sender.call('receiveInvitation', { url: (await recipient.call('createInvitation')).url });
+      const connectionId = await connectSender(sender, recipient);
       const run = newRun();
       await sendAcknowledged(sender, connectionId, run, 5);
       await waitForAll({ recipient }, run, 5);

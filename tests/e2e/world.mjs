@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   call, closeAllClients, connect, startMongo, startRedis, startServer, stopAll, uniquePrefix, freePort, pollUntil,
 } from '../conformance/harness.mjs';
-import { agentLogs, scratchDir, startAgent, startBalancer, stopAgents } from './agents.mjs';
+import { agentLogs, connectSender, scratchDir, startAgent, startBalancer, stopAgents } from './agents.mjs';
 
 /**
  * Server settings every scenario shares: dead mediator sockets are found within about a
@@ -81,8 +81,7 @@ export async function startWorld(flavour, { instances = 1, cold = false, serverE
       walletPath: path.join(dir, 'sender.sqlite'),
       walletKey: randomBytes(16).toString('hex'),
     });
-    const invitation = await world.recipient.call('createInvitation');
-    world.senderConnectionId = (await world.sender.call('receiveInvitation', { url: invitation.url })).connectionId;
+    world.senderConnectionId = await connectSender(world.sender, world.recipient);
     world.rpc = await connect(world.servers[instances - 1].url);
     return world;
   } catch (error) {
@@ -167,6 +166,8 @@ async function messagesAdded(world) {
  * its socket together concurrently, so two sent back to back can reach the server swapped;
  * waiting makes the order the server accepts the send order, and the recipient's order then
  * tests what the server and the clients do with it. Pushes to the recipient stay pipelined.
+ * "A server queued it" is any successful add: it is this message's only because nothing else is
+ * on its way to a server (connectSender waits for the DID exchange's last message).
  */
 export async function sendSequence(world, run, count, { from = 0 } = {}) {
   for (let seq = from; seq < from + count; seq++) {

@@ -214,6 +214,9 @@ const commands = {
     const connection = await connectTo(url);
     return { connectionId: connection.id };
   },
+  async connections() {
+    return (await agent.connections.getAll()).map((c) => ({ id: c.id, state: c.state }));
+  },
   async send({ connectionId, content }) {
     await agent.basicMessages.sendMessage(connectionId, content);
     return {};

@@ -226,6 +226,7 @@ export async function startAgent(config, { log, emit, handlers }) {
   if (role === 'sender' || role === 'recipient') {
     handlers.receiveInvitation = async ({ url }) => ({ connectionId: (await connectByUrl(url)).id })
   }
+  handlers.connections = async () => (await api.connections.getAll()).map((c) => ({ id: c.id, state: c.state }))
   if (role === 'sender') {
     handlers.send = async ({ connectionId, content }) => {
       await api.basicMessages.sendMessage(connectionId, content)
