@@ -138,9 +138,10 @@ local function count_bytes(Q, delta)
   end
 end
 
--- Deletes a message from every index. A cold one's id goes to the trash (its MongoDB document
--- is the caller's to delete) and to Q.trashed, which the caller gets back.
-local function delete(Q, id)
+-- Deletes a message from every index; `in_flight` when the caller found it in flight, and so in
+-- no pending index (a message is in one or the other). A cold one's id goes to the trash (its
+-- MongoDB document is the caller's to delete) and to Q.trashed, which the caller gets back.
+local function delete(Q, id, in_flight)
   local record = redis.call("HGET", Q.msg, id)
   if not record then return 0 end
   if record == "" then
@@ -152,7 +153,7 @@ local function delete(Q, id)
   redis.call("HDEL", Q.msg, id)
   count_bytes(Q, -size)
   remember_removed(Q, id, received)
-  from_pending(Q, id, dids, cold)
+  if not in_flight then from_pending(Q, id, dids, cold) end
   from_inflight(Q, id, dids)
   if cold then
     redis.call("SADD", Q.trash, id)

@@ -57,7 +57,7 @@ for i = 14, #ARGV, 2 do
     if i >= left_out_from then
       release(Q, id, redis.call("HGET", Q.msg, id))
     elseif outcome == "ok" then
-      delete(Q, id)
+      delete(Q, id, true)
     elseif outcome == "failed" then
       release(Q, id, redis.call("HGET", Q.msg, id))
     elseif outcome == "retry" then

@@ -7,7 +7,7 @@ for i = 3, #ARGV do
   local id = ARGV[i]
   if inflight_with(Q, id, deadline) then
     if mode == "delete" then
-      count = count + delete(Q, id)
+      count = count + delete(Q, id, true)
     else
       release(Q, id, redis.call("HGET", Q.msg, id))
       count = count + 1
