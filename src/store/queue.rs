@@ -211,6 +211,9 @@ impl Store {
             match self.call::<u8>(&call).await {
                 Ok(1) => {
                     tracing::info!(%connection_id, %message_id, %error, "add settled: stored");
+                    // Stored, and perhaps in flight already (to a live session, or handed out
+                    // under the relay lease): the deadline sweep takes it from there.
+                    self.index_after_unknown(connection_id).await;
                     return Ok(Added::Pending);
                 }
                 Ok(2) => {

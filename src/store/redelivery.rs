@@ -89,6 +89,17 @@ impl Store {
         self.query(&zadd).await
     }
 
+    /// After a call whose outcome is unknown (its reply was lost): it may have put messages in
+    /// flight, under a relay lease, without its caller entering the connection in the deadline
+    /// index, and nothing else would come back to them. The sweep looks at the connection at
+    /// once and reschedules it at what it finds in flight (an empty look costs one step).
+    /// Best effort: Redis is in trouble when this is needed.
+    pub(super) async fn index_after_unknown(&self, connection_id: &str) {
+        if let Err(error) = self.index_due(connection_id, crate::model::now_ms()).await {
+            tracing::warn!(%connection_id, %error, "connection not entered in the deadline index after a call's unknown outcome; back at its next hand-out");
+        }
+    }
+
     /// Indexes what a step left in flight; used after bind, unbind and release, which are not
     /// sweeps (a sweep reschedules its claim instead).
     pub(super) async fn index_step(&self, connection_id: &str, step: &Step) -> StoreResult<()> {

@@ -234,7 +234,12 @@ impl Store {
             Err(StoreError::Redis(error)) if error.code() == Some("FENCED") => {
                 return Ok(RelayStep::Fenced);
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                if error.outcome_unknown() {
+                    self.index_after_unknown(connection_id).await;
+                }
+                return Err(error);
+            }
         };
         let mut reply = reply.into_iter();
         let kind: String = decode(reply.next())?;
