@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::held_replies::HeldReplies;
 use support::push_standins::Google;
 use support::socketdock::{Agent, Frame, MediatorStandIn, Received, Reply, TcpRelay, post};
 use support::{Client, Redis, Server, free_port, unique_id};
@@ -862,6 +863,69 @@ async fn the_instance_sending_a_message_its_add_handed_out_dies_and_another_send
         delivered(&mut agent, 1).await,
         numbered("m", 1),
         "sent by the survivor once the lease ended, once"
+    );
+}
+
+#[tokio::test]
+async fn a_message_its_add_handed_out_whose_reply_was_lost_is_sent_when_its_lease_ends() {
+    // The add of a lone message for an idle socket hands it out under the relay lease; its
+    // reply is lost after Redis ran it (held past REDIS_TIMEOUT_MS), so the adding instance
+    // never sends it and only learns, settling the add, that it was stored. Nothing else will
+    // come: the message must be sent once the lease ends, without any further add.
+    if support::single_node_only() {
+        return;
+    }
+    let deployment = deploy(1, 1).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let connection = unique_id("c");
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    let held = HeldReplies::start(deployment.redis.port).await;
+    let endpoint = format!("http://127.0.0.1:{}", deployment.docks[0].port());
+    let mediator_url = deployment.mediator.uri("/didcomm");
+    let adder = Server::start(
+        &deployment.redis,
+        &[
+            ("REDIS_URL", held.url().as_str()),
+            ("REDIS_TIMEOUT_MS", "500"),
+            ("MEDIATOR_URL", mediator_url.as_str()),
+            ("SOCKETDOCK_SECRET", SECRET),
+            ("SOCKETDOCK_ENDPOINTS", endpoint.as_str()),
+            ("SOCKETDOCK_SEND_TIMEOUT_MS", "2000"),
+            ("LIVENESS_TIMEOUT_MS", "2000"),
+        ],
+    )
+    .await;
+    let mut sender = Client::connect(&adder.url()).await;
+    // The connection's first message (none before it left a deadline-index entry behind), once
+    // the binding's first delivery step gave the lease up: the add takes it.
+    let lease = format!("mpr:{{{connection}}}:relay");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while deployment.redis.cli(&["EXISTS", &lease]) != "0" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay lease is never given up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    held.hold();
+    // Answered with success: the add is settled as stored (`Client::add` asserts it).
+    let added_for = connection.clone();
+    let add = tokio::spawn(async move { sender.add(&added_for, DID, "m 0").await });
+    // The add timed out and its settle is on its way: Redis ran the add.
+    held.wait_sent("settle_add", WAIT).await;
+    held.release();
+    add.await.expect("the add is answered with success");
+    let in_flight = format!("mpr:{{{connection}}}:inflight");
+    assert_eq!(
+        deployment.redis.cli(&["ZCARD", &in_flight]),
+        "1",
+        "handed out by the add, under the lease it took"
+    );
+    assert_eq!(
+        delivered(&mut agent, 1).await,
+        numbered("m", 1),
+        "sent once the lease ended, once"
     );
 }
 

@@ -15,7 +15,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { closeAllClients, freePort, pollUntil, startMongo, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
+import { closeAllClients, freePort, pollUntil, sleep, startMongo, startRedis, startServer, stopAll, uniquePrefix } from '../conformance/harness.mjs';
 import { stopAcapyMediators } from './acapy.mjs';
 import { agentLogs, connectSender, scratchDir, startAgent, startFailoverBalancer, stopAgents } from './agents.mjs';
 import { mediatorLogs, startMediator, stopMediators, walletDatabaseName } from './mediator.mjs';
@@ -192,7 +192,10 @@ export async function wokenWhileAway(world, p, t) {
   // socket must stay open until the server forwarded it (SocketDock drops a frame whose socket
   // closed), and the mediator answers a frame once it processed it.
   const forwarded = () => metricSum(world, 'mpr_socketdock_frames_total', 'outcome="forwarded"');
-  const frames = await forwarded();
+  // The pair was just made: the recipient may still be acknowledging the DID exchange's last
+  // message, a frame of its own. Counted in place of set-device-info, it would let stopPickup
+  // close the socket while SocketDock still held the token's frame, which it then drops.
+  const frames = await quiet(forwarded, 1000);
   await p.recipient.call('setDeviceToken', { token });
   assert.ok(await pollUntil(async () => (await forwarded()) > frames, { timeoutMs: 20_000, intervalMs: 100 }), 'set-device-info reached the mediator');
   await p.recipient.call('stopPickup');
@@ -212,6 +215,20 @@ export async function wokenWhileAway(world, p, t) {
   await p.recipient.call('startPickup', {});
   await waitForAll(view, run, sent);
   assertReceived(view, run, sent, { ordered: true });
+}
+
+/** `fn()`'s value once it stayed the same for `quietMs` (polled; at most 30 s). */
+export async function quiet(fn, quietMs) {
+  const deadline = Date.now() + 30_000;
+  let value = await fn();
+  let since = Date.now();
+  while (Date.now() - since < quietMs) {
+    assert.ok(Date.now() < deadline, `still changing after 30 s (last ${value})`);
+    await sleep(100);
+    const next = await fn();
+    if (next !== value) [value, since] = [next, Date.now()];
+  }
+  return value;
 }
 
 /** Server metric lines of `name` (with labels), summed over the servers still running. */

@@ -2,15 +2,18 @@
 //! Redis Cluster of six instead; see [`single_node_only`]), `mpr` instances and SecantusDB as
 //! child processes (started, awaited and stopped by `testkit`), and a small JSON-RPC WebSocket
 //! client. Everything is killed on drop. `push_standins`: push services; `socketdock`: the real
-//! SocketDock with agents, a mediator stand-in and a callback recorder.
+//! SocketDock with agents, a mediator stand-in and a callback recorder; `held_replies`: a proxy
+//! that holds Redis's replies back (a call's outcome made unknown to its caller).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod certs;
+pub mod held_replies;
 pub mod live_failover;
 pub mod push_standins;
 pub mod reconcile;
 pub mod socketdock;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -313,7 +316,33 @@ pub struct Server {
     pub ws_port: u16,
     pub app_port: u16,
     server: testkit::MprServer,
+    /// Where it logs at info level (unless MPR_TEST_LOG sends its log to ours): printed when a
+    /// test fails, so that a failure seen once carries the servers' side of it.
+    log: Option<PathBuf>,
 }
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Some(path) = self.log.take() else { return };
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(SERVER_LOG_TAIL_LINES)..];
+            eprintln!(
+                "--- mpr (pid {}, ws {}) log, last {} of {} lines ---\n{}",
+                self.pid(),
+                self.ws_port,
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            );
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// How much of a server's log a failed test prints.
+const SERVER_LOG_TAIL_LINES: usize = 200;
 
 impl Server {
     /// An instance on `redis` (one redis-server or the cluster), with `env` on top.
@@ -342,15 +371,28 @@ impl Server {
         opts.env = redis.topology_env();
         opts.env
             .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        if let Ok(level) = std::env::var("MPR_TEST_LOG") {
-            opts.env.push(("LOG_LEVEL".into(), level));
-            opts.spawn.log = testkit::Log::Inherit;
-        }
+        let log = match std::env::var("MPR_TEST_LOG") {
+            Ok(level) => {
+                opts.env.push(("LOG_LEVEL".into(), level));
+                opts.spawn.log = testkit::Log::Inherit;
+                None
+            }
+            Err(_) => {
+                let dir = std::env::temp_dir().join("mpr-test-logs");
+                std::fs::create_dir_all(&dir).expect("a directory for the servers' logs");
+                let path = dir.join(format!("{}-{}.log", std::process::id(), opts.ws_port));
+                let _ = std::fs::remove_file(&path);
+                opts.env.push(("LOG_LEVEL".into(), "info".into()));
+                opts.spawn.log = testkit::Log::File(path.clone());
+                Some(path)
+            }
+        };
         let server = testkit::MprServer::spawn(opts).expect("mpr binary");
         Self {
             ws_port: server.ws_port,
             app_port: server.app_port,
             server,
+            log,
         }
     }
 
