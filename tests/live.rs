@@ -254,6 +254,63 @@ async fn sessions_of_a_killed_instance_stop_being_live_within_the_bound_and_its_
 }
 
 #[tokio::test]
+async fn instances_with_different_liveness_timeouts_never_take_each_other_for_dead() {
+    // Each instance is judged by the limit it declares. A (1 s: a beat every 200 ms, dead after
+    // 800 ms of silence) beside B (10 s: a beat every 2 s, dead after 8 s): judged by A's own
+    // limit, B would be dead between any two of its beats, taken over at each.
+    let redis = Redis::start();
+    let a = Server::start(&redis, &[("LIVENESS_TIMEOUT_MS", "1000")]).await;
+    let mut b = Server::start(&redis, &[("LIVENESS_TIMEOUT_MS", "10000")]).await;
+    let limits = redis.cli(&["HGETALL", "{mpr:instances}:timeouts"]);
+    let limits: Vec<&str> = limits.lines().collect();
+    let b_id = limits
+        .chunks(2)
+        .find(|pair| pair[1] == "8000")
+        .map(|pair| pair[0].to_owned())
+        .unwrap_or_else(|| panic!("B wrote its own limit: {limits:?}"));
+    let mut mediator = Client::connect(&b.url()).await;
+    let mut sender = Client::connect(&a.url()).await;
+    let connection = unique_id("c");
+    mediator
+        .add_live_session(&connection, &unique_id("s"))
+        .await;
+    // Three of B's beats, each 2 s after the last: A had time to judge B dead at each.
+    let mut beats = Vec::new();
+    eventually(Duration::from_secs(30), async || {
+        let beat = redis.cli(&["ZSCORE", "mpr:instances", &b_id]);
+        if beats.last() != Some(&beat) {
+            beats.push(beat);
+        }
+        beats.len() > 3
+    })
+    .await;
+    assert_eq!(a.metric("mpr_instances_reaped_total", "").await, 0.0);
+    assert_eq!(b.metric("mpr_instances_reaped_total", "").await, 0.0);
+    // A still sends to B's session: it takes B for alive.
+    sender.add(&connection, DID, "to B's session").await;
+    let push = mediator
+        .next_push(Duration::from_secs(10))
+        .await
+        .expect("a push");
+    assert_eq!(
+        texts(push["messages"].as_array().unwrap()),
+        ["to B's session"]
+    );
+    assert_eq!(a.metric("mpr_events_undeliverable_total", "").await, 0.0);
+    // Dead B is still found dead, by its own limit.
+    b.kill();
+    eventually(Duration::from_secs(40), async || {
+        a.metric("mpr_instances_reaped_total", "").await == 1.0
+    })
+    .await;
+    assert_eq!(
+        redis.cli(&["HEXISTS", "{mpr:instances}:timeouts", &b_id]),
+        "0",
+        "its limit forgotten with it"
+    );
+}
+
+#[tokio::test]
 async fn an_instance_started_after_the_last_heartbeat_is_not_mistaken_for_dead() {
     let redis = Redis::start();
     // Heartbeats every 12 s: B cannot have heard of C through them during this test.

@@ -71,7 +71,7 @@ impl Live {
         let registered_before = membership.registered.swap(true, Ordering::Relaxed);
         if beat.was_missing && registered_before {
             tracing::warn!(
-                "this instance's registration was lost (Redis restarted?); restoring its live sessions"
+                "this instance's registration was lost (Redis restarted, or the instance was silent past its LIVENESS_TIMEOUT_MS and taken over); restoring its live sessions"
             );
             self.restore_bindings().await;
         }

@@ -24,7 +24,7 @@ use super::keys::Keys;
 pub enum Scope {
     /// One connection: its keys share the hash tag `{<connectionId>}` (one cluster slot).
     Connection,
-    /// The instances' heartbeat set.
+    /// The instances' heartbeat set and their liveness timeouts.
     Instances,
     /// One shard of the deadline index.
     Deadlines,
@@ -102,8 +102,8 @@ mod table {
     function!(NEXT_VISIT, "next_visit", CONNECTION, &["msg", "pending", "cold", "inflight", "trash", "conn"], &[]);
     function!(IMPORT, "import", CONNECTION, &["msg", "pending", "cold", "conn", "imported"], &[]);
     function!(RELEASE_LEASE, "release_lease", CONNECTION, &["mover"], &[]);
-    function!(HEARTBEAT, "heartbeat", Scope::Instances, &["instances"], &[]);
-    function!(INSTANCE_ALIVE, "instance_alive", Scope::Instances, &["instances"], &[]);
+    function!(HEARTBEAT, "heartbeat", Scope::Instances, &["instances", "timeouts"], &[]);
+    function!(INSTANCE_ALIVE, "instance_alive", Scope::Instances, &["instances", "timeouts"], &[]);
     function!(CLAIM_DUE, "claim_due", Scope::Deadlines, &["deadlines"], &[]);
     function!(RESCHEDULE, "reschedule", Scope::Deadlines, &["deadlines"], &[]);
     function!(RELAY_NEXT, "relay_next", CONNECTION, RELAYING, &[]);
@@ -259,7 +259,7 @@ mod tests {
         for function in FUNCTIONS {
             let known: &[&str] = match function.scope {
                 Scope::Connection => &super::super::keys::CONNECTION_KEYS,
-                Scope::Instances => &["instances"],
+                Scope::Instances => &["instances", "timeouts"],
                 Scope::Deadlines => &["deadlines"],
                 Scope::Socket => &["socket", "bound"],
             };

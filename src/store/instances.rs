@@ -17,10 +17,14 @@ pub struct Heartbeat {
 
 impl Store {
     fn instances_call(&self, function: &super::functions::Function) -> redis::Cmd {
-        self.function_call(function, vec![self.keys.instances()])
+        self.function_call(
+            function,
+            vec![self.keys.instances(), self.keys.instance_timeouts()],
+        )
     }
 
-    /// Records a heartbeat of `instance`; instances silent for `dead_after` are dead.
+    /// Records a heartbeat of `instance`, which others take for dead after `dead_after` of
+    /// silence; the others are judged by their own.
     pub async fn heartbeat(&self, instance: &str, dead_after: Duration) -> StoreResult<Heartbeat> {
         let mut call = self.instances_call(&HEARTBEAT);
         call.arg(instance).arg(dead_after.as_millis() as u64);
@@ -48,11 +52,19 @@ impl Store {
         self.claim(self.keys.reaper(dead), by, lock_for).await
     }
 
-    /// After a takeover: the dead instance's stream, registration and lock go. (Three keys in
-    /// three slots: one command each.)
+    /// After a takeover: the dead instance's stream, registration and lock go. (Keys in three
+    /// slots: one command each; its timeout before its registration, so that a crash between
+    /// them leaves a registration judged by the caller's timeout, taken over again.)
     pub async fn forget_instance(&self, dead: &str) -> StoreResult<()> {
         let _: () = self
             .query(redis::cmd("DEL").arg(self.keys.events(dead)))
+            .await?;
+        let _: () = self
+            .query(
+                redis::cmd("HDEL")
+                    .arg(self.keys.instance_timeouts())
+                    .arg(dead),
+            )
             .await?;
         let _: () = self
             .query(redis::cmd("ZREM").arg(self.keys.instances()).arg(dead))

@@ -25,6 +25,7 @@
 //! | `<p>:visits:{<n>}` | ZSET | connection id, scored by when the mover should look at it (16 shards) |
 //! | `<p>:deadlines:{<n>}` | ZSET | connection id, scored by its earliest in-flight deadline (16 shards) |
 //! | `<p>:instances` | ZSET | instance id, scored by last heartbeat (ms) |
+//! | `{<p>:instances}:timeouts` | HASH | instance id -> how long it may stay silent before it is dead (ms; its own LIVENESS_TIMEOUT_MS's share) |
 //! | `<p>:instance:{<i>}:events` | STREAM | live-session events for the peers served by instance `<i>` |
 //! | `<p>:instance:{<i>}:reaper` | STRING | lock of the survivor taking over dead instance `<i>` |
 //! | `<p>:push:{<h>}` | STRING | dedup window of device token hash `<h>` (TTL: the window) |
@@ -108,6 +109,12 @@ impl Keys {
 
     pub fn instances(&self) -> String {
         format!("{}:instances", self.prefix)
+    }
+
+    /// Each instance's own liveness timeout. Its hash tag is the whole name of `instances`
+    /// (which has none), so both keys hash to one slot and one function reads both.
+    pub fn instance_timeouts(&self) -> String {
+        format!("{{{}}}:timeouts", self.instances())
     }
 
     pub fn events(&self, instance: &str) -> String {

@@ -22,6 +22,8 @@ local RELAY_KIND = "sd"
 -- A deadline-index entry that passed this long ago without a sweep was lost (a crash between a
 -- function and the index write that follows it): the next hand-out enters it again.
 local DUE_LOST_MS = 10000
+-- Most instances one heartbeat looks at (running ones, and dead ones until taken over).
+local MOST_INSTANCES = 1024
 
 -- Redis's clock (ms) when the call began, read once by `fence`: a call is atomic, so one
 -- instant serves all of it, and each further TIME would cost a command.
