@@ -261,7 +261,7 @@ async fn instances_with_different_liveness_timeouts_never_take_each_other_for_de
     let redis = Redis::start();
     let a = Server::start(&redis, &[("LIVENESS_TIMEOUT_MS", "1000")]).await;
     let mut b = Server::start(&redis, &[("LIVENESS_TIMEOUT_MS", "10000")]).await;
-    let limits = redis.cli(&["HGETALL", "{mpr:instances}:timeouts"]);
+    let limits = redis.cli(&["HGETALL", "mpr:{mpr:instances}:timeouts"]);
     let limits: Vec<&str> = limits.lines().collect();
     let b_id = limits
         .chunks(2)
@@ -304,7 +304,7 @@ async fn instances_with_different_liveness_timeouts_never_take_each_other_for_de
     })
     .await;
     assert_eq!(
-        redis.cli(&["HEXISTS", "{mpr:instances}:timeouts", &b_id]),
+        redis.cli(&["HEXISTS", "mpr:{mpr:instances}:timeouts", &b_id]),
         "0",
         "its limit forgotten with it"
     );

@@ -25,7 +25,7 @@
 //! | `<p>:visits:{<n>}` | ZSET | connection id, scored by when the mover should look at it (16 shards) |
 //! | `<p>:deadlines:{<n>}` | ZSET | connection id, scored by its earliest in-flight deadline (16 shards) |
 //! | `<p>:instances` | ZSET | instance id, scored by last heartbeat (ms) |
-//! | `{<p>:instances}:timeouts` | HASH | instance id -> how long it may stay silent before it is dead (ms; its own LIVENESS_TIMEOUT_MS's share) |
+//! | `<p>:{<p>:instances}:timeouts` | HASH | instance id -> how long it may stay silent before it is dead (ms; its own LIVENESS_TIMEOUT_MS's share) |
 //! | `<p>:instance:{<i>}:events` | STREAM | live-session events for the peers served by instance `<i>` |
 //! | `<p>:instance:{<i>}:reaper` | STRING | lock of the survivor taking over dead instance `<i>` |
 //! | `<p>:push:{<h>}` | STRING | dedup window of device token hash `<h>` (TTL: the window) |
@@ -112,9 +112,10 @@ impl Keys {
     }
 
     /// Each instance's own liveness timeout. Its hash tag is the whole name of `instances`
-    /// (which has none), so both keys hash to one slot and one function reads both.
+    /// (which has none), so both keys hash to one slot and one function reads both; it starts
+    /// with the prefix like every key (ACLs grant `~<p>:*`).
     pub fn instance_timeouts(&self) -> String {
-        format!("{{{}}}:timeouts", self.instances())
+        format!("{}:{{{}}}:timeouts", self.prefix, self.instances())
     }
 
     pub fn events(&self, instance: &str) -> String {
