@@ -195,7 +195,7 @@ export async function wokenWhileAway(world, p, t) {
   // The pair was just made: the recipient may still be acknowledging the DID exchange's last
   // message, a frame of its own. Counted in place of set-device-info, it would let stopPickup
   // close the socket while SocketDock still held the token's frame, which it then drops.
-  const frames = await quiet(forwarded, 1000);
+  const frames = await quiet(forwarded, 2000);
   await p.recipient.call('setDeviceToken', { token });
   assert.ok(await pollUntil(async () => (await forwarded()) > frames, { timeoutMs: 20_000, intervalMs: 100 }), 'set-device-info reached the mediator');
   await p.recipient.call('stopPickup');
