@@ -866,67 +866,114 @@ async fn the_instance_sending_a_message_its_add_handed_out_dies_and_another_send
     );
 }
 
+/// A connection bound to an agent's idle socket, and a second instance (`adder`) whose Redis
+/// replies the test can hold back (REDIS_TIMEOUT_MS 500), with a sender on it.
+struct HeldAdder {
+    deployment: Deployment,
+    held: HeldReplies,
+    _adder: Server,
+    sender: Client,
+    connection: String,
+    agent: Agent,
+}
+
+impl HeldAdder {
+    async fn start() -> Self {
+        let deployment = deploy(1, 1).await;
+        deployment.mediator.reply_with(bind_on_request);
+        let connection = unique_id("c");
+        let agent = bind_agent(&deployment.docks[0], &connection).await;
+        let held = HeldReplies::start(deployment.redis.port).await;
+        let endpoint = format!("http://127.0.0.1:{}", deployment.docks[0].port());
+        let mediator_url = deployment.mediator.uri("/didcomm");
+        let adder = Server::start(
+            &deployment.redis,
+            &[
+                ("REDIS_URL", held.url().as_str()),
+                ("REDIS_TIMEOUT_MS", "500"),
+                ("MEDIATOR_URL", mediator_url.as_str()),
+                ("SOCKETDOCK_SECRET", SECRET),
+                ("SOCKETDOCK_ENDPOINTS", endpoint.as_str()),
+                ("SOCKETDOCK_SEND_TIMEOUT_MS", "2000"),
+                ("LIVENESS_TIMEOUT_MS", "2000"),
+            ],
+        )
+        .await;
+        let sender = Client::connect(&adder.url()).await;
+        // The binding's first delivery step gives the lease up: the next add takes it.
+        let lease = format!("mpr:{{{connection}}}:relay");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while deployment.redis.cli(&["EXISTS", &lease]) != "0" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay lease is never given up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            deployment,
+            held,
+            _adder: adder,
+            sender,
+            connection,
+            agent,
+        }
+    }
+
+    /// The connection's first message (none before it left a deadline-index entry behind) was
+    /// handed out by its add, under the lease the add took; then it must reach the agent once
+    /// the lease ends, with no other add.
+    async fn assert_sent_when_the_lease_ends(mut self) {
+        let in_flight = format!("mpr:{{{}}}:inflight", self.connection);
+        assert_eq!(
+            self.deployment.redis.cli(&["ZCARD", &in_flight]),
+            "1",
+            "handed out by the add, under the lease it took"
+        );
+        assert_eq!(
+            delivered(&mut self.agent, 1).await,
+            numbered("m", 1),
+            "sent once the lease ended, once"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_message_its_add_handed_out_whose_reply_was_lost_is_sent_when_its_lease_ends() {
-    // The add of a lone message for an idle socket hands it out under the relay lease; its
-    // reply is lost after Redis ran it (held past REDIS_TIMEOUT_MS), so the adding instance
-    // never sends it and only learns, settling the add, that it was stored. Nothing else will
-    // come: the message must be sent once the lease ends, without any further add.
+    // The add's reply is lost after Redis ran it (held past REDIS_TIMEOUT_MS), so the adding
+    // instance never sends the message and only learns, settling the add, that it was stored.
     if support::single_node_only() {
         return;
     }
-    let deployment = deploy(1, 1).await;
-    deployment.mediator.reply_with(bind_on_request);
-    let connection = unique_id("c");
-    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
-    let held = HeldReplies::start(deployment.redis.port).await;
-    let endpoint = format!("http://127.0.0.1:{}", deployment.docks[0].port());
-    let mediator_url = deployment.mediator.uri("/didcomm");
-    let adder = Server::start(
-        &deployment.redis,
-        &[
-            ("REDIS_URL", held.url().as_str()),
-            ("REDIS_TIMEOUT_MS", "500"),
-            ("MEDIATOR_URL", mediator_url.as_str()),
-            ("SOCKETDOCK_SECRET", SECRET),
-            ("SOCKETDOCK_ENDPOINTS", endpoint.as_str()),
-            ("SOCKETDOCK_SEND_TIMEOUT_MS", "2000"),
-            ("LIVENESS_TIMEOUT_MS", "2000"),
-        ],
-    )
-    .await;
-    let mut sender = Client::connect(&adder.url()).await;
-    // The connection's first message (none before it left a deadline-index entry behind), once
-    // the binding's first delivery step gave the lease up: the add takes it.
-    let lease = format!("mpr:{{{connection}}}:relay");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while deployment.redis.cli(&["EXISTS", &lease]) != "0" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay lease is never given up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+    let mut test = HeldAdder::start().await;
+    let (held, sender, connection) = (&test.held, &mut test.sender, &test.connection);
     held.hold();
     // Answered with success: the add is settled as stored (`Client::add` asserts it).
-    let added_for = connection.clone();
-    let add = tokio::spawn(async move { sender.add(&added_for, DID, "m 0").await });
-    // The add timed out and its settle is on its way: Redis ran the add.
-    held.wait_sent("settle_add", WAIT).await;
-    held.release();
-    add.await.expect("the add is answered with success");
-    let in_flight = format!("mpr:{{{connection}}}:inflight");
-    assert_eq!(
-        deployment.redis.cli(&["ZCARD", &in_flight]),
-        "1",
-        "handed out by the add, under the lease it took"
-    );
-    assert_eq!(
-        delivered(&mut agent, 1).await,
-        numbered("m", 1),
-        "sent once the lease ended, once"
-    );
+    let add = sender.add(connection, DID, "m 0");
+    let settle_seen = async {
+        // The add timed out and its settle is on its way: Redis ran the add.
+        held.wait_sent("settle_add", WAIT).await;
+        held.release();
+    };
+    tokio::join!(add, settle_seen);
+    test.assert_sent_when_the_lease_ends().await;
+}
+
+#[tokio::test]
+async fn a_message_its_add_handed_out_whose_outcome_stayed_unknown_is_sent_when_its_lease_ends() {
+    // Redis answers nothing until the adding instance gave up learning the add's outcome (the
+    // sender gets an error saying so); the deadline-index entry the message needs is written
+    // by a sweep once Redis answers again.
+    if support::single_node_only() {
+        return;
+    }
+    let mut test = HeldAdder::start().await;
+    test.held.hold();
+    let params = json!({"connectionId": test.connection, "recipientDids": [DID], "payload": support::payload("m 0")});
+    let error = test.sender.call_err("addMessage", params).await;
+    test.held.release();
+    assert!(error.to_string().contains("unknown"), "{error}");
+    test.assert_sent_when_the_lease_ends().await;
 }
 
 /// As `mediator_with_pickup`, with deliveries three times the size of their messages (as an

@@ -30,6 +30,7 @@ impl Messages {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => return,
             }
+            self.store.index_unindexed().await;
             for i in 0..DEADLINE_SHARDS {
                 let shard = (first + i) % DEADLINE_SHARDS;
                 loop {

@@ -180,6 +180,9 @@ pub struct Store {
     fence_after: Duration,
     /// When writes wait for replicas (REDIS_WAIT_REPLICAS).
     waits: Option<Arc<Waits>>,
+    /// Connections whose deadline-index entry after an unknown outcome is still to be written
+    /// (`redelivery::index_later`), shared by the clones; bounded.
+    unindexed: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Connections of their own for writes that wait for replicas: Redis runs nothing more from a
@@ -239,6 +242,7 @@ impl Store {
             } else {
                 None
             },
+            unindexed: Default::default(),
             client,
             conn,
         })

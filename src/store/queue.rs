@@ -232,6 +232,9 @@ impl Store {
                 }
                 Err(_) => {
                     tracing::warn!(%connection_id, %message_id, %error, "add not settled; its outcome is unknown");
+                    // Perhaps stored and in flight (as above); the sweep writes the entry, so
+                    // that the reply does not wait for Redis again.
+                    self.index_later(connection_id);
                     return Err(error);
                 }
             }

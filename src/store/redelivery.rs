@@ -15,6 +15,9 @@ use super::live::{Bound, RELAY_KIND};
 use super::queue::TakenMessage;
 use super::{Store, StoreResult};
 
+/// Most connections kept for a deadline-index entry Redis refused after an unknown outcome.
+const MOST_UNINDEXED: usize = 100_000;
+
 /// Messages put in flight again to a connection's live session, oldest first.
 pub struct Redelivery {
     pub bound: Bound,
@@ -92,11 +95,44 @@ impl Store {
     /// After a call whose outcome is unknown (its reply was lost): it may have put messages in
     /// flight, under a relay lease, without its caller entering the connection in the deadline
     /// index, and nothing else would come back to them. The sweep looks at the connection at
-    /// once and reschedules it at what it finds in flight (an empty look costs one step).
-    /// Best effort: Redis is in trouble when this is needed.
+    /// once and reschedules it at what it finds in flight (an empty look costs one step). Redis
+    /// is in trouble when this is needed: a write it refuses is left to the sweeps.
     pub(super) async fn index_after_unknown(&self, connection_id: &str) {
         if let Err(error) = self.index_due(connection_id, crate::model::now_ms()).await {
-            tracing::warn!(%connection_id, %error, "connection not entered in the deadline index after a call's unknown outcome; back at its next hand-out");
+            tracing::warn!(%connection_id, %error, "connection not entered in the deadline index after a call's unknown outcome; retried by the next sweep");
+            self.index_later(connection_id);
+        }
+    }
+
+    /// [`Self::index_after_unknown`] left to the next sweep ([`Self::index_unindexed`]), for a
+    /// caller that must not wait (or whose own write failed). Past [`MOST_UNINDEXED`]
+    /// connections, one is back at its next hand-out only.
+    pub(super) fn index_later(&self, connection_id: &str) {
+        let mut unindexed = self.unindexed.lock().expect("unindexed lock");
+        if unindexed.len() < MOST_UNINDEXED {
+            unindexed.insert(connection_id.to_owned());
+        } else {
+            tracing::warn!(%connection_id, "too many connections wait for their deadline-index entry; this one is back at its next hand-out");
+        }
+    }
+
+    /// Writes the deadline-index entries [`Self::index_later`] kept; those Redis refuses again
+    /// wait for the next sweep.
+    pub async fn index_unindexed(&self) {
+        let connections: Vec<String> = self
+            .unindexed
+            .lock()
+            .expect("unindexed lock")
+            .drain()
+            .collect();
+        for (i, connection_id) in connections.iter().enumerate() {
+            if let Err(error) = self.index_due(connection_id, crate::model::now_ms()).await {
+                tracing::warn!(%error, left = connections.len() - i, "deadline-index entries after unknown outcomes still not written; retried by the next sweep");
+                for connection_id in &connections[i..] {
+                    self.index_later(connection_id);
+                }
+                return;
+            }
         }
     }
 
