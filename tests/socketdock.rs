@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use support::held_replies::HeldReplies;
 use support::push_standins::Google;
 use support::socketdock::{Agent, Frame, MediatorStandIn, Received, Reply, TcpRelay, post};
-use support::{Client, Redis, Server, free_port, unique_id};
+use support::{Client, Redis, Server, eventually, free_port, unique_id};
 
 const SECRET: &str = "s3cret-for-tests";
 const DID: &str = "did:key:z6MkSocketDock";
@@ -902,14 +902,10 @@ impl HeldAdder {
         let sender = Client::connect(&adder.url()).await;
         // The binding's first delivery step gives the lease up: the next add takes it.
         let lease = format!("mpr:{{{connection}}}:relay");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while deployment.redis.cli(&["EXISTS", &lease]) != "0" {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the relay lease is never given up"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(WAIT, async || {
+            deployment.redis.cli(&["EXISTS", &lease]) == "0"
+        })
+        .await;
         Self {
             deployment,
             held,

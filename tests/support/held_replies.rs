@@ -51,14 +51,10 @@ impl HeldReplies {
 
     /// Waits until a client sent `needle` (e.g. a function's name) while replies were held.
     pub async fn wait_sent(&self, needle: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while !self.sent_while_holding.lock().unwrap().contains(needle) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nobody sent {needle:?} within {within:?} while replies were held"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::eventually(within, async || {
+            self.sent_while_holding.lock().unwrap().contains(needle)
+        })
+        .await;
     }
 
     /// The held replies go on to their clients, in order, and replies flow again.
