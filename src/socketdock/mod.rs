@@ -37,6 +37,11 @@ pub const LIVE_DELIVERY_HEADER: &str = "x-mpr-live-delivery";
 pub const DELIVER_HEADER: &str = "x-mpr-deliver";
 /// How long messages the mediator did not wrap wait before they are tried again.
 const WRAP_RETRY: Duration = Duration::from_secs(1);
+/// Pooled connections to SocketDock and the mediator idle this long are not used again: below
+/// the keep-alive timeout of the servers behind them (5 s for SocketDock's Sanic and for Node's
+/// http), since a request written on a connection the server is closing at that moment fails
+/// unanswered, and a failed send ends the socket's bindings.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(4);
 /// The sessionId prefix that makes addLiveSession bind a connection to a SocketDock socket.
 pub const SESSION_PREFIX: &str = "socketdock:";
 
@@ -70,7 +75,7 @@ impl SocketDock {
         let mediator_url = settings.mediator_url.clone()?;
         let http = crate::http::outbound_client()
             .connect_timeout(settings.send_timeout())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .build()
             .expect("an HTTP client");
         Some(Arc::new(Self {
