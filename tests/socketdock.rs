@@ -866,6 +866,32 @@ async fn the_instance_sending_a_message_its_add_handed_out_dies_and_another_send
     );
 }
 
+#[tokio::test]
+async fn a_send_that_fails_unanswered_once_is_made_again_and_the_socket_stays_bound() {
+    let deployment = deploy_world(1, 1, &[], true).await;
+    deployment.mediator.reply_with(bind_on_request);
+    let connection = unique_id("c");
+    let mut agent = bind_agent(&deployment.docks[0], &connection).await;
+    let mut sender = Client::connect(&deployment.servers[0].url()).await;
+    // The POST's connection closes with no answer, as a pooled connection does when SocketDock
+    // closes it (its keep-alive timeout) just as the POST goes out.
+    deployment.relays[0].hold();
+    add_all(&mut sender, &connection, &numbered("m", 1)).await;
+    deployment.relays[0].wait_held(1, WAIT).await;
+    deployment.relays[0].release();
+    assert_eq!(
+        delivered(&mut agent, 1).await,
+        numbered("m", 1),
+        "sent again on another connection, once"
+    );
+    // The socket was never taken for gone: still bound, and the next messages follow on it.
+    let live_session = json!({"connectionId": connection});
+    assert_eq!(sender.call("getLiveSession", live_session).await, true);
+    add_all(&mut sender, &connection, &numbered("after", 3)).await;
+    assert_eq!(delivered(&mut agent, 3).await, numbered("after", 3));
+    support::eventually(WAIT, async || sender.count(&connection).await == 0).await;
+}
+
 /// A connection bound to an agent's idle socket, and a second instance (`adder`) whose Redis
 /// replies the test can hold back (REDIS_TIMEOUT_MS 500), with a sender on it.
 struct HeldAdder {

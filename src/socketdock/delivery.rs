@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Bytes;
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -350,28 +351,38 @@ impl SocketDock {
         )
     }
 
-    /// POSTs a text frame to a socket. Err names the failure: anything but 200 `OK` in time.
+    /// POSTs a text frame to a socket. Err names the failure: anything but 200 `OK` within
+    /// SOCKETDOCK_SEND_TIMEOUT_MS. A request that failed without an answer is made once more
+    /// within that time, on another connection: a pooled one that SocketDock closed as the
+    /// request went out fails that way, and a failed send ends every binding of the socket.
     pub(super) async fn post_to_socket(
         &self,
-        url: impl reqwest::IntoUrl,
+        url: impl reqwest::IntoUrl + Clone,
         text: String,
     ) -> Result<(), &'static str> {
         let started = Instant::now();
-        let response = self
-            .http
-            .post(url)
-            .header("content-type", "text/plain")
-            .timeout(self.send_timeout)
-            .body(text)
-            .send()
-            .await
-            .map_err(|error| {
-                if error.is_timeout() {
-                    "timeout"
-                } else {
-                    "unreachable"
+        let text = Bytes::from(text);
+        let mut retried = false;
+        let response = loop {
+            let left = self.send_timeout.saturating_sub(started.elapsed());
+            let sent = self
+                .http
+                .post(url.clone())
+                .header("content-type", "text/plain")
+                .timeout(left)
+                .body(text.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(response) => break response,
+                Err(error) if error.is_timeout() => return Err("timeout"),
+                Err(error) if !retried => {
+                    tracing::debug!(%error, "SocketDock send failed unanswered; once more");
+                    retried = true;
                 }
-            })?;
+                Err(_) => return Err("unreachable"),
+            }
+        };
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         metrics::histogram!(telemetry::SOCKETDOCK_SEND_SECONDS)

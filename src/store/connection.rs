@@ -12,6 +12,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster::NodeAddress;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline,
@@ -47,7 +48,13 @@ impl RedisClient {
         let invalid =
             |why: String| RedisError::from((ErrorKind::InvalidClientConfig, "config", why));
         Ok(match settings.redis_type {
-            RedisType::Single => Self::Single(redis::Client::open(settings.redis_url.as_str())?),
+            RedisType::Single => Self::Single(redis::Client::open(
+                settings
+                    .redis_url
+                    .as_str()
+                    .into_connection_info()?
+                    .set_tcp_settings(tcp_settings()),
+            )?),
             RedisType::Cluster => Self::Cluster {
                 nodes: settings.cluster_urls().map_err(invalid)?,
                 natmap: settings
@@ -87,7 +94,8 @@ impl RedisClient {
                 let response = timeout.unwrap_or(Duration::from_secs(60));
                 let mut builder = ClusterClient::builder(nodes.clone())
                     .response_timeout(response)
-                    .connection_timeout(response.min(Duration::from_secs(5)));
+                    .connection_timeout(response.min(Duration::from_secs(5)))
+                    .tcp_settings(tcp_settings());
                 if !natmap.is_empty() {
                     builder = builder.node_address_map(natmap.clone());
                 }
@@ -112,6 +120,14 @@ impl RedisClient {
     }
 }
 
+/// Every connection to Redis sends its commands at once (TCP_NODELAY; the library's default
+/// leaves Nagle on). Calls share a connection: with Nagle, a command written while the one
+/// before it waits for its reply is held back until that reply's ACK, a round trip added to
+/// the second call, as when a delivery's settle and an add meet.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 /// The sentinels of REDIS_SENTINELS, asked for REDIS_SENTINEL_MASTER's address; the master is
 /// reached with REDIS_URL's scheme (TLS with rediss://), user, password and database.
 fn sentinel_client(settings: &RedisSettings) -> Result<SentinelClient, String> {
@@ -123,7 +139,8 @@ fn sentinel_client(settings: &RedisSettings) -> Result<SentinelClient, String> {
         .into_connection_info()
         .map_err(|error| format!("REDIS_URL: {error}"))?;
     let mut node = SentinelNodeConnectionInfo::default()
-        .set_redis_connection_info(redis_url.redis_settings().clone());
+        .set_redis_connection_info(redis_url.redis_settings().clone())
+        .set_tcp_settings(tcp_settings());
     if let ConnectionAddr::TcpTls { insecure, .. } = redis_url.addr() {
         node = node.set_tls_mode(if *insecure {
             TlsMode::Insecure
