@@ -229,12 +229,13 @@ local function forget_dids(Q, dids, ...)
 end
 
 -- An empty queue leaves no keys behind (the counter restarts: order only matters among
--- messages that coexist), and holds 0 bytes whatever the count said.
+-- messages that coexist), and holds 0 bytes whatever the count said. Returns whether it was
+-- empty (nothing pending, cold or in flight: every message has its record in Q.msg).
 local function forget_if_empty(Q)
-  if redis.call("HLEN", Q.msg) == 0 then
-    redis.call("DEL", Q.seq)
-    forget_dids(Q, dids_of(Q), "bytes")
-  end
+  if redis.call("HLEN", Q.msg) > 0 then return false end
+  redis.call("DEL", Q.seq)
+  forget_dids(Q, dids_of(Q), "bytes")
+  return true
 end
 
 -- Whether the live binding is exactly this peer (kind and address).

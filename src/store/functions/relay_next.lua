@@ -66,7 +66,13 @@ for i = 14, #ARGV, 2 do
     end
   end
 end
-if outcome == "ok" then forget_if_empty(Q) end
+-- A queue the settle emptied has nothing to hand out (the lone message's case): done, without
+-- the reads below.
+if outcome == "ok" and forget_if_empty(Q) then
+  if hold then return {"none"} end
+  redis.call("DEL", Q.relay)
+  return {"idle"}
+end
 if outcome == "failed" then
   redis.call("DEL", Q.relay)
   return {"failed"}
