@@ -87,12 +87,17 @@ async function startAgent(repository) {
       didcomm: await import('@credo-ts/didcomm'),
       onGet: (path) => (path === '/invitation' ? (invitationUrl ? { status: 200, body: invitationUrl } : { status: 503, body: 'starting' }) : undefined),
     })
-    const agent = newAgent(repository, await recipientsTransport(repository), http)
+    const recipients = await recipientsTransport(repository)
+    const agent = newAgent(repository, recipients, http)
     try {
       await agent.initialize()
       return agent
     } catch (error) {
       await Promise.race([agent.shutdown().catch(() => {}), sleep(5000)])
+      // The inbound transports this attempt started may still listen (a shutdown that failed
+      // before the didcomm module's never stops them): the next attempt would find its ports
+      // taken, attempt after attempt.
+      await Promise.race([Promise.all([http, recipients].map((t) => t.stop().catch(() => {}))), sleep(5000)])
       if (chain(error).some((e) => e.name === 'AskarStoreInvalidKeyError')) {
         throw new Error(`WALLET_KEY does not open the wallet WALLET_ID=${config.walletId}`, { cause: error })
       }
